@@ -1,0 +1,272 @@
+//! `PUT`, `GET`, `HEAD` and `DELETE` on `/v1/objects/{key}`.
+
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use super::{AppState, authenticate, respond};
+use crate::error::{ApiError, Code};
+use crate::limits::{LimitedBody, media_type};
+use crate::obs::note;
+use crate::policy::{Action, ObjectKey};
+use crate::relay::{Fetched, ReadConditions, Upload, WriteCondition};
+use crate::Body;
+
+/// Resolves the key (the one decode), records it, and refuses query strings: an object
+/// route is exactly one S3 operation, and no `?acl`, `?versionId`, `?uploads` or
+/// `?response-*` can turn it into another.
+fn resolve(req: &Request<Body>, encoded_key: &str) -> Result<ObjectKey, ApiError> {
+    if req.uri().query().is_some() {
+        return Err(ApiError::bad_request("object routes take no query parameters"));
+    }
+    let key = ObjectKey::from_path(encoded_key).map_err(ApiError::invalid_key)?;
+    note(req, |n| n.key = Some(key.as_str().to_owned()));
+    Ok(key)
+}
+
+/// Runs a relay call and records its time in the access log.
+async fn timed<B, T>(req: &Request<B>, call: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = call.await;
+    let ms = start.elapsed().as_micros() as f64 / 1000.0;
+    note(req, |n| n.backend_ms = Some(ms));
+    out
+}
+
+pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str) -> Result<Response<Body>, ApiError> {
+    let identity = authenticate(state, &req)?;
+    let key = resolve(&req, encoded_key)?;
+    identity.principal.authorize(Action::Put, &key)?;
+    let limits = &identity.principal.limits;
+    let headers = req.headers();
+
+    let length = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
+        ),
+    };
+    if length.is_none() && req.body().is_end_stream() {
+        return Err(ApiError::new(
+            Code::LengthRequired,
+            "send Content-Length, or a chunked body (Transfer-Encoding: chunked)",
+        ));
+    }
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => "application/octet-stream".to_owned(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|s| media_type(s).is_some())
+            .ok_or_else(|| ApiError::bad_request("Content-Type is not a media type like `image/png`"))?
+            .to_owned(),
+    };
+    let essence = media_type(&content_type).unwrap_or_default();
+    limits.check_type(&essence)?;
+    if let Some(length) = length {
+        // Before any byte of the body is read: hyper sends `100 Continue` only when the body
+        // is first polled, so an `Expect: 100-continue` client gets this 413 instead.
+        limits.check_length(length)?;
+    }
+    let condition = write_condition(headers)?;
+    let create_only = condition == WriteCondition::IfNoneMatchAny;
+
+    let (parts, body) = req.into_parts();
+    let head = Request::from_parts(parts, ());
+    let (body, watch) = LimitedBody::new(body, limits.max_object_size.bytes());
+    let upload = Upload {
+        key: key.clone(),
+        content_type: content_type.clone(),
+        length,
+        condition,
+        body: body.boxed(),
+        watch,
+    };
+    let stored = timed(&head, state.backend.put(upload)).await?;
+    let status = if create_only { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(respond::json(
+        status,
+        &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
+    ))
+}
+
+/// `If-None-Match: *` (create only) or `If-Match: <etag>` on a PUT.
+fn write_condition(headers: &HeaderMap) -> Result<WriteCondition, ApiError> {
+    let inm = header_str(headers, header::IF_NONE_MATCH)?;
+    let im = header_str(headers, header::IF_MATCH)?;
+    match (inm, im) {
+        (None, None) => Ok(WriteCondition::None),
+        (Some("*"), None) => Ok(WriteCondition::IfNoneMatchAny),
+        (Some(_), None) => Err(ApiError::bad_request("If-None-Match on PUT must be `*`")),
+        (None, Some(etag)) => Ok(WriteCondition::IfMatch(etag.to_owned())),
+        (Some(_), Some(_)) => Err(ApiError::bad_request("send If-None-Match or If-Match, not both")),
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>, ApiError> {
+    match headers.get(&name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ApiError::bad_request(format!("{name} is not visible ASCII"))),
+    }
+}
+
+fn header_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    // An unparseable date is ignored, as RFC 9110 asks.
+    headers.get(name)?.to_str().ok().and_then(|s| httpdate::parse_http_date(s).ok())
+}
+
+pub(super) async fn get(
+    state: &AppState,
+    req: Request<Body>,
+    encoded_key: &str,
+    with_body: bool,
+) -> Result<Response<Body>, ApiError> {
+    let identity = authenticate(state, &req)?;
+    let key = resolve(&req, encoded_key)?;
+    identity.principal.authorize(Action::Get, &key)?;
+    let headers = req.headers();
+    let range = match header_str(headers, header::RANGE)? {
+        None => None,
+        Some(r) => Some(parse_range(r)?),
+    };
+    let cond = ReadConditions {
+        if_none_match: header_str(headers, header::IF_NONE_MATCH)?.map(str::to_owned),
+        if_modified_since: header_date(headers, header::IF_MODIFIED_SINCE),
+        if_match: header_str(headers, header::IF_MATCH)?.map(str::to_owned),
+        if_unmodified_since: header_date(headers, header::IF_UNMODIFIED_SINCE),
+    };
+    let fetched = timed(&req, state.backend.fetch(&key, range.as_deref(), &cond, with_body)).await?;
+
+    match fetched {
+        Fetched::NotModified { etag, last_modified } => {
+            let mut resp = Response::new(respond::empty());
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            let h = resp.headers_mut();
+            if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+                h.insert(header::ETAG, v);
+            }
+            if let Some(v) = last_modified.and_then(|e| HeaderValue::from_str(&e).ok()) {
+                h.insert(header::LAST_MODIFIED, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            Ok(resp)
+        }
+        Fetched::Object { meta, content_range, body } => {
+            let mut resp = Response::new(body.unwrap_or_else(respond::empty));
+            if content_range.is_some() {
+                *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            }
+            let h = resp.headers_mut();
+            let stored_type = meta.content_type.unwrap_or_else(|| "application/octet-stream".into());
+            let essence = media_type(&stored_type);
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&stored_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+            if let Some(v) = meta.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+                h.insert(header::ETAG, v);
+            }
+            if let Some(t) = meta.last_modified {
+                h.insert(header::LAST_MODIFIED, HeaderValue::from_str(&httpdate::fmt_http_date(t)).expect("http dates are ASCII"));
+            }
+            if let Some(v) = content_range.and_then(|r| HeaderValue::from_str(&r).ok()) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            // Defence in depth: even a document opened from here runs in an opaque origin.
+            h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
+            if respond::is_active_content(essence.as_deref()) {
+                h.insert(header::CONTENT_DISPOSITION, respond::attachment(key.file_name()));
+            }
+            Ok(resp)
+        }
+    }
+}
+
+/// A single byte range, re-serialized canonically: `bytes=A-B`, `bytes=A-` or `bytes=-N`.
+/// Several ranges, or anything else, is `400 invalid_range`.
+pub(crate) fn parse_range(value: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::new(Code::InvalidRange, format!("Range {why}; send one range like `bytes=0-1023`"));
+    let spec = value
+        .strip_prefix("bytes=")
+        .ok_or_else(|| bad("must be in bytes"))?
+        .trim();
+    if spec.contains(',') {
+        return Err(bad("with several ranges is not supported"));
+    }
+    let (first, last) = spec.split_once('-').ok_or_else(|| bad("is malformed"))?;
+    let num = |s: &str| -> Result<u64, ApiError> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 19 {
+            return Err(bad("is malformed"));
+        }
+        s.parse().map_err(|_| bad("is malformed"))
+    };
+    match (first.trim(), last.trim()) {
+        ("", n) => {
+            let n = num(n)?;
+            if n == 0 {
+                return Err(bad("asks for no bytes"));
+            }
+            Ok(format!("bytes=-{n}"))
+        }
+        (a, "") => Ok(format!("bytes={}-", num(a)?)),
+        (a, b) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if b < a {
+                return Err(bad("ends before it starts"));
+            }
+            Ok(format!("bytes={a}-{b}"))
+        }
+    }
+}
+
+pub(super) async fn delete(state: &AppState, req: Request<Body>, encoded_key: &str) -> Result<Response<Body>, ApiError> {
+    let identity = authenticate(state, &req)?;
+    let key = resolve(&req, encoded_key)?;
+    identity.principal.authorize(Action::Delete, &key)?;
+    timed(&req, state.backend.delete(&key)).await?;
+    let mut resp = Response::new(respond::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99").unwrap(), "bytes=0-99");
+        assert_eq!(parse_range("bytes=100-").unwrap(), "bytes=100-");
+        assert_eq!(parse_range("bytes=-5").unwrap(), "bytes=-5");
+        for bad in ["bytes=5-1", "bytes=-0", "bytes=a-b", "bytes=0-1,3-4", "items=0-1", "bytes=", "bytes=-", "bytes=+1-2"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn range_parse_is_canonical(a in 0u64..u64::MAX / 2, len in 0u64..1_000_000) {
+            let s = format!("bytes={}-{}", a, a + len);
+            prop_assert_eq!(parse_range(&s).unwrap(), s);
+        }
+
+        #[test]
+        fn range_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_range(&s);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Building responses: JSON bodies, errors, and the headers every download carries.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full};
+
+use crate::Body;
+use crate::error::{ApiError, error_body};
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|e| match e {}).boxed()
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(value.to_string())).map_err(|e| match e {}).boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The response for an error: status, extra headers and the JSON body of SPEC section 7.
+/// The error's log-only detail is logged here, once, with the request id.
+pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
+    match err.origin {
+        crate::error::Origin::Client => {
+            tracing::debug!(request_id, code = err.code.as_str(), detail = err.detail.as_deref(), "request refused")
+        }
+        _ => tracing::warn!(request_id, code = err.code.as_str(), detail = err.detail.as_deref(), "request failed"),
+    }
+    let body = Full::new(Bytes::from(error_body(err, request_id))).map_err(|e| match e {}).boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in &err.headers {
+        h.insert(name.clone(), value.clone());
+    }
+    resp
+}
+
+/// Media types a browser may execute or render as a document on our origin: they are
+/// always served as attachments.
+pub(crate) fn is_active_content(media_type: Option<&str>) -> bool {
+    let Some(t) = media_type else { return true };
+    matches!(
+        t,
+        "text/html"
+            | "application/xhtml+xml"
+            | "image/svg+xml"
+            | "text/xml"
+            | "application/xml"
+            | "text/xsl"
+            | "text/javascript"
+            | "application/javascript"
+            | "application/x-javascript"
+            | "application/ecmascript"
+            | "text/ecmascript"
+            | "application/wasm"
+    ) || t.ends_with("+xml")
+}
+
+/// `attachment` with the key's last segment as the file name (ASCII fallback and RFC 5987).
+pub(crate) fn attachment(file_name: &str) -> HeaderValue {
+    let ascii: String = file_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._- ".contains(c) { c } else { '_' })
+        .collect();
+    let encoded = percent_encoding::utf8_percent_encode(file_name, percent_encoding::NON_ALPHANUMERIC);
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_content() {
+        for t in ["text/html", "image/svg+xml", "application/xml", "application/atom+xml", "text/javascript"] {
+            assert!(is_active_content(Some(t)), "{t}");
+        }
+        for t in ["image/png", "application/pdf", "text/plain", "application/octet-stream"] {
+            assert!(!is_active_content(Some(t)), "{t}");
+        }
+        assert!(is_active_content(None));
+    }
+
+    #[test]
+    fn attachment_names() {
+        let v = attachment("rapport été \"x\".html");
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("attachment; filename=\"rapport _t_ _x_.html\"; filename*=UTF-8''rapport%20"), "{s}");
+    }
+}

@@ -1,0 +1,194 @@
+//! Configuration: the TOML schema, human units, validation that names file, line, field and
+//! reason, and loading. A bad config is refused with a clear message, never a panic.
+
+mod schema;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use schema::*;
+pub use validate::Warning;
+
+/// One thing wrong with a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, when the config came from one.
+    pub file: Option<PathBuf>,
+    /// 1-based line of the offending field, when it could be found.
+    pub line: Option<usize>,
+    /// Dotted path of the field, e.g. `principals[1].prefix`; empty for the whole file.
+    pub field: String,
+    /// What is wrong, in words an operator can act on.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}", file.display())?,
+            None => f.write_str("<config>")?,
+        }
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Every problem found in one config, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A config that parsed and validated, with the warnings worth telling the operator.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Warning>,
+}
+
+/// Reads, parses and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: Some(path.to_owned()),
+            line: None,
+            field: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(&text, Some(path))
+}
+
+/// Parses and validates config text; `file` is only used in messages.
+pub fn parse(text: &str, file: Option<&Path>) -> Result<Loaded, ConfigErrors> {
+    let file = file.map(Path::to_owned);
+    let config = deserialize(text).map_err(|(field, line, reason)| {
+        ConfigErrors(vec![ConfigError { file: file.clone(), line, field, reason }])
+    })?;
+    match validate::validate(&config) {
+        Ok(warnings) => Ok(Loaded { config, warnings }),
+        Err(problems) => Err(ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(field, reason)| ConfigError {
+                    file: file.clone(),
+                    line: locate(text, &field),
+                    field,
+                    reason,
+                })
+                .collect(),
+        )),
+    }
+}
+
+/// serde with the path of the field that failed and the line of the failure.
+fn deserialize(text: &str) -> Result<Config, (String, Option<usize>, String)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        (String::new(), line, e.message().to_owned())
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        let inner = e.into_inner();
+        let line = inner.span().map(|s| line_of(text, s.start)).or_else(|| locate(text, &field));
+        (field, line, inner.message().to_owned())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// Finds the line of a dotted field path such as `principals[1].prefix`.
+fn locate(text: &str, field: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut span = doc.span();
+    let mut table = doc.get_ref();
+    let mut value: Option<&DeValue<'_>> = None;
+    for part in field.split('.').filter(|p| !p.is_empty()) {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if let Some(DeValue::Table(t)) = value {
+            table = t;
+        } else if value.is_some() {
+            break;
+        }
+        let (_, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        span = v.span();
+        value = Some(v.get_ref());
+        if let (Some(i), Some(DeValue::Array(items))) = (index, value) {
+            let item = items.get(i)?;
+            span = item.span();
+            value = Some(item.get_ref());
+        }
+    }
+    Some(line_of(text, span.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        parse(text, Some(Path::new("t.toml"))).unwrap_err().0
+    }
+
+    #[test]
+    fn defaults_are_valid_for_embedded() {
+        let loaded = parse("[backend]\nkind = \"embedded\"\n", None).unwrap();
+        assert_eq!(loaded.config.backend.part_size, units::Size::mib(8));
+        assert_eq!(loaded.config.server.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let e = &errors("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")[0];
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().starts_with("t.toml:3"), "{e}");
+        assert!(e.reason.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_unit_names_the_field() {
+        let e = &errors("[backend]\nkind = \"embedded\"\npart_size = \"8 parsecs\"\n")[0];
+        assert_eq!(e.field, "backend.part_size", "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn validation_error_is_located() {
+        let text = "[backend]\nkind = \"embedded\"\n\n[[principals]]\nname = \"a\"\napi_keys = []\n\n[[principals]]\nname = \"b\"\nprefix = \"/abs/\"\n";
+        let errs = errors(text);
+        let e = errs.iter().find(|e| e.field == "principals[1].prefix").unwrap();
+        assert_eq!(e.line, Some(10), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = &errors("[server\nlisten = 1\n")[0];
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+}

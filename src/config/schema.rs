@@ -1,0 +1,290 @@
+//! The configuration schema (SPEC section 2): serde structs, each field with its unit and
+//! default. Parsing only; the rules that span fields live in `validate.rs`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::units::{Size, Span};
+use crate::policy::Action;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub backend: BackendConfig,
+    pub limits: LimitsConfig,
+    pub rate_limit: RateLimitConfig,
+    pub cors: Option<CorsConfig>,
+    pub links: Option<LinksConfig>,
+    pub log: LogConfig,
+    pub principals: Vec<PrincipalConfig>,
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[server]`: the public listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Base URL that makes signed links absolute. Default: none (links are relative).
+    pub public_url: Option<String>,
+    /// TLS with rustls (not in this build yet: refused at validation).
+    pub tls: Option<TlsConfig>,
+    /// Time a client has to send the request head. Default `10s`.
+    pub header_read_timeout: Span,
+    /// Longest pause allowed inside a request body. Default `30s`.
+    pub body_idle_timeout: Span,
+    /// How long in-flight requests may run after SIGTERM. Default `30s`.
+    pub shutdown_grace: Span,
+    /// Requests served at once before new ones are shed with 503. Default `1024`.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            tls: None,
+            header_read_timeout: Span::secs(10),
+            body_idle_timeout: Span::secs(30),
+            shutdown_grace: Span::secs(30),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+/// `server.tls`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[admin]`: the listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:9090`.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9090".into() }
+    }
+}
+
+/// Which S3 the gateway relays to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A real S3 (or S3-compatible) endpoint, credentials from the AWS default chain.
+    #[default]
+    S3,
+    /// An S3 protocol server inside the process, storing under `root`.
+    Embedded,
+}
+
+/// Server-side encryption requested on every write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Sse {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+/// What to do with the bucket audit at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditMode {
+    #[default]
+    Warn,
+    Enforce,
+    Off,
+}
+
+/// `[backend]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `"s3"` (default) or `"embedded"`.
+    pub kind: BackendKind,
+    /// The bucket. Required for `s3`; default `portcullis` for `embedded`.
+    pub bucket: String,
+    /// Default `us-east-1`.
+    pub region: String,
+    /// An S3-compatible endpoint (MinIO, R2, Ceph, a test server). Default: AWS.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`). Default `false`.
+    pub force_path_style: bool,
+    /// `"AES256"` or `"aws:kms"`, sent on every write. Default: none (bucket default).
+    pub sse: Option<Sse>,
+    /// KMS key for `sse = "aws:kms"`.
+    pub kms_key_id: Option<String>,
+    /// Part size for bodies of unknown length (multipart upload). 5MiB to 5GiB, default `8MiB`.
+    pub part_size: Size,
+    /// Bucket audit at start. Default `"warn"`.
+    pub audit: AuditMode,
+    /// Data folder of the embedded backend. Default `./data`.
+    pub root: PathBuf,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::S3,
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            force_path_style: false,
+            sse: None,
+            kms_key_id: None,
+            part_size: Size::mib(8),
+            audit: AuditMode::Warn,
+            root: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// `[limits]`: the defaults every principal starts from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest object accepted. Default `5GiB`.
+    pub max_object_size: Size,
+    /// Allowed content types, patterns like `image/*`. Default `["*/*"]`.
+    pub content_types: Vec<String>,
+    /// Check magic bytes against the declared type. Default `true`.
+    pub sniff: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_object_size: Size::gib(5), content_types: vec!["*/*".into()], sniff: true }
+    }
+}
+
+/// A GCRA rate: sustained requests per second and burst.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+/// `[rate_limit]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Per principal. Default `100`.
+    pub requests_per_second: u32,
+    /// Default `200`.
+    pub burst: u32,
+    /// Failed authentication attempts per client IP. Default 5/s, burst 10.
+    pub unauthenticated_per_ip: Rate,
+    /// Per-principal body throttle. Default: none.
+    pub bytes_per_second: Option<Size>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 100,
+            burst: 200,
+            unauthenticated_per_ip: Rate { requests_per_second: 5, burst: 10 },
+            bytes_per_second: None,
+        }
+    }
+}
+
+/// `[cors]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<Span>,
+}
+
+/// `[links]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinksConfig {
+    pub secrets_env: Vec<String>,
+    #[serde(default)]
+    pub default_ttl: Option<Span>,
+    #[serde(default)]
+    pub max_ttl: Option<Span>,
+}
+
+/// Access-log format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Format of the application log (stderr). Default `"json"`.
+    pub format: LogFormat,
+    /// `"stdout"` (default) or a file path; one JSON line per request.
+    pub access_log: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, access_log: "stdout".into() }
+    }
+}
+
+/// `[[principals]]`: who may call, what they may do, where.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub name: String,
+    /// `sha256:<64 hex>` hashes of the principal's API keys (several: rotation).
+    pub api_keys: Vec<String>,
+    /// Actions: `get` (GET and HEAD), `put`, `delete`, `list`, `link`.
+    pub allow: Vec<Action>,
+    /// Every key the principal touches starts with this. Default `""` (the whole bucket).
+    pub prefix: String,
+    /// Narrows `limits.max_object_size`.
+    pub max_object_size: Option<Size>,
+    /// Narrows `limits.content_types`.
+    pub content_types: Option<Vec<String>>,
+    /// Overrides `[rate_limit]` for this principal.
+    pub rate_limit: Option<Rate>,
+    /// mTLS subjects that identify this principal.
+    pub client_cert_subjects: Vec<String>,
+}
+
+/// `[jwt]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub hs256_secret_env: Option<String>,
+    #[serde(default)]
+    pub principal_claim: Option<String>,
+    #[serde(default)]
+    pub prefix_template: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<Action>,
+}

@@ -1,0 +1,162 @@
+//! Limits applied to uploads: the size and the declared content type.
+//!
+//! The size is refused from `Content-Length` before a byte of the body is read, and a body of
+//! unknown length is counted as it streams by [`LimitedBody`], which fails at the first byte
+//! over the limit.
+
+mod body;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use body::{BodyFailure, BodyWatch, LimitedBody, TooLarge};
+
+use crate::config::units::Size;
+use crate::error::ApiError;
+
+/// A content-type pattern: `*/*`, `image/*` or `image/png`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypePattern {
+    kind: String,
+    /// `None` for `*`.
+    subtype: Option<String>,
+}
+
+impl TypePattern {
+    /// Does this pattern allow the media type `mime` (lower-case `type/subtype`, no parameters)?
+    pub fn matches(&self, mime: &str) -> bool {
+        let Some((kind, subtype)) = mime.split_once('/') else { return false };
+        (self.kind == "*" || self.kind == kind) && self.subtype.as_deref().is_none_or(|s| s == subtype)
+    }
+
+    /// Does this pattern allow everything `other` allows?
+    pub fn covers(&self, other: &TypePattern) -> bool {
+        (self.kind == "*" || self.kind == other.kind)
+            && (self.subtype.is_none() || self.subtype == other.subtype)
+    }
+}
+
+impl FromStr for TypePattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let bad = || format!("`{s}` is not a content-type pattern like `image/png`, `image/*` or `*/*`");
+        let (kind, subtype) = lower.split_once('/').ok_or_else(bad)?;
+        let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+        if !(kind == "*" || token(kind)) || !(subtype == "*" || token(subtype)) || (kind == "*" && subtype != "*") {
+            return Err(bad());
+        }
+        Ok(Self { kind: kind.into(), subtype: (subtype != "*").then(|| subtype.into()) })
+    }
+}
+
+impl fmt::Display for TypePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.subtype.as_deref().unwrap_or("*"))
+    }
+}
+
+/// The media type of a `Content-Type` value: lower-case `type/subtype` without parameters,
+/// or `None` when it is not one.
+pub fn media_type(content_type: &str) -> Option<String> {
+    let essence = content_type.split(';').next()?.trim().to_ascii_lowercase();
+    let (kind, subtype) = essence.split_once('/')?;
+    let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    (token(kind) && token(subtype)).then_some(essence)
+}
+
+/// The limits one principal's uploads are held to.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_object_size: Size,
+    pub content_types: Vec<TypePattern>,
+}
+
+impl Limits {
+    pub fn new(max_object_size: Size, content_types: Vec<TypePattern>) -> Self {
+        Self { max_object_size, content_types }
+    }
+
+    /// From `[limits]` (validated already).
+    pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
+        Self::new(c.max_object_size, c.content_types.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
+    /// These limits narrowed by a principal's own.
+    pub fn narrowed(&self, max: Option<Size>, types: Option<&[String]>) -> Self {
+        Self {
+            max_object_size: max.map_or(self.max_object_size, |m| m.min(self.max_object_size)),
+            content_types: match types {
+                Some(t) => t.iter().filter_map(|s| s.parse().ok()).collect(),
+                None => self.content_types.clone(),
+            },
+        }
+    }
+
+    /// Refuses a declared length over the limit, before any byte of the body is read.
+    pub fn check_length(&self, length: u64) -> Result<(), ApiError> {
+        if length > self.max_object_size.bytes() {
+            return Err(ApiError::too_large(self.max_object_size));
+        }
+        Ok(())
+    }
+
+    /// Refuses a declared content type that no pattern allows.
+    pub fn check_type(&self, media_type: &str) -> Result<(), ApiError> {
+        if self.content_types.iter().any(|p| p.matches(media_type)) {
+            Ok(())
+        } else {
+            Err(ApiError::unsupported_type(media_type))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(s: &str) -> TypePattern {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(p("*/*").matches("image/png"));
+        assert!(p("image/*").matches("image/png"));
+        assert!(!p("image/*").matches("text/html"));
+        assert!(p("Image/PNG").matches("image/png"));
+        assert!(!p("image/png").matches("image/pngx"));
+        assert!(p("image/*").covers(&p("image/png")));
+        assert!(!p("image/png").covers(&p("image/*")));
+        for bad in ["", "image", "*/png", "image/", "/png", "im age/png", "image/png; q=1"] {
+            assert!(bad.parse::<TypePattern>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(media_type("Text/HTML; charset=utf-8").as_deref(), Some("text/html"));
+        assert_eq!(media_type("image/png").as_deref(), Some("image/png"));
+        assert_eq!(media_type("nonsense"), None);
+        assert_eq!(media_type("a/b c"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn covering_pattern_matches_all_it_covers(kind in "[a-z]{1,6}", sub in "[a-z]{1,6}") {
+            let mime = format!("{kind}/{sub}");
+            let exact = p(&mime);
+            let wide = p(&format!("{kind}/*"));
+            prop_assert!(exact.matches(&mime));
+            prop_assert!(wide.covers(&exact) && wide.matches(&mime) && p("*/*").covers(&wide));
+        }
+
+        #[test]
+        fn length_limit_is_exact(max in 0u64..1_000_000, len in 0u64..2_000_000) {
+            let l = Limits::new(Size(max), vec![p("*/*")]);
+            prop_assert_eq!(l.check_length(len).is_ok(), len <= max);
+        }
+    }
+}

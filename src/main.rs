@@ -1,0 +1,181 @@
+//! The `portcullis` command: parse the command line, load the config, set up logging, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use portcullis::auth::generate_key;
+use portcullis::config::{self, BackendKind, Config, LogFormat, PrincipalConfig};
+use portcullis::obs::AccessLog;
+use portcullis::policy::Action;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An authenticating, streaming gateway in front of a private S3 bucket")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Run on 127.0.0.1 with an embedded S3 backend and a fresh API key. No AWS needed.
+        #[arg(long)]
+        dev: bool,
+        /// Listen here instead of `server.listen` (e.g. 127.0.0.1:0 for any free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data folder of the embedded backend (default ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Validate a config file and print what is wrong, with file, line and field.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print a new random API key and the `sha256:` hash to paste into a config.
+    Keygen,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen => {
+            let (key, hash) = generate_key();
+            println!("key:  {key}");
+            println!("hash: {hash}");
+            println!("\nGive the key to the client; put the hash in its principal's api_keys.");
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    eprintln!("warning: {}: {w}", config.display());
+                }
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config, dev, listen, data } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config, dev, listen, data)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(path: Option<PathBuf>, dev: bool, listen: Option<SocketAddr>, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let (mut config, warnings, dev_key) = if dev {
+        let (key, hash) = generate_key();
+        (dev_config(hash), Vec::new(), Some(key))
+    } else {
+        let path = path.expect("clap requires --config without --dev");
+        let loaded = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        (loaded.config, loaded.warnings, None)
+    };
+    if let Some(listen) = listen {
+        config.server.listen = listen.to_string();
+    }
+    if let Some(data) = data {
+        config.backend.root = data;
+    }
+    init_tracing(config.log.format);
+    for w in warnings {
+        tracing::warn!(field = %w.field, "{}", w.message);
+    }
+
+    let handle = portcullis::start_backend(&config).await?;
+    if let Err(e) = handle.backend.ping().await {
+        if config.backend.kind == BackendKind::Embedded {
+            anyhow::bail!("the embedded backend does not answer: {e}");
+        }
+        tracing::error!(error = %e, "the bucket is not reachable now; requests will fail until it is");
+    }
+    let state = Arc::new(portcullis::build_state(&config, handle.backend.clone()));
+    let log = Arc::new(AccessLog::open(&config.log.access_log)?);
+    let addr: SocketAddr = config.server.listen.parse()?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, bucket = handle.backend.bucket(), "portcullis is serving");
+
+    if let Some(key) = dev_key {
+        let root = config.backend.root.display();
+        eprintln!();
+        eprintln!("  Portcullis dev gateway on http://{local}  (embedded S3 storing under {root})");
+        eprintln!("  API key (shown once): {key}");
+        eprintln!();
+        eprintln!("  Try:  echo hello > hello.txt");
+        eprintln!("        curl -T hello.txt -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt");
+        eprintln!("        curl -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt");
+        eprintln!();
+    }
+
+    portcullis::run(listener, shutdown_signal(), state, log, portcullis::server_options(&config)).await;
+    drop(handle);
+    Ok(())
+}
+
+/// `serve --dev`: embedded backend, one principal with every permission on the whole bucket.
+fn dev_config(key_hash: String) -> Config {
+    let mut c = Config::default();
+    c.backend.kind = BackendKind::Embedded;
+    c.backend.bucket = "portcullis".into();
+    c.log.format = LogFormat::Pretty;
+    c.principals.push(PrincipalConfig {
+        name: "dev".into(),
+        api_keys: vec![key_hash],
+        allow: vec![Action::Get, Action::Put, Action::Delete, Action::List, Action::Link],
+        ..Default::default()
+    });
+    c
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,333 @@
+//! The access log: one JSON line per request, written when the response body has been sent
+//! (or abandoned), so byte counts and durations are those of the whole transfer.
+//!
+//! The layer also owns the request id: a client's `x-request-id` of at most 64 safe
+//! characters is kept, anything else is replaced, and the id goes back on every response.
+//! Handlers fill a shared [`RequestNote`] (principal, route, key, error) as they go, so even a
+//! request whose client vanished mid-way is logged with what was known. No API key, token or
+//! link signature is ever put in a note.
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tower::{Layer, Service};
+
+use crate::auth::AuthMethod;
+use crate::{Body, BoxError, HttpService};
+
+/// Where access-log lines go.
+#[derive(Debug)]
+pub enum AccessLog {
+    Stdout,
+    File(Mutex<std::fs::File>),
+    /// Tests and benchmarks that do not read it.
+    Off,
+}
+
+impl AccessLog {
+    /// `"stdout"` or a file path (appended to).
+    pub fn open(target: &str) -> std::io::Result<Self> {
+        if target == "stdout" {
+            return Ok(AccessLog::Stdout);
+        }
+        let file = OpenOptions::new().create(true).append(true).open(target)?;
+        Ok(AccessLog::File(Mutex::new(file)))
+    }
+
+    fn write(&self, record: &Record<'_>) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        line.push(b'\n');
+        let result = match self {
+            AccessLog::Stdout => std::io::stdout().lock().write_all(&line),
+            AccessLog::File(f) => f.lock().map_or(Ok(()), |mut f| f.write_all(&line)),
+            AccessLog::Off => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not write the access log");
+        }
+    }
+}
+
+/// The remote address of the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+}
+
+/// The request id, for handlers (error bodies) and the log.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+/// What the handler learned about a request, shared with the access log.
+#[derive(Clone, Debug, Default)]
+pub struct RequestNote {
+    pub principal: Option<String>,
+    pub auth: Option<AuthMethod>,
+    pub route: &'static str,
+    pub key: Option<String>,
+    pub error_code: Option<&'static str>,
+    pub backend_ms: Option<f64>,
+}
+
+/// Updates the request's note, if the access log gave it one.
+pub fn note<B>(req: &Request<B>, f: impl FnOnce(&mut RequestNote)) {
+    if let Some(n) = req.extensions().get::<Arc<Mutex<RequestNote>>>()
+        && let Ok(mut n) = n.lock()
+    {
+        f(&mut n);
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    ts: String,
+    request_id: &'a str,
+    remote_addr: Option<String>,
+    principal: Option<&'a str>,
+    auth: &'static str,
+    method: &'a str,
+    route: &'static str,
+    key: Option<&'a str>,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    backend_ms: Option<f64>,
+    error_code: Option<&'static str>,
+}
+
+/// Everything needed to write the line once the transfer ends.
+struct Pending {
+    log: Arc<AccessLog>,
+    start: Instant,
+    ts: SystemTime,
+    request_id: Arc<str>,
+    remote: Option<SocketAddr>,
+    method: http::Method,
+    note: Arc<Mutex<RequestNote>>,
+    bytes_in: Arc<AtomicU64>,
+    status: u16,
+}
+
+impl Pending {
+    fn finish(&self, bytes_out: u64, status: u16, fallback_error: Option<&'static str>) {
+        let note = self.note.lock().map(|n| n.clone()).unwrap_or_default();
+        let record = Record {
+            ts: humantime::format_rfc3339_millis(self.ts).to_string(),
+            request_id: &self.request_id,
+            remote_addr: self.remote.map(|a| a.to_string()),
+            principal: note.principal.as_deref(),
+            auth: note.auth.unwrap_or(AuthMethod::None).as_str(),
+            method: self.method.as_str(),
+            route: if note.route.is_empty() { "other" } else { note.route },
+            key: note.key.as_deref(),
+            status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            duration_ms: (self.start.elapsed().as_micros() as f64) / 1000.0,
+            backend_ms: note.backend_ms,
+            error_code: note.error_code.or(fallback_error),
+        };
+        self.log.write(&record);
+    }
+}
+
+/// Logs a request whose handler was dropped before it answered (the client went away).
+struct DropGuard(Option<Pending>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // 499: nginx's "client closed request".
+            p.finish(0, 499, Some("client_closed"));
+        }
+    }
+}
+
+/// The outermost layer: request id and access log.
+#[derive(Clone, Debug)]
+pub struct AccessLogLayer {
+    log: Arc<AccessLog>,
+}
+
+impl AccessLogLayer {
+    pub fn new(log: Arc<AccessLog>) -> Self {
+        Self { log }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = AccessLogService;
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLogService { inner: HttpService::new(inner), log: self.log.clone() }
+    }
+}
+
+/// See [`AccessLogLayer`].
+#[derive(Clone)]
+pub struct AccessLogService {
+    inner: HttpService,
+    log: Arc<AccessLog>,
+}
+
+impl Service<Request<Body>> for AccessLogService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let request_id: Arc<str> = match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if is_safe_id(id) => Arc::from(id),
+            _ => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+        };
+        let note = Arc::new(Mutex::new(RequestNote::default()));
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let remote = req.extensions().get::<ConnInfo>().map(|c| c.remote);
+        let pending = Pending {
+            log: self.log.clone(),
+            start,
+            ts: SystemTime::now(),
+            request_id: request_id.clone(),
+            remote,
+            method: req.method().clone(),
+            note: note.clone(),
+            bytes_in: bytes_in.clone(),
+            status: 0,
+        };
+
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(RequestId(request_id.clone()));
+        parts.extensions.insert(note);
+        let body = CountIn { inner: body, count: bytes_in }.boxed();
+        let req = Request::from_parts(parts, body);
+
+        // Take the service that was driven to readiness, leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut guard = DropGuard(Some(pending));
+            let Ok(response) = inner.call(req).await;
+            let (mut parts, body) = response.into_parts();
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                parts.headers.insert("x-request-id", v);
+            }
+            let mut pending = guard.0.take().expect("the guard holds the record until here");
+            pending.status = parts.status.as_u16();
+            let body = CountOut { inner: body, count: 0, pending: Some(pending) }.boxed();
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
+
+/// At most 64 characters from a set that cannot break a log line or a header.
+fn is_safe_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Counts request body bytes.
+struct CountIn {
+    inner: Body,
+    count: Arc<AtomicU64>,
+}
+
+impl HttpBody for CountIn {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts response body bytes and writes the log line when the body ends or is dropped.
+struct CountOut {
+    inner: Body,
+    count: u64,
+    pending: Option<Pending>,
+}
+
+impl HttpBody for CountOut {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.count += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.done(None),
+            Poll::Ready(Some(Err(e))) => {
+                // The headers are out; the connection is aborted so the client sees a failed
+                // transfer, never a silently truncated one.
+                tracing::warn!(error = %e, "response body failed mid-stream");
+                self.done(Some("backend_error"));
+            }
+            Poll::Pending => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl CountOut {
+    fn done(&mut self, error: Option<&'static str>) {
+        if let Some(p) = self.pending.take() {
+            p.finish(self.count, p.status, error);
+        }
+    }
+}
+
+impl Drop for CountOut {
+    fn drop(&mut self) {
+        let error = if self.inner.is_end_stream() { None } else { Some("client_closed") };
+        self.done(error);
+    }
+}

@@ -1,0 +1,137 @@
+//! Policy: may this principal do this action on this key, and within which limits.
+//!
+//! A principal is what authentication produces; the policy step only reads it. The same
+//! `403 forbidden` answers every refusal, before S3 is asked, so the answer never says
+//! whether an object exists.
+
+mod key;
+
+use std::fmt;
+
+use serde::Deserialize;
+
+pub use key::{MAX_KEY_BYTES, ObjectKey, percent_decode_once, validate_prefix};
+pub(crate) use key::check_chars;
+
+use crate::config::PrincipalConfig;
+use crate::error::ApiError;
+use crate::limits::Limits;
+
+/// What a request does, as named in a principal's `allow`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// GET and HEAD of an object.
+    Get,
+    Put,
+    Delete,
+    List,
+    /// Issue signed links.
+    Link,
+}
+
+impl Action {
+    /// The name used in configs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Get => "get",
+            Action::Put => "put",
+            Action::Delete => "delete",
+            Action::List => "list",
+            Action::Link => "link",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated caller and everything the policy needs to know about it.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub name: String,
+    allow: u8,
+    /// Every key it touches starts with this (empty: the whole bucket).
+    pub prefix: String,
+    /// Its effective limits (defaults narrowed by its own).
+    pub limits: Limits,
+}
+
+impl Principal {
+    /// Builds a principal from its (validated) config and the gateway's default limits.
+    pub fn from_config(c: &PrincipalConfig, defaults: &Limits) -> Self {
+        Self {
+            name: c.name.clone(),
+            allow: c.allow.iter().fold(0, |acc, a| acc | a.bit()),
+            prefix: c.prefix.clone(),
+            limits: defaults.narrowed(c.max_object_size, c.content_types.as_deref()),
+        }
+    }
+
+    /// A principal allowed everything, everywhere (`serve --dev`).
+    pub fn full_access(name: &str, limits: Limits) -> Self {
+        let all = [Action::Get, Action::Put, Action::Delete, Action::List, Action::Link];
+        Self { name: name.into(), allow: all.iter().fold(0, |acc, a| acc | a.bit()), prefix: String::new(), limits }
+    }
+
+    /// Whether `action` is in the principal's `allow`.
+    pub fn may(&self, action: Action) -> bool {
+        self.allow & action.bit() != 0
+    }
+
+    /// May the principal do `action` on `key`? One answer for every refusal.
+    pub fn authorize(&self, action: Action, key: &ObjectKey) -> Result<(), ApiError> {
+        if self.may(action) && key.as_str().starts_with(&self.prefix) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+
+    /// May the principal list under `prefix`? Listing is confined to its own prefix.
+    pub fn authorize_list(&self, prefix: &str) -> Result<(), ApiError> {
+        if self.may(Action::List) && prefix.starts_with(&self.prefix) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::units::Size;
+
+    fn alice() -> Principal {
+        let c = PrincipalConfig {
+            name: "alice".into(),
+            allow: vec![Action::Get, Action::List],
+            prefix: "users/alice/".into(),
+            ..Default::default()
+        };
+        Principal::from_config(&c, &Limits::new(Size::gib(1), vec!["*/*".parse().unwrap()]))
+    }
+
+    fn key(s: &str) -> ObjectKey {
+        ObjectKey::parse(s.into()).unwrap()
+    }
+
+    #[test]
+    fn allow_and_prefix() {
+        let a = alice();
+        assert!(a.authorize(Action::Get, &key("users/alice/x")).is_ok());
+        assert!(a.authorize(Action::Put, &key("users/alice/x")).is_err());
+        assert!(a.authorize(Action::Get, &key("users/alicex")).is_err());
+        assert!(a.authorize(Action::Get, &key("users/bob/x")).is_err());
+        assert!(a.authorize_list("users/alice/photos/").is_ok());
+        assert!(a.authorize_list("users/").is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! Building the aws-sdk-s3 client. The same code path for AWS, an S3-compatible endpoint and
+//! the embedded server: only the endpoint and where the credentials come from differ.
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+
+use super::Backend;
+use crate::config::{BackendConfig, Sse};
+
+/// What the relay needs to know beyond the config file.
+#[derive(Clone, Debug, Default)]
+pub struct BackendSettings {
+    /// Overrides `backend.endpoint` (the embedded server's address).
+    pub endpoint: Option<String>,
+    /// Static credentials for the embedded server. `None`: the AWS default chain.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Builds the client. Credentials come from the AWS default chain (environment, profile,
+/// web identity, ECS/IMDS) unless the embedded server handed us its generated pair.
+pub async fn connect(cfg: &BackendConfig, settings: BackendSettings) -> Backend {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+    if let Some((access_key, secret_key)) = settings.credentials {
+        loader = loader.credentials_provider(Credentials::new(access_key, secret_key, None, None, "portcullis-embedded"));
+    }
+    let shared = loader.load().await;
+    let mut s3 = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(cfg.force_path_style || settings.endpoint.is_some())
+        // Checksums only where S3 requires them: the SDK would otherwise wrap every streamed
+        // upload in aws-chunked encoding with a trailer, which not every S3-compatible server
+        // accepts, and validate every download at the end of the stream.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if let Some(endpoint) = settings.endpoint.or_else(|| cfg.endpoint.clone()) {
+        s3 = s3.endpoint_url(endpoint);
+    }
+    Backend {
+        client: aws_sdk_s3::Client::from_conf(s3.build()),
+        bucket: Arc::from(cfg.bucket.as_str()),
+        sse: cfg.sse,
+        kms_key_id: if cfg.sse == Some(Sse::AwsKms) { cfg.kms_key_id.clone() } else { None },
+        part_size: cfg.part_size.bytes() as usize,
+    }
+}

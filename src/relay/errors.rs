@@ -1,0 +1,81 @@
+//! The one place where an `SdkError` is translated: into a status and code for the client,
+//! with everything S3 said (code, message, request id) kept for the log only.
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::http::Response;
+
+use crate::error::{ApiError, Code};
+
+/// Maps any aws-sdk-s3 failure to the gateway's error.
+pub fn translate<E>(err: SdkError<E, Response>) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let detail = describe(&err);
+    let api = match &err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            match (status, code) {
+                (404, _) | (_, "NoSuchKey" | "NotFound") => ApiError::not_found(),
+                (412, _) | (_, "PreconditionFailed") => {
+                    ApiError::new(Code::PreconditionFailed, "the object's state does not match the request's condition")
+                }
+                // A concurrent conditional write won the race; to this client, the condition failed.
+                (409, "ConditionalRequestConflict") => {
+                    ApiError::new(Code::PreconditionFailed, "a concurrent write changed the object; retry")
+                }
+                (416, _) | (_, "InvalidRange") => {
+                    ApiError::new(Code::RangeNotSatisfiable, "the range is outside the object")
+                }
+                (400, "EntityTooLarge") => ApiError::new(Code::PayloadTooLarge, "the object is too large for the backend"),
+                (400, "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch") => {
+                    ApiError::new(Code::BadDigest, "the body does not match its digest")
+                }
+                (503, _) | (_, "SlowDown") => ApiError::new(Code::BackendUnavailable, "the backend is unavailable; retry later"),
+                _ => ApiError::new(Code::BackendError, "the backend failed"),
+            }
+        }
+        SdkError::TimeoutError(_) => ApiError::new(Code::BackendTimeout, "the backend did not answer in time"),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
+        }
+        SdkError::DispatchFailure(d) if d.is_io() => {
+            ApiError::new(Code::BackendUnavailable, "the backend cannot be reached")
+        }
+        SdkError::ConstructionFailure(_) => ApiError::internal("could not build the backend request"),
+        _ => ApiError::new(Code::BackendError, "the backend failed"),
+    };
+    api.detail(detail)
+}
+
+/// Everything worth logging about a backend failure, AWS request ids included.
+fn describe<E>(err: &SdkError<E, Response>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(s) => {
+            let raw = s.raw();
+            let meta = s.err().meta();
+            format!(
+                "S3 {} {}: {} (request id {}, extended id {})",
+                raw.status().as_u16(),
+                meta.code().unwrap_or("-"),
+                meta.message().unwrap_or("-"),
+                raw.headers().get("x-amz-request-id").unwrap_or("-"),
+                raw.headers().get("x-amz-id-2").unwrap_or("-"),
+            )
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}

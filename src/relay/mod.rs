@@ -1,0 +1,433 @@
+//! The relay: the only module that speaks to S3 (through aws-sdk-s3), and the one place where
+//! an `SdkError` becomes an [`ApiError`].
+//!
+//! Uploads stream: a body of known length (up to S3's 5 GiB single-request limit) goes as one
+//! `PutObject`; any other body goes as a multipart upload, one `part_size` buffer at a time,
+//! completed only at the end and aborted on any failure. A body that turns out to fit in one
+//! part is sent as a plain `PutObject` instead. Downloads hand S3's body straight to hyper, so
+//! backpressure reaches S3.
+
+mod client;
+mod errors;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+
+pub use client::{BackendSettings, connect};
+pub use errors::translate;
+
+use crate::config::Sse;
+use crate::error::{ApiError, Code};
+use crate::limits::{BodyFailure, BodyWatch};
+use crate::policy::ObjectKey;
+use crate::{Body, BoxError};
+
+/// S3's largest single `PutObject`.
+pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's most parts in one multipart upload.
+pub const MAX_PARTS: i32 = 10_000;
+
+/// A handle on the bucket. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    client: Client,
+    bucket: Arc<str>,
+    sse: Option<Sse>,
+    kms_key_id: Option<String>,
+    part_size: usize,
+}
+
+/// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteCondition {
+    None,
+    /// `If-None-Match: *`: create only.
+    IfNoneMatchAny,
+    /// `If-Match: <etag>`: replace only that version.
+    IfMatch(String),
+}
+
+/// Conditions on a read, evaluated by S3.
+#[derive(Clone, Debug, Default)]
+pub struct ReadConditions {
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<SystemTime>,
+    pub if_match: Option<String>,
+    pub if_unmodified_since: Option<SystemTime>,
+}
+
+/// An upload on its way to the relay.
+pub struct Upload {
+    pub key: ObjectKey,
+    pub content_type: String,
+    /// `Content-Length`, when the client sent one.
+    pub length: Option<u64>,
+    pub condition: WriteCondition,
+    /// Already wrapped in the streaming limits.
+    pub body: Body,
+    /// Tells why the body failed, if it did.
+    pub watch: Arc<BodyWatch>,
+}
+
+/// What S3 stored.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub etag: String,
+    pub size: u64,
+}
+
+/// What S3 says about an object.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// The answer to a GET or HEAD.
+pub enum Fetched {
+    Object {
+        meta: ObjectMeta,
+        /// `Content-Range` of a `206`.
+        content_range: Option<String>,
+        /// `None` for HEAD.
+        body: Option<Body>,
+    },
+    NotModified {
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+/// One object in a listing.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// A page of a listing.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    pub objects: Vec<Listed>,
+    /// The last key of this page when there are more.
+    pub last_key: Option<String>,
+}
+
+impl Backend {
+    /// The bucket name (for logs and the audit; never sent to clients).
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The underlying client, for start-up checks and tests of the backend itself.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Is the bucket reachable with our credentials?
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        self.client.head_bucket().bucket(&*self.bucket).send().await.map_err(translate)?;
+        Ok(())
+    }
+
+    /// Stores an upload, streaming.
+    pub async fn put(&self, upload: Upload) -> Result<Stored, ApiError> {
+        match upload.length {
+            Some(length) if length <= MAX_SINGLE_PUT => self.put_single(upload, length).await,
+            _ => {
+                // Run the multipart upload in its own task: if the client goes away and hyper
+                // drops this future, the task still sees the body fail and aborts the upload,
+                // so no unfinished multipart upload is left behind.
+                let this = self.clone();
+                tokio::spawn(async move { this.put_multipart(upload).await })
+                    .await
+                    .map_err(|e| ApiError::internal(format!("upload task failed: {e}")))?
+            }
+        }
+    }
+
+    async fn put_single(&self, upload: Upload, length: u64) -> Result<Stored, ApiError> {
+        let Upload { key, content_type, condition, body, watch, .. } = upload;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&*self.bucket)
+            .key(key.as_str())
+            .content_type(content_type)
+            .content_length(length as i64)
+            .body(ByteStream::from_body_1_x(body));
+        let request = match condition {
+            WriteCondition::None => request,
+            WriteCondition::IfNoneMatchAny => request.if_none_match("*"),
+            WriteCondition::IfMatch(etag) => request.if_match(etag),
+        };
+        let request = match self.sse {
+            None => request,
+            Some(Sse::Aes256) => request.server_side_encryption(ServerSideEncryption::Aes256),
+            Some(Sse::AwsKms) => request
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(self.kms_key_id.clone()),
+        };
+        let out = request.send().await.map_err(|e| blame(&watch, translate(e)))?;
+        Ok(Stored { etag: out.e_tag.unwrap_or_default(), size: length })
+    }
+
+    async fn put_multipart(&self, upload: Upload) -> Result<Stored, ApiError> {
+        let Upload { key, content_type, condition, mut body, watch, .. } = upload;
+        let mut buf = BytesMut::with_capacity(self.part_size);
+        let ended = fill(&mut body, &mut buf, self.part_size, &watch).await?;
+        if ended {
+            // The whole body fits in one part: one PutObject, no multipart bookkeeping.
+            let first = buf.freeze();
+            let length = first.len() as u64;
+            let body = http_body_util::Full::new(first).map_err(|e: std::convert::Infallible| match e {}).boxed();
+            let upload = Upload { key, content_type, length: Some(length), condition, body, watch };
+            return self.put_single(upload, length).await;
+        }
+
+        let request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(key.as_str())
+            .content_type(content_type);
+        let request = match self.sse {
+            None => request,
+            Some(Sse::Aes256) => request.server_side_encryption(ServerSideEncryption::Aes256),
+            Some(Sse::AwsKms) => request
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(self.kms_key_id.clone()),
+        };
+        let created = request.send().await.map_err(translate)?;
+        let upload_id = created
+            .upload_id
+            .ok_or_else(|| ApiError::new(Code::BackendError, "the backend failed").detail("no UploadId in CreateMultipartUpload"))?;
+
+        let result = self.send_parts(&key, &upload_id, condition, body, buf, &watch).await;
+        if result.is_err() {
+            let abort = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&*self.bucket)
+                .key(key.as_str())
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            if let Err(e) = abort {
+                tracing::error!(key = %key, upload_id, error = %translate(e), "could not abort a failed multipart upload; the bucket lifecycle rule will remove it");
+            }
+        }
+        result
+    }
+
+    async fn send_parts(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        condition: WriteCondition,
+        mut body: Body,
+        mut buf: BytesMut,
+        watch: &BodyWatch,
+    ) -> Result<Stored, ApiError> {
+        let mut parts = Vec::new();
+        let mut size = 0u64;
+        let mut ended = false;
+        while !buf.is_empty() {
+            let number = parts.len() as i32 + 1;
+            if number > MAX_PARTS {
+                return Err(ApiError::new(
+                    Code::PayloadTooLarge,
+                    "the body needs more than S3's 10,000 parts at the configured part size",
+                ));
+            }
+            let part: Bytes = buf.split_to(buf.len().min(self.part_size)).freeze();
+            size += part.len() as u64;
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&*self.bucket)
+                .key(key.as_str())
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(part.len() as i64)
+                .body(ByteStream::from(part))
+                .send()
+                .await
+                .map_err(translate)?;
+            parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build());
+            if !ended {
+                ended = fill(&mut body, &mut buf, self.part_size, watch).await?;
+            }
+        }
+        let request = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        let request = match condition {
+            WriteCondition::None => request,
+            WriteCondition::IfNoneMatchAny => request.if_none_match("*"),
+            WriteCondition::IfMatch(etag) => request.if_match(etag),
+        };
+        let out = request.send().await.map_err(translate)?;
+        Ok(Stored { etag: out.e_tag.unwrap_or_default(), size })
+    }
+
+    /// GET (with `body`) or HEAD (without).
+    pub async fn fetch(
+        &self,
+        key: &ObjectKey,
+        range: Option<&str>,
+        cond: &ReadConditions,
+        with_body: bool,
+    ) -> Result<Fetched, ApiError> {
+        if with_body {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&*self.bucket)
+                .key(key.as_str())
+                .set_range(range.map(str::to_owned))
+                .set_if_none_match(cond.if_none_match.clone())
+                .set_if_modified_since(cond.if_modified_since.map(Into::into))
+                .set_if_match(cond.if_match.clone())
+                .set_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => return not_modified(&e).ok_or_else(|| translate(e)),
+            };
+            let meta = ObjectMeta {
+                size: out.content_length.unwrap_or(0).max(0) as u64,
+                etag: out.e_tag,
+                content_type: out.content_type,
+                last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
+            };
+            let body = out.body.into_inner().map_err(sdk_body_error).boxed();
+            Ok(Fetched::Object { meta, content_range: out.content_range, body: Some(body) })
+        } else {
+            let out = self
+                .client
+                .head_object()
+                .bucket(&*self.bucket)
+                .key(key.as_str())
+                .set_range(range.map(str::to_owned))
+                .set_if_none_match(cond.if_none_match.clone())
+                .set_if_modified_since(cond.if_modified_since.map(Into::into))
+                .set_if_match(cond.if_match.clone())
+                .set_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => return not_modified(&e).ok_or_else(|| translate(e)),
+            };
+            let meta = ObjectMeta {
+                size: out.content_length.unwrap_or(0).max(0) as u64,
+                etag: out.e_tag,
+                content_type: out.content_type,
+                last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
+            };
+            Ok(Fetched::Object { meta, content_range: out.content_range, body: None })
+        }
+    }
+
+    /// Deletes an object. Deleting a key that does not exist succeeds, as on S3.
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), ApiError> {
+        match self.client.delete_object().bucket(&*self.bucket).key(key.as_str()).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match translate(e) {
+                err if err.code == Code::NotFound => Ok(()),
+                err => Err(err),
+            },
+        }
+    }
+
+    /// One page of keys under `prefix`, after `start_after`.
+    pub async fn list(&self, prefix: &str, limit: i32, start_after: Option<String>) -> Result<Listing, ApiError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&*self.bucket)
+            .prefix(prefix)
+            .max_keys(limit)
+            .set_start_after(start_after)
+            .send()
+            .await
+            .map_err(translate)?;
+        let objects: Vec<Listed> = out
+            .contents
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| {
+                Some(Listed {
+                    key: o.key?,
+                    size: o.size.unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag,
+                    last_modified: o.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
+                })
+            })
+            .collect();
+        let truncated = out.is_truncated.unwrap_or(false);
+        let last_key = if truncated { objects.last().map(|o| o.key.clone()) } else { None };
+        Ok(Listing { objects, last_key })
+    }
+}
+
+/// Reads the body into `buf` until it holds at least `part_size` bytes or the body ends.
+/// Returns whether the body ended.
+async fn fill(body: &mut Body, buf: &mut BytesMut, part_size: usize, watch: &BodyWatch) -> Result<bool, ApiError> {
+    while buf.len() < part_size {
+        match body.frame().await {
+            None => return Ok(true),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(blame(watch, ApiError::new(Code::BadRequest, "the request body failed").detail(e)));
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// A failed call whose request body failed first is the body's fault, not the backend's.
+fn blame(watch: &BodyWatch, err: ApiError) -> ApiError {
+    match watch.failure() {
+        Some(BodyFailure::TooLarge) => ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit")
+            .detail(err),
+        Some(BodyFailure::Client) => ApiError::new(Code::BadRequest, "the request body ended early or was malformed")
+            .detail(err),
+        None => err,
+    }
+}
+
+/// S3 answers a failed `If-None-Match`/`If-Modified-Since` with 304, which the SDK reports as
+/// an error; it is a successful answer.
+fn not_modified<E>(err: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<Fetched> {
+    let raw = err.raw_response()?;
+    if raw.status().as_u16() != 304 {
+        return None;
+    }
+    let header = |name: &str| raw.headers().get(name).map(str::to_owned);
+    Some(Fetched::NotModified { etag: header("etag"), last_modified: header("last-modified") })
+}
+
+fn sdk_body_error(e: aws_smithy_types::body::Error) -> BoxError {
+    e
+}

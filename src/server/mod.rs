@@ -1,0 +1,91 @@
+//! The listener: accept loop, HTTP/1.1 and HTTP/2 (h2c) with hyper-util's auto builder,
+//! TCP_NODELAY on every connection, the header read deadline, and graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tower::ServiceExt;
+use std::convert::Infallible;
+
+use futures_util::future::BoxFuture;
+use http::Response;
+
+use crate::obs::ConnInfo;
+use crate::{Body, BoxError, HttpService};
+
+/// Deadlines of the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerOptions {
+    /// A client that has not sent its request head by then is dropped (slowloris).
+    pub header_read_timeout: Duration,
+    /// After the shutdown signal, how long in-flight requests may run.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish for up to `shutdown_grace`.
+pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>, service: HttpService, opts: ServerOptions) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                let hyper_service = hyper::service::service_fn(move |req| to_gateway(&service, remote, req));
+                let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %remote, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => {
+                drop(listener);
+                break;
+            }
+        }
+    }
+    tracing::info!(grace = ?opts.shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(opts.shutdown_grace) => tracing::warn!("shutdown grace ran out; closing the remaining connections"),
+    }
+}
+
+/// Hands a hyper request to the gateway, with the connection's details.
+fn to_gateway(service: &HttpService, remote: SocketAddr, req: Request<Incoming>) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(ConnInfo { remote });
+    let req = Request::from_parts(parts, body.map_err(box_hyper_error).boxed());
+    Box::pin(service.clone().oneshot(req))
+}
+
+/// A named function, not a closure: a closure's `Box<dyn Error>` return type would get a
+/// higher-ranked lifetime that no longer matches the service's body type.
+fn box_hyper_error(e: hyper::Error) -> BoxError {
+    Box::new(e)
+}
