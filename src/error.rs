@@ -119,7 +119,13 @@ impl ApiError {
             Code::BackendError | Code::BackendUnavailable | Code::BackendTimeout => Origin::Backend,
             _ => Origin::Client,
         };
-        Self { code, origin, message: message.into(), detail: None, headers: Vec::new() }
+        Self {
+            code,
+            origin,
+            message: message.into(),
+            detail: None,
+            headers: Vec::new(),
+        }
     }
 
     /// Adds log-only detail.
@@ -156,7 +162,10 @@ impl ApiError {
     }
 
     pub fn forbidden() -> Self {
-        Self::new(Code::Forbidden, "this principal may not do that on that key")
+        Self::new(
+            Code::Forbidden,
+            "this principal may not do that on that key",
+        )
     }
 
     pub fn not_found() -> Self {
@@ -169,11 +178,17 @@ impl ApiError {
     }
 
     pub fn too_large(limit: Size) -> Self {
-        Self::new(Code::PayloadTooLarge, format!("the body is larger than the limit of {limit}"))
+        Self::new(
+            Code::PayloadTooLarge,
+            format!("the body is larger than the limit of {limit}"),
+        )
     }
 
     pub fn unsupported_type(media_type: &str) -> Self {
-        Self::new(Code::UnsupportedMediaType, format!("content type `{media_type}` is not allowed here"))
+        Self::new(
+            Code::UnsupportedMediaType,
+            format!("content type `{media_type}` is not allowed here"),
+        )
     }
 
     pub fn internal(detail: impl fmt::Display) -> Self {

@@ -49,7 +49,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A whole HTTP service, boxed: what the listener serves.
-pub type HttpService = tower::util::BoxCloneService<http::Request<Body>, http::Response<Body>, std::convert::Infallible>;
+pub type HttpService = tower::util::BoxCloneService<
+    http::Request<Body>,
+    http::Response<Body>,
+    std::convert::Infallible,
+>;
 
 /// The backend a gateway relays to, with the embedded server when there is one (it stops
 /// when this is dropped).
@@ -82,7 +86,10 @@ pub fn build_state(config: &Config, backend: Backend) -> AppState {
     let mut keys = KeyTable::default();
     for p in &config.principals {
         let principal = Arc::new(Principal::from_config(p, &defaults));
-        keys.insert(p.api_keys.iter().filter_map(|k| parse_key_hash(k).ok()), principal);
+        keys.insert(
+            p.api_keys.iter().filter_map(|k| parse_key_hash(k).ok()),
+            principal,
+        );
     }
     AppState { backend, keys }
 }
@@ -94,8 +101,16 @@ pub fn build_state(config: &Config, backend: Backend) -> AppState {
 /// 2. (planned: concurrency limit and load shedding, rate limits);
 /// 3. the gateway: routing, then per handler auth → policy → limits → relay, with panics
 ///    caught and turned into a logged 500.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>, state: Arc<AppState>, log: Arc<AccessLog>, opts: ServerOptions) {
-    let service = ServiceBuilder::new().layer(AccessLogLayer::new(log)).service(Gateway::new(state));
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    state: Arc<AppState>,
+    log: Arc<AccessLog>,
+    opts: ServerOptions,
+) {
+    let service = ServiceBuilder::new()
+        .layer(AccessLogLayer::new(log))
+        .service(Gateway::new(state));
     server::run(listener, shutdown, HttpService::new(service), opts).await;
 }
 

@@ -13,7 +13,11 @@ use portcullis::policy::Action;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An authenticating, streaming gateway in front of a private S3 bucket")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authenticating, streaming gateway in front of a private S3 bucket"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +72,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config, dev, listen, data } => {
+        Command::Serve {
+            config,
+            dev,
+            listen,
+            data,
+        } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -87,7 +96,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(path: Option<PathBuf>, dev: bool, listen: Option<SocketAddr>, data: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    path: Option<PathBuf>,
+    dev: bool,
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let (mut config, warnings, dev_key) = if dev {
         let (key, hash) = generate_key();
         (dev_config(hash), Vec::new(), Some(key))
@@ -117,7 +131,9 @@ async fn serve(path: Option<PathBuf>, dev: bool, listen: Option<SocketAddr>, dat
     let state = Arc::new(portcullis::build_state(&config, handle.backend.clone()));
     let log = Arc::new(AccessLog::open(&config.log.access_log)?);
     let addr: SocketAddr = config.server.listen.parse()?;
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, bucket = handle.backend.bucket(), "portcullis is serving");
 
@@ -128,12 +144,23 @@ async fn serve(path: Option<PathBuf>, dev: bool, listen: Option<SocketAddr>, dat
         eprintln!("  API key (shown once): {key}");
         eprintln!();
         eprintln!("  Try:  echo hello > hello.txt");
-        eprintln!("        curl -T hello.txt -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt");
-        eprintln!("        curl -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt");
+        eprintln!(
+            "        curl -T hello.txt -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt"
+        );
+        eprintln!(
+            "        curl -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt"
+        );
         eprintln!();
     }
 
-    portcullis::run(listener, shutdown_signal(), state, log, portcullis::server_options(&config)).await;
+    portcullis::run(
+        listener,
+        shutdown_signal(),
+        state,
+        log,
+        portcullis::server_options(&config),
+    )
+    .await;
     drop(handle);
     Ok(())
 }
@@ -147,7 +174,13 @@ fn dev_config(key_hash: String) -> Config {
     c.principals.push(PrincipalConfig {
         name: "dev".into(),
         api_keys: vec![key_hash],
-        allow: vec![Action::Get, Action::Put, Action::Delete, Action::List, Action::Link],
+        allow: vec![
+            Action::Get,
+            Action::Put,
+            Action::Delete,
+            Action::List,
+            Action::Link,
+        ],
         ..Default::default()
     });
     c
@@ -156,7 +189,9 @@ fn dev_config(key_hash: String) -> Config {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
@@ -167,10 +202,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -23,7 +23,11 @@ struct ListQuery {
 }
 
 fn parse_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
-    let mut q = ListQuery { prefix: None, limit: MAX_LIMIT, start_after: None };
+    let mut q = ListQuery {
+        prefix: None,
+        limit: MAX_LIMIT,
+        start_after: None,
+    };
     let mut seen = HashSet::new();
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if !seen.insert(name.clone()) {
@@ -42,7 +46,9 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
                     .parse::<i32>()
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| ApiError::bad_request("limit must be a whole number from 1 to 1000"))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request("limit must be a whole number from 1 to 1000")
+                    })?;
             }
             "cursor" => {
                 let key = URL_SAFE_NO_PAD
@@ -50,10 +56,16 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
                     .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_BYTES)
-                    .ok_or_else(|| ApiError::bad_request("cursor is not one this gateway issued"))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request("cursor is not one this gateway issued")
+                    })?;
                 q.start_after = Some(key);
             }
-            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}`"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{other}`"
+                )));
+            }
         }
     }
     Ok(q)
@@ -62,7 +74,9 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
 pub(super) async fn list(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req)?;
     let q = parse_query(req.uri().query())?;
-    let prefix = q.prefix.unwrap_or_else(|| identity.principal.prefix.clone());
+    let prefix = q
+        .prefix
+        .unwrap_or_else(|| identity.principal.prefix.clone());
     identity.principal.authorize_list(&prefix)?;
     crate::obs::note(&req, |n| n.key = Some(prefix.clone()));
 
@@ -85,7 +99,10 @@ pub(super) async fn list(state: &AppState, req: Request<Body>) -> Result<Respons
         })
         .collect();
     let next_cursor = page.last_key.map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes()));
-    Ok(respond::json(StatusCode::OK, &json!({ "objects": objects, "next_cursor": next_cursor })))
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({ "objects": objects, "next_cursor": next_cursor }),
+    ))
 }
 
 #[cfg(test)]

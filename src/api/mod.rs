@@ -19,11 +19,11 @@ use futures_util::FutureExt;
 use http::{Method, Request, Response};
 use tower::Service;
 
+use crate::Body;
 use crate::auth::{Identity, KeyTable};
 use crate::error::ApiError;
 use crate::obs::{RequestId, note};
 use crate::relay::Backend;
-use crate::Body;
 
 /// What every request can reach. Swapped whole on reload (later), so it holds no locks.
 #[derive(Debug)]
@@ -56,8 +56,15 @@ impl Service<Request<Body>> for Gateway {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move {
-            let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(|| Arc::from("-"));
-            let note_handle = req.extensions().get::<Arc<std::sync::Mutex<crate::obs::RequestNote>>>().cloned();
+            let request_id = req
+                .extensions()
+                .get::<RequestId>()
+                .map(|r| r.0.clone())
+                .unwrap_or_else(|| Arc::from("-"));
+            let note_handle = req
+                .extensions()
+                .get::<Arc<std::sync::Mutex<crate::obs::RequestNote>>>()
+                .cloned();
             // A panic in a handler becomes a 500 for this request, never a dropped connection
             // without a log line.
             let outcome = AssertUnwindSafe(dispatch(&state, req)).catch_unwind().await;

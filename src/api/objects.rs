@@ -8,19 +8,21 @@ use http_body_util::BodyExt;
 use serde_json::json;
 
 use super::{AppState, authenticate, respond};
+use crate::Body;
 use crate::error::{ApiError, Code};
 use crate::limits::{LimitedBody, media_type};
 use crate::obs::note;
 use crate::policy::{Action, ObjectKey};
 use crate::relay::{Fetched, ReadConditions, Upload, WriteCondition};
-use crate::Body;
 
 /// Resolves the key (the one decode), records it, and refuses query strings: an object
 /// route is exactly one S3 operation, and no `?acl`, `?versionId`, `?uploads` or
 /// `?response-*` can turn it into another.
 fn resolve(req: &Request<Body>, encoded_key: &str) -> Result<ObjectKey, ApiError> {
     if req.uri().query().is_some() {
-        return Err(ApiError::bad_request("object routes take no query parameters"));
+        return Err(ApiError::bad_request(
+            "object routes take no query parameters",
+        ));
     }
     let key = ObjectKey::from_path(encoded_key).map_err(ApiError::invalid_key)?;
     note(req, |n| n.key = Some(key.as_str().to_owned()));
@@ -36,7 +38,11 @@ async fn timed<B, T>(req: &Request<B>, call: impl Future<Output = T>) -> T {
     out
 }
 
-pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn put(
+    state: &AppState,
+    req: Request<Body>,
+    encoded_key: &str,
+) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
     identity.principal.authorize(Action::Put, &key)?;
@@ -64,7 +70,9 @@ pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str)
             .to_str()
             .ok()
             .filter(|s| media_type(s).is_some())
-            .ok_or_else(|| ApiError::bad_request("Content-Type is not a media type like `image/png`"))?
+            .ok_or_else(|| {
+                ApiError::bad_request("Content-Type is not a media type like `image/png`")
+            })?
             .to_owned(),
     };
     let essence = media_type(&content_type).unwrap_or_default();
@@ -89,7 +97,11 @@ pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str)
         watch,
     };
     let stored = timed(&head, state.backend.put(upload)).await?;
-    let status = if create_only { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if create_only {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(respond::json(
         status,
         &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
@@ -105,7 +117,9 @@ fn write_condition(headers: &HeaderMap) -> Result<WriteCondition, ApiError> {
         (Some("*"), None) => Ok(WriteCondition::IfNoneMatchAny),
         (Some(_), None) => Err(ApiError::bad_request("If-None-Match on PUT must be `*`")),
         (None, Some(etag)) => Ok(WriteCondition::IfMatch(etag.to_owned())),
-        (Some(_), Some(_)) => Err(ApiError::bad_request("send If-None-Match or If-Match, not both")),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "send If-None-Match or If-Match, not both",
+        )),
     }
 }
 
@@ -121,7 +135,11 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&s
 
 fn header_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
     // An unparseable date is ignored, as RFC 9110 asks.
-    headers.get(name)?.to_str().ok().and_then(|s| httpdate::parse_http_date(s).ok())
+    headers
+        .get(name)?
+        .to_str()
+        .ok()
+        .and_then(|s| httpdate::parse_http_date(s).ok())
 }
 
 pub(super) async fn get(
@@ -144,10 +162,19 @@ pub(super) async fn get(
         if_match: header_str(headers, header::IF_MATCH)?.map(str::to_owned),
         if_unmodified_since: header_date(headers, header::IF_UNMODIFIED_SINCE),
     };
-    let fetched = timed(&req, state.backend.fetch(&key, range.as_deref(), &cond, with_body)).await?;
+    let fetched = timed(
+        &req,
+        state
+            .backend
+            .fetch(&key, range.as_deref(), &cond, with_body),
+    )
+    .await?;
 
     match fetched {
-        Fetched::NotModified { etag, last_modified } => {
+        Fetched::NotModified {
+            etag,
+            last_modified,
+        } => {
             let mut resp = Response::new(respond::empty());
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             let h = resp.headers_mut();
@@ -160,35 +187,55 @@ pub(super) async fn get(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
             Ok(resp)
         }
-        Fetched::Object { meta, content_range, body } => {
+        Fetched::Object {
+            meta,
+            content_range,
+            body,
+        } => {
             let mut resp = Response::new(body.unwrap_or_else(respond::empty));
             if content_range.is_some() {
                 *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             }
             let h = resp.headers_mut();
-            let stored_type = meta.content_type.unwrap_or_else(|| "application/octet-stream".into());
+            let stored_type = meta
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into());
             let essence = media_type(&stored_type);
             h.insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_str(&stored_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                HeaderValue::from_str(&stored_type)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
             );
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
             if let Some(v) = meta.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
                 h.insert(header::ETAG, v);
             }
             if let Some(t) = meta.last_modified {
-                h.insert(header::LAST_MODIFIED, HeaderValue::from_str(&httpdate::fmt_http_date(t)).expect("http dates are ASCII"));
+                h.insert(
+                    header::LAST_MODIFIED,
+                    HeaderValue::from_str(&httpdate::fmt_http_date(t))
+                        .expect("http dates are ASCII"),
+                );
             }
             if let Some(v) = content_range.and_then(|r| HeaderValue::from_str(&r).ok()) {
                 h.insert(header::CONTENT_RANGE, v);
             }
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
             // Defence in depth: even a document opened from here runs in an opaque origin.
-            h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; sandbox"),
+            );
             if respond::is_active_content(essence.as_deref()) {
-                h.insert(header::CONTENT_DISPOSITION, respond::attachment(key.file_name()));
+                h.insert(
+                    header::CONTENT_DISPOSITION,
+                    respond::attachment(key.file_name()),
+                );
             }
             Ok(resp)
         }
@@ -198,7 +245,12 @@ pub(super) async fn get(
 /// A single byte range, re-serialized canonically: `bytes=A-B`, `bytes=A-` or `bytes=-N`.
 /// Several ranges, or anything else, is `400 invalid_range`.
 pub(crate) fn parse_range(value: &str) -> Result<String, ApiError> {
-    let bad = |why: &str| ApiError::new(Code::InvalidRange, format!("Range {why}; send one range like `bytes=0-1023`"));
+    let bad = |why: &str| {
+        ApiError::new(
+            Code::InvalidRange,
+            format!("Range {why}; send one range like `bytes=0-1023`"),
+        )
+    };
     let spec = value
         .strip_prefix("bytes=")
         .ok_or_else(|| bad("must be in bytes"))?
@@ -232,7 +284,11 @@ pub(crate) fn parse_range(value: &str) -> Result<String, ApiError> {
     }
 }
 
-pub(super) async fn delete(state: &AppState, req: Request<Body>, encoded_key: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn delete(
+    state: &AppState,
+    req: Request<Body>,
+    encoded_key: &str,
+) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
     identity.principal.authorize(Action::Delete, &key)?;
@@ -252,7 +308,16 @@ mod tests {
         assert_eq!(parse_range("bytes=0-99").unwrap(), "bytes=0-99");
         assert_eq!(parse_range("bytes=100-").unwrap(), "bytes=100-");
         assert_eq!(parse_range("bytes=-5").unwrap(), "bytes=-5");
-        for bad in ["bytes=5-1", "bytes=-0", "bytes=a-b", "bytes=0-1,3-4", "items=0-1", "bytes=", "bytes=-", "bytes=+1-2"] {
+        for bad in [
+            "bytes=5-1",
+            "bytes=-0",
+            "bytes=a-b",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=",
+            "bytes=-",
+            "bytes=+1-2",
+        ] {
             assert!(parse_range(bad).is_err(), "{bad}");
         }
     }

@@ -14,11 +14,17 @@ pub(crate) fn empty() -> Body {
 
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let body = Full::new(Bytes::from(value.to_string())).map_err(|e| match e {}).boxed();
+    let body = Full::new(Bytes::from(value.to_string()))
+        .map_err(|e| match e {})
+        .boxed();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -27,15 +33,30 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
 pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
     match err.origin {
         crate::error::Origin::Client => {
-            tracing::debug!(request_id, code = err.code.as_str(), detail = err.detail.as_deref(), "request refused")
+            tracing::debug!(
+                request_id,
+                code = err.code.as_str(),
+                detail = err.detail.as_deref(),
+                "request refused"
+            )
         }
-        _ => tracing::warn!(request_id, code = err.code.as_str(), detail = err.detail.as_deref(), "request failed"),
+        _ => tracing::warn!(
+            request_id,
+            code = err.code.as_str(),
+            detail = err.detail.as_deref(),
+            "request failed"
+        ),
     }
-    let body = Full::new(Bytes::from(error_body(err, request_id))).map_err(|e| match e {}).boxed();
+    let body = Full::new(Bytes::from(error_body(err, request_id)))
+        .map_err(|e| match e {})
+        .boxed();
     let mut resp = Response::new(body);
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, value) in &err.headers {
         h.insert(name.clone(), value.clone());
@@ -68,11 +89,20 @@ pub(crate) fn is_active_content(media_type: Option<&str>) -> bool {
 pub(crate) fn attachment(file_name: &str) -> HeaderValue {
     let ascii: String = file_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._- ".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._- ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    let encoded = percent_encoding::utf8_percent_encode(file_name, percent_encoding::NON_ALPHANUMERIC);
-    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+    let encoded =
+        percent_encoding::utf8_percent_encode(file_name, percent_encoding::NON_ALPHANUMERIC);
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 #[cfg(test)]
@@ -81,10 +111,21 @@ mod tests {
 
     #[test]
     fn active_content() {
-        for t in ["text/html", "image/svg+xml", "application/xml", "application/atom+xml", "text/javascript"] {
+        for t in [
+            "text/html",
+            "image/svg+xml",
+            "application/xml",
+            "application/atom+xml",
+            "text/javascript",
+        ] {
             assert!(is_active_content(Some(t)), "{t}");
         }
-        for t in ["image/png", "application/pdf", "text/plain", "application/octet-stream"] {
+        for t in [
+            "image/png",
+            "application/pdf",
+            "text/plain",
+            "application/octet-stream",
+        ] {
             assert!(!is_active_content(Some(t)), "{t}");
         }
         assert!(is_active_content(None));
@@ -94,6 +135,11 @@ mod tests {
     fn attachment_names() {
         let v = attachment("rapport été \"x\".html");
         let s = v.to_str().unwrap();
-        assert!(s.starts_with("attachment; filename=\"rapport _t_ _x_.html\"; filename*=UTF-8''rapport%20"), "{s}");
+        assert!(
+            s.starts_with(
+                "attachment; filename=\"rapport _t_ _x_.html\"; filename*=UTF-8''rapport%20"
+            ),
+            "{s}"
+        );
     }
 }

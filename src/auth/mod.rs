@@ -53,7 +53,11 @@ pub struct KeyTable {
 
 impl KeyTable {
     /// Adds a principal with the hashes of its keys.
-    pub fn insert(&mut self, hashes: impl IntoIterator<Item = [u8; 32]>, principal: Arc<Principal>) {
+    pub fn insert(
+        &mut self,
+        hashes: impl IntoIterator<Item = [u8; 32]>,
+        principal: Arc<Principal>,
+    ) {
         for h in hashes {
             self.entries.push((h, principal.clone()));
         }
@@ -62,17 +66,28 @@ impl KeyTable {
     /// Authenticates a request from its headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthenticated("an Authorization: Bearer header is required", false));
+            return Err(ApiError::unauthenticated(
+                "an Authorization: Bearer header is required",
+                false,
+            ));
         };
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer <key>`", true))?;
+            .ok_or_else(|| {
+                ApiError::unauthenticated("the Authorization header must be `Bearer <key>`", true)
+            })?;
         self.lookup(token)
-            .map(|principal| Identity { principal, method: AuthMethod::ApiKey })
+            .map(|principal| Identity {
+                principal,
+                method: AuthMethod::ApiKey,
+            })
             .ok_or_else(|| ApiError::unauthenticated("the key is not valid", true))
     }
 
@@ -91,12 +106,13 @@ impl KeyTable {
 
 /// Parses a configured `sha256:<64 hex>` key hash.
 pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
-    let hex_part = s
-        .strip_prefix("sha256:")
-        .ok_or_else(|| "must be `sha256:` followed by 64 hex digits (see `portcullis keygen`)".to_string())?;
+    let hex_part = s.strip_prefix("sha256:").ok_or_else(|| {
+        "must be `sha256:` followed by 64 hex digits (see `portcullis keygen`)".to_string()
+    })?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut out)
-        .map_err(|_| "must be `sha256:` followed by 64 hex digits (see `portcullis keygen`)".to_string())?;
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| {
+        "must be `sha256:` followed by 64 hex digits (see `portcullis keygen`)".to_string()
+    })?;
     Ok(out)
 }
 
@@ -104,7 +120,10 @@ pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
 pub fn generate_key() -> (String, String) {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let key = format!("pcs_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let key = format!(
+        "pcs_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
     let hash = hash_key(&key);
     (key, hash)
 }

@@ -82,7 +82,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 pub fn parse(text: &str, file: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let file = file.map(Path::to_owned);
     let config = deserialize(text).map_err(|(field, line, reason)| {
-        ConfigErrors(vec![ConfigError { file: file.clone(), line, field, reason }])
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line,
+            field,
+            reason,
+        }])
     })?;
     match validate::validate(&config) {
         Ok(warnings) => Ok(Loaded { config, warnings }),
@@ -110,13 +115,20 @@ fn deserialize(text: &str) -> Result<Config, (String, Option<usize>, String)> {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
         let inner = e.into_inner();
-        let line = inner.span().map(|s| line_of(text, s.start)).or_else(|| locate(text, &field));
+        let line = inner
+            .span()
+            .map(|s| line_of(text, s.start))
+            .or_else(|| locate(text, &field));
         (field, line, inner.message().to_owned())
     })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Finds the line of a dotted field path such as `principals[1].prefix`.
@@ -182,7 +194,10 @@ mod tests {
     fn validation_error_is_located() {
         let text = "[backend]\nkind = \"embedded\"\n\n[[principals]]\nname = \"a\"\napi_keys = []\n\n[[principals]]\nname = \"b\"\nprefix = \"/abs/\"\n";
         let errs = errors(text);
-        let e = errs.iter().find(|e| e.field == "principals[1].prefix").unwrap();
+        let e = errs
+            .iter()
+            .find(|e| e.field == "principals[1].prefix")
+            .unwrap();
         assert_eq!(e.line, Some(10), "{e}");
     }
 

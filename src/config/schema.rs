@@ -77,7 +77,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9090".into() }
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
     }
 }
 
@@ -168,7 +170,11 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_object_size: Size::gib(5), content_types: vec!["*/*".into()], sniff: true }
+        Self {
+            max_object_size: Size::gib(5),
+            content_types: vec!["*/*".into()],
+            sniff: true,
+        }
     }
 }
 
@@ -199,7 +205,10 @@ impl Default for RateLimitConfig {
         Self {
             requests_per_second: 100,
             burst: 200,
-            unauthenticated_per_ip: Rate { requests_per_second: 5, burst: 10 },
+            unauthenticated_per_ip: Rate {
+                requests_per_second: 5,
+                burst: 10,
+            },
             bytes_per_second: None,
         }
     }
@@ -246,7 +255,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Json, access_log: "stdout".into() }
+        Self {
+            format: LogFormat::Json,
+            access_log: "stdout".into(),
+        }
     }
 }
 

@@ -46,7 +46,9 @@ impl FromStr for Size {
         }
         bytesize::ByteSize::from_str(s)
             .map(|b| Size(b.as_u64()))
-            .map_err(|_| format!("`{s}` is not a size; write e.g. `512KiB`, `8MiB`, `5GiB` or `5GB`"))
+            .map_err(|_| {
+                format!("`{s}` is not a size; write e.g. `512KiB`, `8MiB`, `5GiB` or `5GB`")
+            })
     }
 }
 
@@ -99,9 +101,9 @@ impl FromStr for Span {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Span)
-            .map_err(|_| format!("`{s}` is not a duration; write e.g. `500ms`, `10s`, `5m` or `1h`"))
+        humantime::parse_duration(s.trim()).map(Span).map_err(|_| {
+            format!("`{s}` is not a duration; write e.g. `500ms`, `10s`, `5m` or `1h`")
+        })
     }
 }
 
@@ -140,7 +142,10 @@ mod tests {
         assert_eq!("10s".parse::<Span>().unwrap(), Span::secs(10));
         assert_eq!("50m".parse::<Span>().unwrap(), Span::secs(3000));
         assert_eq!("1h".parse::<Span>().unwrap(), Span::secs(3600));
-        assert_eq!("250ms".parse::<Span>().unwrap(), Span(Duration::from_millis(250)));
+        assert_eq!(
+            "250ms".parse::<Span>().unwrap(),
+            Span(Duration::from_millis(250))
+        );
         assert!("10".parse::<Span>().is_err());
         assert!("soon".parse::<Span>().is_err());
     }

@@ -38,12 +38,21 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
 
     // [server]
     if c.server.listen.parse::<SocketAddr>().is_err() {
-        bad("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", c.server.listen));
+        bad(
+            "server.listen",
+            format!(
+                "`{}` is not an address like 127.0.0.1:8080",
+                c.server.listen
+            ),
+        );
     }
     if let Some(url) = &c.server.public_url
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
-        bad("server.public_url", format!("`{url}` must start with https:// or http://"));
+        bad(
+            "server.public_url",
+            format!("`{url}` must start with https:// or http://"),
+        );
     }
     if c.server.tls.is_some() {
         bad(
@@ -62,12 +71,18 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         }
     }
     if c.server.max_concurrent_requests == 0 {
-        bad("server.max_concurrent_requests", "must be at least 1".into());
+        bad(
+            "server.max_concurrent_requests",
+            "must be at least 1".into(),
+        );
     }
 
     // [admin]
     if c.admin.listen.parse::<SocketAddr>().is_err() {
-        bad("admin.listen", format!("`{}` is not an address like 127.0.0.1:9090", c.admin.listen));
+        bad(
+            "admin.listen",
+            format!("`{}` is not an address like 127.0.0.1:9090", c.admin.listen),
+        );
     }
 
     // [backend]
@@ -83,29 +98,45 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         }
         BackendKind::Embedded => {
             if b.endpoint.is_some() {
-                bad("backend.endpoint", "does not go with kind = \"embedded\"".into());
+                bad(
+                    "backend.endpoint",
+                    "does not go with kind = \"embedded\"".into(),
+                );
             }
         }
     }
     if !b.bucket.is_empty() && !valid_bucket_name(&b.bucket) {
         bad(
             "backend.bucket",
-            format!("`{}` is not a valid bucket name (3-63 of a-z 0-9 . -)", b.bucket),
+            format!(
+                "`{}` is not a valid bucket name (3-63 of a-z 0-9 . -)",
+                b.bucket
+            ),
         );
     }
     if let Some(endpoint) = &b.endpoint
         && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
     {
-        bad("backend.endpoint", format!("`{endpoint}` must start with http:// or https://"));
+        bad(
+            "backend.endpoint",
+            format!("`{endpoint}` must start with http:// or https://"),
+        );
     }
     if b.part_size < MIN_PART || b.part_size > MAX_PART {
-        bad("backend.part_size", format!("{} is outside S3's part sizes, 5MiB to 5GiB", b.part_size));
+        bad(
+            "backend.part_size",
+            format!("{} is outside S3's part sizes, 5MiB to 5GiB", b.part_size),
+        );
     }
     match (b.sse, &b.kms_key_id) {
-        (Some(Sse::AwsKms), None) => bad("backend.kms_key_id", "is required with sse = \"aws:kms\"".into()),
-        (Some(Sse::Aes256) | None, Some(_)) => {
-            bad("backend.kms_key_id", "only goes with sse = \"aws:kms\"".into())
-        }
+        (Some(Sse::AwsKms), None) => bad(
+            "backend.kms_key_id",
+            "is required with sse = \"aws:kms\"".into(),
+        ),
+        (Some(Sse::Aes256) | None, Some(_)) => bad(
+            "backend.kms_key_id",
+            "only goes with sse = \"aws:kms\"".into(),
+        ),
         _ => {}
     }
     if b.kind == BackendKind::S3 && b.audit != AuditMode::Off {
@@ -118,7 +149,10 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     // [limits]
     let l = &c.limits;
     if l.max_object_size.bytes() == 0 || l.max_object_size > MAX_OBJECT {
-        bad("limits.max_object_size", "must be between 1 byte and 5TiB (S3's largest object)".into());
+        bad(
+            "limits.max_object_size",
+            "must be between 1 byte and 5TiB (S3's largest object)".into(),
+        );
     }
     let defaults = check_patterns("limits.content_types", &l.content_types, &mut p);
 
@@ -138,18 +172,30 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
 
     // Sections whose features come later: accepted so configs stay valid, never half-applied.
     if c.cors.is_some() {
-        w.push(Warning { field: "cors".into(), message: "CORS is not in this build yet; no CORS headers are sent".into() });
+        w.push(Warning {
+            field: "cors".into(),
+            message: "CORS is not in this build yet; no CORS headers are sent".into(),
+        });
     }
     if c.links.is_some() {
-        w.push(Warning { field: "links".into(), message: "signed links are not in this build yet".into() });
+        w.push(Warning {
+            field: "links".into(),
+            message: "signed links are not in this build yet".into(),
+        });
     }
     if c.jwt.is_some() {
-        w.push(Warning { field: "jwt".into(), message: "JWT bearer tokens are not in this build yet; they are refused".into() });
+        w.push(Warning {
+            field: "jwt".into(),
+            message: "JWT bearer tokens are not in this build yet; they are refused".into(),
+        });
     }
 
     // [log]
     if c.log.access_log.is_empty() {
-        p.push(("log.access_log".into(), "must be \"stdout\" or a file path".into()));
+        p.push((
+            "log.access_log".into(),
+            "must be \"stdout\" or a file path".into(),
+        ));
     }
 
     // [[principals]]
@@ -158,27 +204,45 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     for (i, pr) in c.principals.iter().enumerate() {
         let at = |f: &str| format!("principals[{i}].{f}");
         if pr.name.is_empty()
-            || !pr.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.@".contains(ch))
+            || !pr
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.@".contains(ch))
         {
-            p.push((at("name"), format!("`{}` must be 1 or more of A-Z a-z 0-9 - _ . @", pr.name)));
+            p.push((
+                at("name"),
+                format!("`{}` must be 1 or more of A-Z a-z 0-9 - _ . @", pr.name),
+            ));
         } else if !names.insert(pr.name.as_str()) {
-            p.push((at("name"), format!("`{}` is used by an earlier principal", pr.name)));
+            p.push((
+                at("name"),
+                format!("`{}` is used by an earlier principal", pr.name),
+            ));
         }
         for (j, key) in pr.api_keys.iter().enumerate() {
             match crate::auth::parse_key_hash(key) {
                 Ok(hash) => {
                     if !hashes.insert(hash) {
-                        p.push((format!("principals[{i}].api_keys[{j}]"), "is listed twice".into()));
+                        p.push((
+                            format!("principals[{i}].api_keys[{j}]"),
+                            "is listed twice".into(),
+                        ));
                     }
                 }
                 Err(reason) => p.push((format!("principals[{i}].api_keys[{j}]"), reason)),
             }
         }
         if pr.api_keys.is_empty() && pr.client_cert_subjects.is_empty() {
-            w.push(Warning { field: at("api_keys"), message: "is empty: nobody can act as this principal".into() });
+            w.push(Warning {
+                field: at("api_keys"),
+                message: "is empty: nobody can act as this principal".into(),
+            });
         }
         if pr.allow.is_empty() {
-            w.push(Warning { field: at("allow"), message: "is empty: this principal may do nothing".into() });
+            w.push(Warning {
+                field: at("allow"),
+                message: "is empty: this principal may do nothing".into(),
+            });
         }
         if let Err(reason) = validate_prefix(&pr.prefix) {
             p.push((at("prefix"), reason));
@@ -188,7 +252,10 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         {
             p.push((
                 at("max_object_size"),
-                format!("{size} is above limits.max_object_size ({}); a principal may only narrow it", l.max_object_size),
+                format!(
+                    "{size} is above limits.max_object_size ({}); a principal may only narrow it",
+                    l.max_object_size
+                ),
             ));
         }
         if let Some(types) = &pr.content_types {
@@ -203,14 +270,25 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             }
         }
         if let Some(rate) = pr.rate_limit {
-            check_rate(&at("rate_limit"), rate.requests_per_second, rate.burst, &mut p);
+            check_rate(
+                &at("rate_limit"),
+                rate.requests_per_second,
+                rate.burst,
+                &mut p,
+            );
         }
         if !pr.client_cert_subjects.is_empty() {
-            w.push(Warning { field: at("client_cert_subjects"), message: "mTLS is not in this build yet".into() });
+            w.push(Warning {
+                field: at("client_cert_subjects"),
+                message: "mTLS is not in this build yet".into(),
+            });
         }
     }
     if c.principals.is_empty() {
-        w.push(Warning { field: "principals".into(), message: "none configured: every request will be refused".into() });
+        w.push(Warning {
+            field: "principals".into(),
+            message: "none configured: every request will be refused".into(),
+        });
     }
 
     if p.is_empty() { Ok(w) } else { Err(p) }
@@ -218,7 +296,10 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
 
 fn check_patterns(field: &str, patterns: &[String], p: &mut Problems) -> Vec<TypePattern> {
     if patterns.is_empty() {
-        p.push((field.into(), "is empty: no upload could ever be accepted".into()));
+        p.push((
+            field.into(),
+            "is empty: no upload could ever be accepted".into(),
+        ));
     }
     patterns
         .iter()
@@ -234,7 +315,10 @@ fn check_patterns(field: &str, patterns: &[String], p: &mut Problems) -> Vec<Typ
 
 fn check_rate(field: &str, rps: u32, burst: u32, p: &mut Problems) {
     if rps == 0 {
-        p.push((format!("{field}.requests_per_second"), "must be at least 1".into()));
+        p.push((
+            format!("{field}.requests_per_second"),
+            "must be at least 1".into(),
+        ));
     }
     if burst == 0 {
         p.push((format!("{field}.burst"), "must be at least 1".into()));
@@ -244,7 +328,9 @@ fn check_rate(field: &str, rps: u32, burst: u32, p: &mut Problems) {
 /// S3's bucket naming rules, the parts that matter for addressing.
 fn valid_bucket_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
         && !name.contains("..")

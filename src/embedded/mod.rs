@@ -49,14 +49,19 @@ pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer>
     let secret_key = random_secret(30);
 
     let mut builder = S3ServiceBuilder::new(Embedded { fs, root });
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key.clone(), secret_key.clone()));
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(
+        access_key.clone(),
+        secret_key.clone(),
+    ));
     let service = builder.build();
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             // Without TCP_NODELAY small responses wait on Nagle's algorithm (~40ms each).
             let _ = stream.set_nodelay(true);
             let service = service.clone();
@@ -67,7 +72,13 @@ pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer>
             });
         }
     });
-    Ok(EmbeddedServer { endpoint: format!("http://{addr}"), addr, access_key, secret_key, task })
+    Ok(EmbeddedServer {
+        endpoint: format!("http://{addr}"),
+        addr,
+        access_key,
+        secret_key,
+        task,
+    })
 }
 
 fn random_secret(bytes: usize) -> String {
@@ -104,6 +115,7 @@ macro_rules! delegate {
 impl S3 for Embedded {
     delegate! {
         create_bucket: CreateBucketInput => CreateBucketOutput;
+        delete_bucket: DeleteBucketInput => DeleteBucketOutput;
         head_bucket: HeadBucketInput => HeadBucketOutput;
         list_buckets: ListBucketsInput => ListBucketsOutput;
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
@@ -119,7 +131,10 @@ impl S3 for Embedded {
         abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
     }
 
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         let i = &req.input;
         let cond = conditions::Conditions {
             if_match: i.if_match.clone(),
@@ -134,7 +149,10 @@ impl S3 for Embedded {
         self.fs.get_object(req).await
     }
 
-    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
         let i = &req.input;
         let cond = conditions::Conditions {
             if_match: i.if_match.clone(),
@@ -156,7 +174,9 @@ impl S3 for Embedded {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
-        let uploads = self.pending_uploads(&input.bucket, input.prefix.as_deref().unwrap_or("")).await?;
+        let uploads = self
+            .pending_uploads(&input.bucket, input.prefix.as_deref().unwrap_or(""))
+            .await?;
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: input.prefix,
@@ -168,9 +188,18 @@ impl S3 for Embedded {
 }
 
 impl Embedded {
-    async fn head_of<T>(&self, req: &S3Request<T>, bucket: String, key: String) -> S3Result<HeadObjectOutput> {
+    async fn head_of<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: String,
+        key: String,
+    ) -> S3Result<HeadObjectOutput> {
         let head = S3Request {
-            input: HeadObjectInput { bucket, key, ..Default::default() },
+            input: HeadObjectInput {
+                bucket,
+                key,
+                ..Default::default()
+            },
             method: req.method.clone(),
             uri: req.uri.clone(),
             headers: req.headers.clone(),
@@ -189,18 +218,42 @@ impl Embedded {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let want = format!(".bucket-{}.object-", b64(bucket));
         let mut out = Vec::new();
-        let mut dir = tokio::fs::read_dir(&self.root).await.map_err(|e| s3_error!(e, InternalError))?;
-        while let Some(entry) = dir.next_entry().await.map_err(|e| s3_error!(e, InternalError))? {
+        let mut dir = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|e| s3_error!(e, InternalError))?;
+        while let Some(entry) = dir
+            .next_entry()
+            .await
+            .map_err(|e| s3_error!(e, InternalError))?
+        {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(rest) = name.strip_prefix(&want).and_then(|r| r.strip_suffix(".metadata.json")) else { continue };
-            let Some((key_b64, upload_id)) = rest.split_once(".upload-") else { continue };
-            let Ok(key) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key_b64) else { continue };
-            let Ok(key) = String::from_utf8(key) else { continue };
-            if !key.starts_with(prefix) || !self.root.join(format!(".upload-{upload_id}.json")).exists() {
+            let Some(rest) = name
+                .strip_prefix(&want)
+                .and_then(|r| r.strip_suffix(".metadata.json"))
+            else {
+                continue;
+            };
+            let Some((key_b64, upload_id)) = rest.split_once(".upload-") else {
+                continue;
+            };
+            let Ok(key) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key_b64) else {
+                continue;
+            };
+            let Ok(key) = String::from_utf8(key) else {
+                continue;
+            };
+            if !key.starts_with(prefix)
+                || !self.root.join(format!(".upload-{upload_id}.json")).exists()
+            {
                 continue;
             }
-            let initiated = entry.metadata().await.ok().and_then(|m| m.modified().ok()).map(Timestamp::from);
+            let initiated = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .map(Timestamp::from);
             out.push(MultipartUpload {
                 key: Some(key),
                 upload_id: Some(upload_id.to_owned()),

@@ -62,7 +62,15 @@ pub struct LimitedBody<B> {
 impl<B> LimitedBody<B> {
     pub fn new(inner: B, limit: u64) -> (Self, Arc<BodyWatch>) {
         let watch = Arc::new(BodyWatch::default());
-        (Self { inner, seen: 0, limit, watch: watch.clone() }, watch)
+        (
+            Self {
+                inner,
+                seen: 0,
+                limit,
+                watch: watch.clone(),
+            },
+            watch,
+        )
     }
 }
 
@@ -74,7 +82,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

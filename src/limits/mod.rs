@@ -25,8 +25,11 @@ pub struct TypePattern {
 impl TypePattern {
     /// Does this pattern allow the media type `mime` (lower-case `type/subtype`, no parameters)?
     pub fn matches(&self, mime: &str) -> bool {
-        let Some((kind, subtype)) = mime.split_once('/') else { return false };
-        (self.kind == "*" || self.kind == kind) && self.subtype.as_deref().is_none_or(|s| s == subtype)
+        let Some((kind, subtype)) = mime.split_once('/') else {
+            return false;
+        };
+        (self.kind == "*" || self.kind == kind)
+            && self.subtype.as_deref().is_none_or(|s| s == subtype)
     }
 
     /// Does this pattern allow everything `other` allows?
@@ -41,19 +44,35 @@ impl FromStr for TypePattern {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let lower = s.trim().to_ascii_lowercase();
-        let bad = || format!("`{s}` is not a content-type pattern like `image/png`, `image/*` or `*/*`");
+        let bad =
+            || format!("`{s}` is not a content-type pattern like `image/png`, `image/*` or `*/*`");
         let (kind, subtype) = lower.split_once('/').ok_or_else(bad)?;
-        let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
-        if !(kind == "*" || token(kind)) || !(subtype == "*" || token(subtype)) || (kind == "*" && subtype != "*") {
+        let token = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+        };
+        if !(kind == "*" || token(kind))
+            || !(subtype == "*" || token(subtype))
+            || (kind == "*" && subtype != "*")
+        {
             return Err(bad());
         }
-        Ok(Self { kind: kind.into(), subtype: (subtype != "*").then(|| subtype.into()) })
+        Ok(Self {
+            kind: kind.into(),
+            subtype: (subtype != "*").then(|| subtype.into()),
+        })
     }
 }
 
 impl fmt::Display for TypePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.kind, self.subtype.as_deref().unwrap_or("*"))
+        write!(
+            f,
+            "{}/{}",
+            self.kind,
+            self.subtype.as_deref().unwrap_or("*")
+        )
     }
 }
 
@@ -62,7 +81,11 @@ impl fmt::Display for TypePattern {
 pub fn media_type(content_type: &str) -> Option<String> {
     let essence = content_type.split(';').next()?.trim().to_ascii_lowercase();
     let (kind, subtype) = essence.split_once('/')?;
-    let token = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
     (token(kind) && token(subtype)).then_some(essence)
 }
 
@@ -75,12 +98,21 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(max_object_size: Size, content_types: Vec<TypePattern>) -> Self {
-        Self { max_object_size, content_types }
+        Self {
+            max_object_size,
+            content_types,
+        }
     }
 
     /// From `[limits]` (validated already).
     pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
-        Self::new(c.max_object_size, c.content_types.iter().filter_map(|s| s.parse().ok()).collect())
+        Self::new(
+            c.max_object_size,
+            c.content_types
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        )
     }
 
     /// These limits narrowed by a principal's own.
@@ -130,14 +162,25 @@ mod tests {
         assert!(!p("image/png").matches("image/pngx"));
         assert!(p("image/*").covers(&p("image/png")));
         assert!(!p("image/png").covers(&p("image/*")));
-        for bad in ["", "image", "*/png", "image/", "/png", "im age/png", "image/png; q=1"] {
+        for bad in [
+            "",
+            "image",
+            "*/png",
+            "image/",
+            "/png",
+            "im age/png",
+            "image/png; q=1",
+        ] {
             assert!(bad.parse::<TypePattern>().is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn media_types() {
-        assert_eq!(media_type("Text/HTML; charset=utf-8").as_deref(), Some("text/html"));
+        assert_eq!(
+            media_type("Text/HTML; charset=utf-8").as_deref(),
+            Some("text/html")
+        );
         assert_eq!(media_type("image/png").as_deref(), Some("image/png"));
         assert_eq!(media_type("nonsense"), None);
         assert_eq!(media_type("a/b c"), None);

@@ -134,7 +134,11 @@ impl Pending {
             principal: note.principal.as_deref(),
             auth: note.auth.unwrap_or(AuthMethod::None).as_str(),
             method: self.method.as_str(),
-            route: if note.route.is_empty() { "other" } else { note.route },
+            route: if note.route.is_empty() {
+                "other"
+            } else {
+                note.route
+            },
             key: note.key.as_deref(),
             status,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
@@ -173,12 +177,18 @@ impl AccessLogLayer {
 
 impl<S> Layer<S> for AccessLogLayer
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Service = AccessLogService;
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLogService { inner: HttpService::new(inner), log: self.log.clone() }
+        AccessLogService {
+            inner: HttpService::new(inner),
+            log: self.log.clone(),
+        }
     }
 }
 
@@ -192,7 +202,8 @@ pub struct AccessLogService {
 impl Service<Request<Body>> for AccessLogService {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -200,7 +211,11 @@ impl Service<Request<Body>> for AccessLogService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let start = Instant::now();
-        let request_id: Arc<str> = match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        let request_id: Arc<str> = match req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(id) if is_safe_id(id) => Arc::from(id),
             _ => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
         };
@@ -222,7 +237,11 @@ impl Service<Request<Body>> for AccessLogService {
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(RequestId(request_id.clone()));
         parts.extensions.insert(note);
-        let body = CountIn { inner: body, count: bytes_in }.boxed();
+        let body = CountIn {
+            inner: body,
+            count: bytes_in,
+        }
+        .boxed();
         let req = Request::from_parts(parts, body);
 
         // Take the service that was driven to readiness, leave a fresh clone behind.
@@ -235,9 +254,17 @@ impl Service<Request<Body>> for AccessLogService {
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 parts.headers.insert("x-request-id", v);
             }
-            let mut pending = guard.0.take().expect("the guard holds the record until here");
+            let mut pending = guard
+                .0
+                .take()
+                .expect("the guard holds the record until here");
             pending.status = parts.status.as_u16();
-            let body = CountOut { inner: body, count: 0, pending: Some(pending) }.boxed();
+            let body = CountOut {
+                inner: body,
+                count: 0,
+                pending: Some(pending),
+            }
+            .boxed();
             Ok(Response::from_parts(parts, body))
         })
     }
@@ -245,7 +272,10 @@ impl Service<Request<Body>> for AccessLogService {
 
 /// At most 64 characters from a set that cannot break a log line or a header.
 fn is_safe_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// Counts request body bytes.
@@ -258,7 +288,10 @@ impl HttpBody for CountIn {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &poll
             && let Some(data) = frame.data_ref()
@@ -288,7 +321,10 @@ impl HttpBody for CountOut {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
@@ -327,7 +363,11 @@ impl CountOut {
 
 impl Drop for CountOut {
     fn drop(&mut self) {
-        let error = if self.inner.is_end_stream() { None } else { Some("client_closed") };
+        let error = if self.inner.is_end_stream() {
+            None
+        } else {
+            Some("client_closed")
+        };
         self.done(error);
     }
 }

@@ -50,7 +50,9 @@ pub fn percent_decode_once(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let ok = bytes.len() > i + 2 && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit();
+            let ok = bytes.len() > i + 2
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit();
             if !ok {
                 return Err("a `%` in the path must start an escape like %20".into());
             }
@@ -70,7 +72,10 @@ fn check_key(key: &str) -> Result<(), String> {
         return Err("the key is empty".into());
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(format!("the key is {} bytes; the most is {MAX_KEY_BYTES}", key.len()));
+        return Err(format!(
+            "the key is {} bytes; the most is {MAX_KEY_BYTES}",
+            key.len()
+        ));
     }
     check_chars(key)?;
     if key.starts_with('/') {
@@ -78,7 +83,11 @@ fn check_key(key: &str) -> Result<(), String> {
     }
     for segment in key.split('/') {
         match segment {
-            "" => return Err("the key must not have an empty path segment (`//` or a trailing `/`)".into()),
+            "" => {
+                return Err(
+                    "the key must not have an empty path segment (`//` or a trailing `/`)".into(),
+                );
+            }
             "." | ".." => return Err(format!("the key must not have a `{segment}` path segment")),
             _ => {}
         }
@@ -89,7 +98,10 @@ fn check_key(key: &str) -> Result<(), String> {
 /// Characters no key, prefix or cursor may hold.
 pub(crate) fn check_chars(s: &str) -> Result<(), String> {
     if let Some(c) = s.chars().find(|c| c.is_control()) {
-        return Err(format!("control character U+{:04X} is not allowed", c as u32));
+        return Err(format!(
+            "control character U+{:04X} is not allowed",
+            c as u32
+        ));
     }
     if s.contains('\\') {
         return Err("`\\` is not allowed".into());
@@ -121,16 +133,39 @@ mod tests {
         assert_eq!(k.as_str(), "users/alice/a b+c+d%e?#&.png");
         // %2525 is a literal "%25", not "%".
         assert_eq!(ObjectKey::from_path("a%2525").unwrap().as_str(), "a%25");
-        assert_eq!(ObjectKey::from_path("%C3%A9t%C3%A9").unwrap().as_str(), "été");
+        assert_eq!(
+            ObjectKey::from_path("%C3%A9t%C3%A9").unwrap().as_str(),
+            "été"
+        );
     }
 
     #[test]
     fn refuses_bad_keys() {
         for bad in [
-            "", "/abs", "a//b", "a/", "./a", "a/./b", "../a", "a/..", "a%2F..%2Fb%2F..", "a\\b", "a%5Cb",
-            "a%00b", "a%0Ab", "a%7F", "%FF", "%C3", "a%zz", "a%2", "%",
+            "",
+            "/abs",
+            "a//b",
+            "a/",
+            "./a",
+            "a/./b",
+            "../a",
+            "a/..",
+            "a%2F..%2Fb%2F..",
+            "a\\b",
+            "a%5Cb",
+            "a%00b",
+            "a%0Ab",
+            "a%7F",
+            "%FF",
+            "%C3",
+            "a%zz",
+            "a%2",
+            "%",
         ] {
-            assert!(ObjectKey::from_path(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                ObjectKey::from_path(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
         assert!(ObjectKey::from_path(&"a".repeat(1024)).is_ok());
         assert!(ObjectKey::from_path(&"a".repeat(1025)).is_err());

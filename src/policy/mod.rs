@@ -10,8 +10,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-pub use key::{MAX_KEY_BYTES, ObjectKey, percent_decode_once, validate_prefix};
 pub(crate) use key::check_chars;
+pub use key::{MAX_KEY_BYTES, ObjectKey, percent_decode_once, validate_prefix};
 
 use crate::config::PrincipalConfig;
 use crate::error::ApiError;
@@ -77,8 +77,19 @@ impl Principal {
 
     /// A principal allowed everything, everywhere (`serve --dev`).
     pub fn full_access(name: &str, limits: Limits) -> Self {
-        let all = [Action::Get, Action::Put, Action::Delete, Action::List, Action::Link];
-        Self { name: name.into(), allow: all.iter().fold(0, |acc, a| acc | a.bit()), prefix: String::new(), limits }
+        let all = [
+            Action::Get,
+            Action::Put,
+            Action::Delete,
+            Action::List,
+            Action::Link,
+        ];
+        Self {
+            name: name.into(),
+            allow: all.iter().fold(0, |acc, a| acc | a.bit()),
+            prefix: String::new(),
+            limits,
+        }
     }
 
     /// Whether `action` is in the principal's `allow`.

@@ -22,9 +22,16 @@ pub struct BackendSettings {
 /// Builds the client. Credentials come from the AWS default chain (environment, profile,
 /// web identity, ECS/IMDS) unless the embedded server handed us its generated pair.
 pub async fn connect(cfg: &BackendConfig, settings: BackendSettings) -> Backend {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
     if let Some((access_key, secret_key)) = settings.credentials {
-        loader = loader.credentials_provider(Credentials::new(access_key, secret_key, None, None, "portcullis-embedded"));
+        loader = loader.credentials_provider(Credentials::new(
+            access_key,
+            secret_key,
+            None,
+            None,
+            "portcullis-embedded",
+        ));
     }
     let shared = loader.load().await;
     let mut s3 = aws_sdk_s3::config::Builder::from(&shared)
@@ -41,7 +48,11 @@ pub async fn connect(cfg: &BackendConfig, settings: BackendSettings) -> Backend 
         client: aws_sdk_s3::Client::from_conf(s3.build()),
         bucket: Arc::from(cfg.bucket.as_str()),
         sse: cfg.sse,
-        kms_key_id: if cfg.sse == Some(Sse::AwsKms) { cfg.kms_key_id.clone() } else { None },
+        kms_key_id: if cfg.sse == Some(Sse::AwsKms) {
+            cfg.kms_key_id.clone()
+        } else {
+            None
+        },
         part_size: cfg.part_size.bytes() as usize,
     }
 }

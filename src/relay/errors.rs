@@ -17,33 +17,47 @@ where
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("");
             match (status, code) {
+                // The bucket itself is gone: the gateway's problem, not the client's.
+                (_, "NoSuchBucket") => ApiError::new(Code::BackendError, "the backend failed"),
                 (404, _) | (_, "NoSuchKey" | "NotFound") => ApiError::not_found(),
-                (412, _) | (_, "PreconditionFailed") => {
-                    ApiError::new(Code::PreconditionFailed, "the object's state does not match the request's condition")
-                }
+                (412, _) | (_, "PreconditionFailed") => ApiError::new(
+                    Code::PreconditionFailed,
+                    "the object's state does not match the request's condition",
+                ),
                 // A concurrent conditional write won the race; to this client, the condition failed.
-                (409, "ConditionalRequestConflict") => {
-                    ApiError::new(Code::PreconditionFailed, "a concurrent write changed the object; retry")
-                }
+                (409, "ConditionalRequestConflict") => ApiError::new(
+                    Code::PreconditionFailed,
+                    "a concurrent write changed the object; retry",
+                ),
                 (416, _) | (_, "InvalidRange") => {
                     ApiError::new(Code::RangeNotSatisfiable, "the range is outside the object")
                 }
-                (400, "EntityTooLarge") => ApiError::new(Code::PayloadTooLarge, "the object is too large for the backend"),
+                (400, "EntityTooLarge") => ApiError::new(
+                    Code::PayloadTooLarge,
+                    "the object is too large for the backend",
+                ),
                 (400, "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch") => {
                     ApiError::new(Code::BadDigest, "the body does not match its digest")
                 }
-                (503, _) | (_, "SlowDown") => ApiError::new(Code::BackendUnavailable, "the backend is unavailable; retry later"),
+                (503, _) | (_, "SlowDown") => ApiError::new(
+                    Code::BackendUnavailable,
+                    "the backend is unavailable; retry later",
+                ),
                 _ => ApiError::new(Code::BackendError, "the backend failed"),
             }
         }
-        SdkError::TimeoutError(_) => ApiError::new(Code::BackendTimeout, "the backend did not answer in time"),
+        SdkError::TimeoutError(_) => {
+            ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
+        }
         SdkError::DispatchFailure(d) if d.is_timeout() => {
             ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
         }
         SdkError::DispatchFailure(d) if d.is_io() => {
             ApiError::new(Code::BackendUnavailable, "the backend cannot be reached")
         }
-        SdkError::ConstructionFailure(_) => ApiError::internal("could not build the backend request"),
+        SdkError::ConstructionFailure(_) => {
+            ApiError::internal("could not build the backend request")
+        }
         _ => ApiError::new(Code::BackendError, "the backend failed"),
     };
     api.detail(detail)

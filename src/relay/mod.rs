@@ -136,7 +136,12 @@ impl Backend {
 
     /// Is the bucket reachable with our credentials?
     pub async fn ping(&self) -> Result<(), ApiError> {
-        self.client.head_bucket().bucket(&*self.bucket).send().await.map_err(translate)?;
+        self.client
+            .head_bucket()
+            .bucket(&*self.bucket)
+            .send()
+            .await
+            .map_err(translate)?;
         Ok(())
     }
 
@@ -157,7 +162,14 @@ impl Backend {
     }
 
     async fn put_single(&self, upload: Upload, length: u64) -> Result<Stored, ApiError> {
-        let Upload { key, content_type, condition, body, watch, .. } = upload;
+        let Upload {
+            key,
+            content_type,
+            condition,
+            body,
+            watch,
+            ..
+        } = upload;
         let request = self
             .client
             .put_object()
@@ -178,20 +190,42 @@ impl Backend {
                 .server_side_encryption(ServerSideEncryption::AwsKms)
                 .set_ssekms_key_id(self.kms_key_id.clone()),
         };
-        let out = request.send().await.map_err(|e| blame(&watch, translate(e)))?;
-        Ok(Stored { etag: out.e_tag.unwrap_or_default(), size: length })
+        let out = request
+            .send()
+            .await
+            .map_err(|e| blame(&watch, translate(e)))?;
+        Ok(Stored {
+            etag: out.e_tag.unwrap_or_default(),
+            size: length,
+        })
     }
 
     async fn put_multipart(&self, upload: Upload) -> Result<Stored, ApiError> {
-        let Upload { key, content_type, condition, mut body, watch, .. } = upload;
+        let Upload {
+            key,
+            content_type,
+            condition,
+            mut body,
+            watch,
+            ..
+        } = upload;
         let mut buf = BytesMut::with_capacity(self.part_size);
         let ended = fill(&mut body, &mut buf, self.part_size, &watch).await?;
         if ended {
             // The whole body fits in one part: one PutObject, no multipart bookkeeping.
             let first = buf.freeze();
             let length = first.len() as u64;
-            let body = http_body_util::Full::new(first).map_err(|e: std::convert::Infallible| match e {}).boxed();
-            let upload = Upload { key, content_type, length: Some(length), condition, body, watch };
+            let body = http_body_util::Full::new(first)
+                .map_err(|e: std::convert::Infallible| match e {})
+                .boxed();
+            let upload = Upload {
+                key,
+                content_type,
+                length: Some(length),
+                condition,
+                body,
+                watch,
+            };
             return self.put_single(upload, length).await;
         }
 
@@ -209,11 +243,14 @@ impl Backend {
                 .set_ssekms_key_id(self.kms_key_id.clone()),
         };
         let created = request.send().await.map_err(translate)?;
-        let upload_id = created
-            .upload_id
-            .ok_or_else(|| ApiError::new(Code::BackendError, "the backend failed").detail("no UploadId in CreateMultipartUpload"))?;
+        let upload_id = created.upload_id.ok_or_else(|| {
+            ApiError::new(Code::BackendError, "the backend failed")
+                .detail("no UploadId in CreateMultipartUpload")
+        })?;
 
-        let result = self.send_parts(&key, &upload_id, condition, body, buf, &watch).await;
+        let result = self
+            .send_parts(&key, &upload_id, condition, body, buf, &watch)
+            .await;
         if result.is_err() {
             let abort = self
                 .client
@@ -264,7 +301,12 @@ impl Backend {
                 .send()
                 .await
                 .map_err(translate)?;
-            parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build());
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag)
+                    .build(),
+            );
             if !ended {
                 ended = fill(&mut body, &mut buf, self.part_size, watch).await?;
             }
@@ -275,14 +317,21 @@ impl Backend {
             .bucket(&*self.bucket)
             .key(key.as_str())
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
         let request = match condition {
             WriteCondition::None => request,
             WriteCondition::IfNoneMatchAny => request.if_none_match("*"),
             WriteCondition::IfMatch(etag) => request.if_match(etag),
         };
         let out = request.send().await.map_err(translate)?;
-        Ok(Stored { etag: out.e_tag.unwrap_or_default(), size })
+        Ok(Stored {
+            etag: out.e_tag.unwrap_or_default(),
+            size,
+        })
     }
 
     /// GET (with `body`) or HEAD (without).
@@ -317,7 +366,11 @@ impl Backend {
                 last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
             };
             let body = out.body.into_inner().map_err(sdk_body_error).boxed();
-            Ok(Fetched::Object { meta, content_range: out.content_range, body: Some(body) })
+            Ok(Fetched::Object {
+                meta,
+                content_range: out.content_range,
+                body: Some(body),
+            })
         } else {
             let out = self
                 .client
@@ -341,13 +394,24 @@ impl Backend {
                 content_type: out.content_type,
                 last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
             };
-            Ok(Fetched::Object { meta, content_range: out.content_range, body: None })
+            Ok(Fetched::Object {
+                meta,
+                content_range: out.content_range,
+                body: None,
+            })
         }
     }
 
     /// Deletes an object. Deleting a key that does not exist succeeds, as on S3.
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), ApiError> {
-        match self.client.delete_object().bucket(&*self.bucket).key(key.as_str()).send().await {
+        match self
+            .client
+            .delete_object()
+            .bucket(&*self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match translate(e) {
                 err if err.code == Code::NotFound => Ok(()),
@@ -357,7 +421,12 @@ impl Backend {
     }
 
     /// One page of keys under `prefix`, after `start_after`.
-    pub async fn list(&self, prefix: &str, limit: i32, start_after: Option<String>) -> Result<Listing, ApiError> {
+    pub async fn list(
+        &self,
+        prefix: &str,
+        limit: i32,
+        start_after: Option<String>,
+    ) -> Result<Listing, ApiError> {
         let out = self
             .client
             .list_objects_v2()
@@ -382,14 +451,23 @@ impl Backend {
             })
             .collect();
         let truncated = out.is_truncated.unwrap_or(false);
-        let last_key = if truncated { objects.last().map(|o| o.key.clone()) } else { None };
+        let last_key = if truncated {
+            objects.last().map(|o| o.key.clone())
+        } else {
+            None
+        };
         Ok(Listing { objects, last_key })
     }
 }
 
 /// Reads the body into `buf` until it holds at least `part_size` bytes or the body ends.
 /// Returns whether the body ended.
-async fn fill(body: &mut Body, buf: &mut BytesMut, part_size: usize, watch: &BodyWatch) -> Result<bool, ApiError> {
+async fn fill(
+    body: &mut Body,
+    buf: &mut BytesMut,
+    part_size: usize,
+    watch: &BodyWatch,
+) -> Result<bool, ApiError> {
     while buf.len() < part_size {
         match body.frame().await {
             None => return Ok(true),
@@ -399,7 +477,10 @@ async fn fill(body: &mut Body, buf: &mut BytesMut, part_size: usize, watch: &Bod
                 }
             }
             Some(Err(e)) => {
-                return Err(blame(watch, ApiError::new(Code::BadRequest, "the request body failed").detail(e)));
+                return Err(blame(
+                    watch,
+                    ApiError::new(Code::BadRequest, "the request body failed").detail(e),
+                ));
             }
         }
     }
@@ -409,23 +490,32 @@ async fn fill(body: &mut Body, buf: &mut BytesMut, part_size: usize, watch: &Bod
 /// A failed call whose request body failed first is the body's fault, not the backend's.
 fn blame(watch: &BodyWatch, err: ApiError) -> ApiError {
     match watch.failure() {
-        Some(BodyFailure::TooLarge) => ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit")
-            .detail(err),
-        Some(BodyFailure::Client) => ApiError::new(Code::BadRequest, "the request body ended early or was malformed")
-            .detail(err),
+        Some(BodyFailure::TooLarge) => {
+            ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit").detail(err)
+        }
+        Some(BodyFailure::Client) => ApiError::new(
+            Code::BadRequest,
+            "the request body ended early or was malformed",
+        )
+        .detail(err),
         None => err,
     }
 }
 
 /// S3 answers a failed `If-None-Match`/`If-Modified-Since` with 304, which the SDK reports as
 /// an error; it is a successful answer.
-fn not_modified<E>(err: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<Fetched> {
+fn not_modified<E>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> Option<Fetched> {
     let raw = err.raw_response()?;
     if raw.status().as_u16() != 304 {
         return None;
     }
     let header = |name: &str| raw.headers().get(name).map(str::to_owned);
-    Some(Fetched::NotModified { etag: header("etag"), last_modified: header("last-modified") })
+    Some(Fetched::NotModified {
+        etag: header("etag"),
+        last_modified: header("last-modified"),
+    })
 }
 
 fn sdk_body_error(e: aws_smithy_types::body::Error) -> BoxError {

@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use std::net::SocketAddr;
+use tokio::net::TcpListener;
 
-use tower::ServiceExt;
 use std::convert::Infallible;
+use tower::ServiceExt;
 
 use futures_util::future::BoxFuture;
 use http::Response;
@@ -33,9 +33,17 @@ pub struct ServerOptions {
 
 /// Serves `service` on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish for up to `shutdown_grace`.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>, service: HttpService, opts: ServerOptions) {
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    service: HttpService,
+    opts: ServerOptions,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -77,7 +85,11 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>, serv
 }
 
 /// Hands a hyper request to the gateway, with the connection's details.
-fn to_gateway(service: &HttpService, remote: SocketAddr, req: Request<Incoming>) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
+fn to_gateway(
+    service: &HttpService,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnInfo { remote });
     let req = Request::from_parts(parts, body.map_err(box_hyper_error).boxed());

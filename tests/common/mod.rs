@@ -1,0 +1,247 @@
+//! Test helper: a real gateway on 127.0.0.1:0 in front of a real embedded S3 server
+//! (s3s-fs in a temp dir), built from a config snippet in one line.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::auth::hash_key;
+use portcullis::obs::AccessLog;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const BUCKET: &str = "test-bucket";
+
+/// The keys of the principals every test gateway has.
+pub const ADMIN: &str = "admin-key-0123456789";
+pub const ALICE: &str = "alice-key-0123456789";
+pub const READER: &str = "reader-key-0123456789";
+
+pub struct TestGateway {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    pub http: reqwest::Client,
+    /// Straight to the bucket, to look at what the gateway left there.
+    pub s3: aws_sdk_s3::Client,
+    pub access_log: PathBuf,
+    _dir: tempfile::TempDir,
+    _backend: portcullis::BackendHandle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A gateway with three principals (admin: everything; alice: everything under
+/// `users/alice/`, at most 6 MiB; reader: get and list under `users/alice/`) plus `extra` TOML.
+pub async fn gateway(extra: &str) -> TestGateway {
+    gateway_with(extra, None).await
+}
+
+/// Like [`gateway`], but the relay talks to `endpoint` instead of the embedded server (which
+/// still runs, so the test can look into it).
+pub async fn gateway_with(extra: &str, endpoint: Option<String>) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let access_log = dir.path().join("access.log");
+    let toml = format!(
+        r#"
+[backend]
+kind = "embedded"
+bucket = "{BUCKET}"
+root = "{root}"
+part_size = "5MiB"
+
+[log]
+access_log = "{log}"
+
+[[principals]]
+name = "admin"
+api_keys = ["{admin}"]
+allow = ["get", "put", "delete", "list", "link"]
+
+[[principals]]
+name = "alice"
+api_keys = ["{alice}"]
+allow = ["get", "put", "delete", "list"]
+prefix = "users/alice/"
+max_object_size = "6MiB"
+
+[[principals]]
+name = "reader"
+api_keys = ["{reader}"]
+allow = ["get", "list"]
+prefix = "users/alice/"
+{extra}
+"#,
+        root = dir.path().join("data").display(),
+        log = access_log.display(),
+        admin = hash_key(ADMIN),
+        alice = hash_key(ALICE),
+        reader = hash_key(READER),
+    );
+    let config = portcullis::config::parse(&toml, None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let backend = portcullis::start_backend(&config).await.unwrap();
+    backend.backend.ping().await.unwrap();
+    let s3 = backend.backend.client().clone();
+    let relay = match endpoint {
+        None => backend.backend.clone(),
+        Some(endpoint) => {
+            let settings = portcullis::relay::BackendSettings {
+                endpoint: Some(endpoint),
+                credentials: Some(("test".into(), "test-secret".into())),
+            };
+            portcullis::relay::connect(&config.backend, settings).await
+        }
+    };
+    let state = Arc::new(portcullis::build_state(&config, relay));
+    let log = Arc::new(AccessLog::open(&config.log.access_log).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let opts = portcullis::server_options(&config);
+    tokio::spawn(portcullis::run(
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        state,
+        log,
+        opts,
+    ));
+    TestGateway {
+        url: format!("http://{addr}"),
+        addr,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        s3,
+        access_log,
+        _dir: dir,
+        _backend: backend,
+        _stop: stop,
+    }
+}
+
+impl TestGateway {
+    /// `/v1/objects/<encoded key>`.
+    pub fn object_url(&self, key: &str) -> String {
+        format!("{}/v1/objects/{}", self.url, encode(key))
+    }
+
+    /// The keys in the bucket, read straight from S3.
+    pub async fn bucket_keys(&self) -> Vec<String> {
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .unwrap();
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+
+    /// Unfinished multipart uploads, read straight from S3.
+    pub async fn pending_uploads(&self) -> Vec<String> {
+        let out = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .unwrap();
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_owned))
+            .collect()
+    }
+
+    /// The object's bytes, read straight from S3.
+    pub async fn bucket_object(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        Some(out.body.collect().await.unwrap().into_bytes().to_vec())
+    }
+
+    /// Waits (bounded) until the bucket has no unfinished upload; returns what is left.
+    pub async fn settle_uploads(&self) -> Vec<String> {
+        for _ in 0..100 {
+            let left = self.pending_uploads().await;
+            if left.is_empty() {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.pending_uploads().await
+    }
+
+    /// Sends raw bytes on a fresh connection and returns everything read until the server
+    /// closes or `wait` passes.
+    pub async fn raw(&self, request: &[u8], wait: Duration) -> String {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    pub fn access_log_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// Percent-encodes a key as a careful client would: everything but unreserved and `/`.
+pub fn encode(key: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(key, SET).to_string()
+}
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A body sent with `Transfer-Encoding: chunked`, in pieces of `chunk` bytes.
+pub fn chunked_body(bytes: Vec<u8>, chunk: usize) -> reqwest::Body {
+    let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = bytes
+        .chunks(chunk)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+}

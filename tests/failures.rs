@@ -1,0 +1,316 @@
+//! Every way an upload can fail leaves the bucket as it was: no new object, no partial
+//! object, no unfinished multipart upload, the previous version intact.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use portcullis::auth::hash_key;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const PHOTOS: &str = "photos-key-0123456789";
+
+fn photos() -> String {
+    format!(
+        "[[principals]]\nname = \"photos\"\napi_keys = [\"{}\"]\nallow = [\"put\", \"get\"]\nprefix = \"photos/\"\ncontent_types = [\"image/*\"]\n",
+        hash_key(PHOTOS)
+    )
+}
+
+async fn seed(g: &TestGateway, key: &str) -> Vec<u8> {
+    let old = b"the previous version".to_vec();
+    let resp = g
+        .http
+        .put(g.object_url(key))
+        .header("authorization", bearer(ADMIN))
+        .body(old.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    old
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_the_limit_is_cut_and_aborted() {
+    let g = gateway("").await;
+    let key = "users/alice/too-big";
+    let old = seed(&g, key).await;
+    // alice may store 6 MiB; 12 MiB chunked crosses it after the first 5 MiB part was sent.
+    let resp = g
+        .http
+        .put(g.object_url(key))
+        .header("authorization", bearer(ALICE))
+        .body(chunked_body(random_bytes(12 * 1024 * 1024, 1), 64 * 1024))
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "payload_too_large");
+    }
+    assert!(
+        g.settle_uploads().await.is_empty(),
+        "no unfinished multipart upload"
+    );
+    assert_eq!(
+        g.bucket_object(key).await.unwrap(),
+        old,
+        "the previous version is intact"
+    );
+    assert_eq!(g.bucket_keys().await, vec![key.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_length_over_the_limit_is_refused_before_the_body() {
+    let g = gateway("").await;
+    let key = "users/alice/declared";
+    let old = seed(&g, key).await;
+    let raw = format!(
+        "PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ALICE}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        7 * 1024 * 1024
+    );
+    let out = g.raw(raw.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        out.starts_with("HTTP/1.1 413"),
+        "the 413 comes first, no 100 Continue: {out}"
+    );
+    assert!(!out.contains("100 Continue"), "{out}");
+    assert!(out.contains("payload_too_large"), "{out}");
+    assert_eq!(g.bucket_object(key).await.unwrap(), old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_type_outside_the_allowed_patterns_is_415() {
+    let g = gateway(&photos()).await;
+    let put = |ct: &'static str| {
+        g.http
+            .put(g.object_url("photos/p"))
+            .header("authorization", bearer(PHOTOS))
+            .header("content-type", ct)
+            .body("x")
+            .send()
+    };
+    let resp = put("text/html").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "unsupported_media_type"
+    );
+    let resp = put("application/x-executable").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let resp = put("not a type").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // No Content-Type means application/octet-stream, which image/* does not allow.
+    let resp = g
+        .http
+        .put(g.object_url("photos/p"))
+        .header("authorization", bearer(PHOTOS))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(g.bucket_keys().await.is_empty());
+    assert_eq!(put("image/jpeg").await.unwrap().status(), StatusCode::OK);
+}
+
+/// Sends the head and part of a body, then drops the connection.
+async fn disconnect_midway(g: &TestGateway, head: &str, body: &[u8]) {
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnecting_mid_chunked_body_leaves_nothing() {
+    let g = gateway("").await;
+    let key = "users/alice/cut-chunked";
+    let old = seed(&g, key).await;
+    let head = format!(
+        "PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    // 5.5 MiB of chunks: the first part has gone to S3 as a multipart upload.
+    let mut body = Vec::new();
+    for _ in 0..88 {
+        body.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
+        body.extend_from_slice(&random_bytes(65536, 7));
+        body.extend_from_slice(b"\r\n");
+    }
+    disconnect_midway(&g, &head, &body).await;
+    assert!(
+        g.settle_uploads().await.is_empty(),
+        "the multipart upload was aborted"
+    );
+    assert_eq!(g.bucket_object(key).await.unwrap(), old);
+    assert_eq!(g.bucket_keys().await, vec![key.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnecting_mid_known_length_body_leaves_nothing() {
+    let g = gateway("").await;
+    let key = "users/alice/cut-known";
+    let old = seed(&g, key).await;
+    let head = format!(
+        "PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    disconnect_midway(&g, &head, &random_bytes(400_000, 8)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(g.bucket_object(key).await.unwrap(), old);
+    assert_eq!(g.bucket_keys().await, vec![key.to_string()]);
+    assert!(g.settle_uploads().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_content_length_is_not_stored() {
+    let g = gateway("").await;
+    let key = "users/alice/liar";
+    // Claims 100 bytes, sends 10, then half-closes: the body ends early.
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(g.bucket_keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_is_503_without_details() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let g = gateway_with("", Some(format!("http://127.0.0.1:{port}"))).await;
+    let resp = g
+        .http
+        .put(g.object_url("x"))
+        .header("authorization", bearer(ADMIN))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "backend_unavailable");
+    assert!(
+        !text.contains(BUCKET) && !text.contains("127.0.0.1"),
+        "no backend detail leaks: {text}"
+    );
+    let resp = g
+        .http
+        .get(g.object_url("x"))
+        .header("authorization", bearer(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A chunked upload fails the same way, and nothing reached the (real) bucket.
+    let resp = g
+        .http
+        .put(g.object_url("y"))
+        .header("authorization", bearer(ADMIN))
+        .body(chunked_body(random_bytes(6 * 1024 * 1024, 3), 65536))
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(g.bucket_keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_every_field_and_no_secret() {
+    let g = gateway("").await;
+    let data = random_bytes(5000, 11);
+    g.http
+        .put(g.object_url("users/alice/log me"))
+        .header("authorization", bearer(ALICE))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    g.http
+        .get(g.object_url("users/alice/log me"))
+        .header("authorization", bearer(ALICE))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    g.http
+        .get(g.object_url("users/alice/x"))
+        .header("authorization", "Bearer not-a-real-key-secret")
+        .send()
+        .await
+        .unwrap();
+    g.http
+        .get(g.object_url("users/bob/x"))
+        .header("authorization", bearer(ALICE))
+        .header("x-request-id", "trace-me")
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let text = std::fs::read_to_string(&g.access_log).unwrap();
+    for secret in [ALICE, ADMIN, "not-a-real-key-secret"] {
+        assert!(!text.contains(secret), "a key leaked into the access log");
+    }
+    let lines = g.access_log_lines();
+    // The admin seed is not here; 4 requests, 4 lines.
+    assert_eq!(lines.len(), 4, "{text}");
+    for l in &lines {
+        for field in [
+            "ts",
+            "request_id",
+            "remote_addr",
+            "principal",
+            "auth",
+            "method",
+            "route",
+            "key",
+            "status",
+            "bytes_in",
+            "bytes_out",
+            "duration_ms",
+            "backend_ms",
+            "error_code",
+        ] {
+            assert!(l.get(field).is_some(), "{field} missing in {l}");
+        }
+    }
+    let put = lines.iter().find(|l| l["method"] == "PUT").unwrap();
+    assert_eq!(put["principal"], "alice");
+    assert_eq!(put["auth"], "api_key");
+    assert_eq!(put["key"], "users/alice/log me");
+    assert_eq!(put["status"], 200);
+    assert_eq!(put["bytes_in"], 5000);
+    assert!(put["backend_ms"].as_f64().is_some());
+    let get = lines
+        .iter()
+        .find(|l| l["method"] == "GET" && l["status"] == 200)
+        .unwrap();
+    assert_eq!(get["bytes_out"], 5000);
+    let denied = lines.iter().find(|l| l["status"] == 401).unwrap();
+    assert_eq!(denied["auth"], "none");
+    assert_eq!(denied["error_code"], "unauthenticated");
+    let forbidden = lines
+        .iter()
+        .find(|l| l["request_id"] == "trace-me")
+        .unwrap();
+    assert_eq!(forbidden["status"], 403);
+    assert_eq!(forbidden["error_code"], "forbidden");
+}
