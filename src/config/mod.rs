@@ -91,17 +91,19 @@ pub fn parse(text: &str, file: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     })?;
     match validate::validate(&config) {
         Ok(warnings) => Ok(Loaded { config, warnings }),
-        Err(problems) => Err(ConfigErrors(
-            problems
+        Err(problems) => {
+            let mut errors: Vec<ConfigError> = problems
                 .into_iter()
                 .map(|(field, reason)| ConfigError {
                     file: file.clone(),
-                    line: locate(text, &field),
+                    line: locate_nearest(text, &field),
                     field,
                     reason,
                 })
-                .collect(),
-        )),
+                .collect();
+            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+            Err(ConfigErrors(errors))
+        }
     }
 }
 
@@ -129,6 +131,17 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&b| b == b'\n')
         .count()
         + 1
+}
+
+/// The line of `field`, or of the nearest enclosing table when the field is missing.
+fn locate_nearest(text: &str, field: &str) -> Option<usize> {
+    let mut path = field;
+    loop {
+        if let Some(line) = locate(text, path) {
+            return Some(line);
+        }
+        path = &path[..path.rfind(['.', '['])?];
+    }
 }
 
 /// Finds the line of a dotted field path such as `principals[1].prefix`.

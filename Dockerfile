@@ -1,0 +1,27 @@
+# Portcullis: build with the same toolchain as CI, run as a non-root user in a small image.
+#   docker build -t portcullis .
+#   docker run -p 8080:8080 -v $PWD/config:/config:ro portcullis
+# The mounted config must listen on 0.0.0.0 (the default, 127.0.0.1, is unreachable from
+# outside the container); bucket credentials come from the AWS default chain (environment,
+# web identity, ECS/IMDS), never from the config.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin portcullis
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin portcullis \
+    && mkdir -p /data && chown portcullis /data
+COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
+COPY config /config
+USER portcullis
+EXPOSE 8080 9090
+VOLUME ["/config", "/data"]
+ENTRYPOINT ["/usr/local/bin/portcullis"]
+CMD ["serve", "--config", "/config/portcullis.toml"]

@@ -1,0 +1,172 @@
+//! The `portcullis` binary as a user runs it: `serve --dev`, `check-config`, `keygen`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_prints_a_key_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut key) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (url.is_none() || key.is_none()) && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if let Some(rest) = line.split("gateway on ").nth(1) {
+            url = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(rest) = line.split("API key (shown once): ").nth(1) {
+            key = Some(rest.trim().to_owned());
+        }
+    }
+    let (url, key) = (
+        url.expect("the banner names the URL"),
+        key.expect("the banner shows the key"),
+    );
+    assert!(key.len() >= 43, "at least 32 random bytes: {key}");
+
+    let http = reqwest::Client::new();
+    let resp = http
+        .put(format!("{url}/v1/objects/hello.txt"))
+        .header("authorization", format!("Bearer {key}"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http
+        .get(format!("{url}/v1/objects/hello.txt"))
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "hello");
+    let resp = http
+        .get(format!("{url}/v1/objects/hello.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // The object is a file under --data, in the embedded bucket.
+    assert!(dir.path().join("data/portcullis/hello.txt").exists());
+
+    // SIGTERM: a clean exit.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The access log went to stdout, one JSON line per request, without the key.
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(!stdout.contains(&key));
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["request_id"].is_string());
+    }
+}
+
+#[test]
+fn check_config_passes_every_shipped_config() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(BIN)
+                .args(["check-config", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+}
+
+#[test]
+fn check_config_names_file_line_field_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[backend]\nkind = \"embedded\"\npart_size = \"1MiB\"\n\n[[principals]]\nname = \"a\"\nprefix = \"users\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:3: backend.part_size:"), "{err}");
+    assert!(err.contains("bad.toml:7: principals[0].prefix:"), "{err}");
+
+    // Not even TOML: still a message with a line, never a panic.
+    std::fs::write(&path, "[server\nlisten = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:1"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // serve refuses it the same way.
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:1"));
+}
+
+#[test]
+fn keygen_prints_a_key_and_its_hash() {
+    let out = Command::new(BIN).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap()
+        .trim();
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hash:"))
+        .unwrap()
+        .trim();
+    assert_eq!(hash, portcullis::auth::hash_key(key));
+    assert!(
+        key.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "URL-safe: {key}"
+    );
+}
