@@ -314,3 +314,64 @@ async fn access_log_has_every_field_and_no_secret() {
     assert_eq!(forbidden["status"], 403);
     assert_eq!(forbidden["error_code"], "forbidden");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_refusal_is_502_without_details() {
+    let g = gateway("").await;
+    // Take the bucket away behind the gateway's back.
+    g.s3.delete_bucket().bucket(BUCKET).send().await.unwrap();
+    let resp = g
+        .http
+        .get(format!("{}/v1/objects", g.url))
+        .header("authorization", bearer(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "backend_error");
+    assert!(
+        !text.contains(BUCKET) && !text.contains("NoSuchBucket"),
+        "no backend detail leaks: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pauses_gets_every_byte() {
+    use tokio::io::AsyncReadExt;
+    let g = gateway("").await;
+    let data = random_bytes(24 * 1024 * 1024, 21);
+    let resp = g
+        .http
+        .put(g.object_url("slow"))
+        .header("authorization", bearer(ADMIN))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // A small receive window and a pause longer than the SDK's stalled-stream grace period
+    // (5 s): backpressure must hold the download, not fail it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut s = socket.connect(g.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/objects/slow HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 65536];
+    let n = s.read(&mut first).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut all = first[..n].to_vec();
+    all.extend_from_slice(&rest);
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(all.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(sha256(&all[split..]), sha256(&data));
+}
