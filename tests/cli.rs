@@ -94,11 +94,7 @@ fn check_config_passes_every_shipped_config() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(BIN)
-                .args(["check-config", "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = check_config(&path);
             assert!(
                 out.status.success(),
                 "{}: {}",
@@ -116,11 +112,7 @@ fn check_config_names_file_line_field_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[backend]\nkind = \"embedded\"\npart_size = \"1MiB\"\n\n[[principals]]\nname = \"a\"\nprefix = \"users\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3: backend.part_size:"), "{err}");
@@ -128,11 +120,7 @@ fn check_config_names_file_line_field_and_reason() {
 
     // Not even TOML: still a message with a line, never a panic.
     std::fs::write(&path, "[server\nlisten = 1\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:1"), "{err}");
@@ -169,4 +157,12 @@ fn keygen_prints_a_key_and_its_hash() {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "URL-safe: {key}"
     );
+}
+
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
 }

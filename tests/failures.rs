@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use portcullis::auth::hash_key;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -24,9 +24,7 @@ fn photos() -> String {
 async fn seed(g: &TestGateway, key: &str) -> Vec<u8> {
     let old = b"the previous version".to_vec();
     let resp = g
-        .http
-        .put(g.object_url(key))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, key, ADMIN)
         .body(old.clone())
         .send()
         .await
@@ -42,9 +40,7 @@ async fn chunked_body_over_the_limit_is_cut_and_aborted() {
     let old = seed(&g, key).await;
     // alice may store 6 MiB; 12 MiB chunked crosses it after the first 5 MiB part was sent.
     let resp = g
-        .http
-        .put(g.object_url(key))
-        .header("authorization", bearer(ALICE))
+        .call(Method::PUT, key, ALICE)
         .body(chunked_body(random_bytes(12 * 1024 * 1024, 1), 64 * 1024))
         .send()
         .await;
@@ -88,9 +84,7 @@ async fn declared_length_over_the_limit_is_refused_before_the_body() {
 async fn content_type_outside_the_allowed_patterns_is_415() {
     let g = gateway(&photos()).await;
     let put = |ct: &'static str| {
-        g.http
-            .put(g.object_url("photos/p"))
-            .header("authorization", bearer(PHOTOS))
+        g.call(Method::PUT, "photos/p", PHOTOS)
             .header("content-type", ct)
             .body("x")
             .send()
@@ -107,9 +101,7 @@ async fn content_type_outside_the_allowed_patterns_is_415() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // No Content-Type means application/octet-stream, which image/* does not allow.
     let resp = g
-        .http
-        .put(g.object_url("photos/p"))
-        .header("authorization", bearer(PHOTOS))
+        .call(Method::PUT, "photos/p", PHOTOS)
         .body("x")
         .send()
         .await
@@ -193,9 +185,7 @@ async fn unreachable_backend_is_503_without_details() {
         .port();
     let g = gateway_with("", Some(format!("http://127.0.0.1:{port}"))).await;
     let resp = g
-        .http
-        .put(g.object_url("x"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "x", ADMIN)
         .body("x")
         .send()
         .await
@@ -208,19 +198,11 @@ async fn unreachable_backend_is_503_without_details() {
         !text.contains(BUCKET) && !text.contains("127.0.0.1"),
         "no backend detail leaks: {text}"
     );
-    let resp = g
-        .http
-        .get(g.object_url("x"))
-        .header("authorization", bearer(ADMIN))
-        .send()
-        .await
-        .unwrap();
+    let resp = g.call(Method::GET, "x", ADMIN).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     // A chunked upload fails the same way, and nothing reached the (real) bucket.
     let resp = g
-        .http
-        .put(g.object_url("y"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "y", ADMIN)
         .body(chunked_body(random_bytes(6 * 1024 * 1024, 3), 65536))
         .send()
         .await;
@@ -234,16 +216,12 @@ async fn unreachable_backend_is_503_without_details() {
 async fn access_log_has_every_field_and_no_secret() {
     let g = gateway("").await;
     let data = random_bytes(5000, 11);
-    g.http
-        .put(g.object_url("users/alice/log me"))
-        .header("authorization", bearer(ALICE))
+    g.call(Method::PUT, "users/alice/log me", ALICE)
         .body(data.clone())
         .send()
         .await
         .unwrap();
-    g.http
-        .get(g.object_url("users/alice/log me"))
-        .header("authorization", bearer(ALICE))
+    g.call(Method::GET, "users/alice/log me", ALICE)
         .send()
         .await
         .unwrap()
@@ -256,9 +234,7 @@ async fn access_log_has_every_field_and_no_secret() {
         .send()
         .await
         .unwrap();
-    g.http
-        .get(g.object_url("users/bob/x"))
-        .header("authorization", bearer(ALICE))
+    g.call(Method::GET, "users/bob/x", ALICE)
         .header("x-request-id", "trace-me")
         .send()
         .await
@@ -343,9 +319,7 @@ async fn a_reader_that_pauses_gets_every_byte() {
     let g = gateway("").await;
     let data = random_bytes(24 * 1024 * 1024, 21);
     let resp = g
-        .http
-        .put(g.object_url("slow"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "slow", ADMIN)
         .body(data.clone())
         .send()
         .await

@@ -5,13 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 async fn put(g: &TestGateway, key: &str, auth: &str, body: Vec<u8>) -> reqwest::Response {
-    g.http
-        .put(g.object_url(key))
-        .header("authorization", bearer(auth))
+    g.call(Method::PUT, key, auth)
         .body(body)
         .send()
         .await
@@ -19,12 +17,7 @@ async fn put(g: &TestGateway, key: &str, auth: &str, body: Vec<u8>) -> reqwest::
 }
 
 async fn get(g: &TestGateway, key: &str, auth: &str) -> reqwest::Response {
-    g.http
-        .get(g.object_url(key))
-        .header("authorization", bearer(auth))
-        .send()
-        .await
-        .unwrap()
+    g.call(Method::GET, key, auth).send().await.unwrap()
 }
 
 async fn error_code(resp: reqwest::Response) -> String {
@@ -51,9 +44,7 @@ async fn known_length_round_trip() {
     let g = gateway("").await;
     let data = random_bytes(3 * 1024 * 1024 + 17, 1);
     let resp = g
-        .http
-        .put(g.object_url("users/alice/photo.png"))
-        .header("authorization", bearer(ALICE))
+        .call(Method::PUT, "users/alice/photo.png", ALICE)
         .header("content-type", "image/png")
         .body(data.clone())
         .send()
@@ -80,9 +71,7 @@ async fn known_length_round_trip() {
     assert_eq!(sha256(&resp.bytes().await.unwrap()), sha256(&data));
 
     let head = g
-        .http
-        .head(g.object_url("users/alice/photo.png"))
-        .header("authorization", bearer(ALICE))
+        .call(Method::HEAD, "users/alice/photo.png", ALICE)
         .send()
         .await
         .unwrap();
@@ -101,9 +90,7 @@ async fn chunked_body_goes_multipart_and_round_trips() {
     // Three 5 MiB parts and a bit: several parts, sent chunked in odd-sized pieces.
     let data = random_bytes(15 * 1024 * 1024 + 12345, 2);
     let resp = g
-        .http
-        .put(g.object_url("big/chunked.bin"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "big/chunked.bin", ADMIN)
         .body(chunked_body(data.clone(), 100_003))
         .send()
         .await
@@ -127,9 +114,7 @@ async fn chunked_body_goes_multipart_and_round_trips() {
     // A chunked body smaller than one part is one PutObject.
     let small = random_bytes(1000, 3);
     let resp = g
-        .http
-        .put(g.object_url("big/small.bin"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "big/small.bin", ADMIN)
         .body(chunked_body(small.clone(), 7))
         .send()
         .await
@@ -156,13 +141,7 @@ async fn ranges() {
         put(&g, "r", ADMIN, data.clone()).await.status(),
         StatusCode::OK
     );
-    let range = |r: &'static str| {
-        g.http
-            .get(g.object_url("r"))
-            .header("authorization", bearer(ADMIN))
-            .header("range", r)
-            .send()
-    };
+    let range = |r: &'static str| g.call(Method::GET, "r", ADMIN).header("range", r).send();
 
     let resp = range("bytes=10-19").await.unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
@@ -184,9 +163,7 @@ async fn ranges() {
 
     for bad in ["bytes=0-1,5-6", "bytes=9-2", "lines=1-2", "bytes=x-"] {
         let resp = g
-            .http
-            .get(g.object_url("r"))
-            .header("authorization", bearer(ADMIN))
+            .call(Method::GET, "r", ADMIN)
             .header("range", bad)
             .send()
             .await
@@ -204,11 +181,7 @@ async fn conditional_reads() {
         .as_str()
         .unwrap()
         .to_owned();
-    let req = || {
-        g.http
-            .get(g.object_url("c"))
-            .header("authorization", bearer(ADMIN))
-    };
+    let req = || g.call(Method::GET, "c", ADMIN);
 
     let resp = req().header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
@@ -242,9 +215,7 @@ async fn conditional_reads() {
     );
 
     let head = g
-        .http
-        .head(g.object_url("c"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::HEAD, "c", ADMIN)
         .header("if-none-match", &etag)
         .send()
         .await
@@ -260,9 +231,7 @@ async fn conditional_reads() {
 async fn conditional_writes() {
     let g = gateway("").await;
     let create = |body: &'static [u8]| {
-        g.http
-            .put(g.object_url("w"))
-            .header("authorization", bearer(ADMIN))
+        g.call(Method::PUT, "w", ADMIN)
             .header("if-none-match", "*")
             .body(body)
             .send()
@@ -279,9 +248,7 @@ async fn conditional_writes() {
     assert_eq!(g.bucket_object("w").await.unwrap(), b"first");
 
     let replace = |etag: &str, body: &'static [u8]| {
-        g.http
-            .put(g.object_url("w"))
-            .header("authorization", bearer(ADMIN))
+        g.call(Method::PUT, "w", ADMIN)
             .header("if-match", etag)
             .body(body)
             .send()
@@ -300,9 +267,7 @@ async fn conditional_writes() {
     // Create-only on a chunked multipart body is checked at completion.
     let data = random_bytes(6 * 1024 * 1024, 9);
     let resp = g
-        .http
-        .put(g.object_url("w"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "w", ADMIN)
         .header("if-none-match", "*")
         .body(chunked_body(data, 65536))
         .send()
@@ -313,9 +278,7 @@ async fn conditional_writes() {
     assert!(g.settle_uploads().await.is_empty());
 
     let resp = g
-        .http
-        .put(g.object_url("w"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "w", ADMIN)
         .header("if-none-match", "\"x\"")
         .body("x")
         .send()
@@ -346,13 +309,7 @@ async fn awkward_keys_round_trip_through_every_route() {
         let resp = get(&g, key, ALICE).await;
         assert_eq!(resp.status(), StatusCode::OK, "{key}");
         assert_eq!(resp.bytes().await.unwrap().to_vec(), body, "{key}");
-        let head = g
-            .http
-            .head(g.object_url(key))
-            .header("authorization", bearer(ALICE))
-            .send()
-            .await
-            .unwrap();
+        let head = g.call(Method::HEAD, key, ALICE).send().await.unwrap();
         assert_eq!(head.status(), StatusCode::OK, "{key}");
     }
     let mut in_bucket = g.bucket_keys().await;
@@ -384,13 +341,7 @@ async fn awkward_keys_round_trip_through_every_route() {
     assert_eq!(listed, expected);
 
     for key in keys {
-        let resp = g
-            .http
-            .delete(g.object_url(key))
-            .header("authorization", bearer(ALICE))
-            .send()
-            .await
-            .unwrap();
+        let resp = g.call(Method::DELETE, key, ALICE).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{key}");
         assert_eq!(
             get(&g, key, ALICE).await.status(),
@@ -501,17 +452,13 @@ async fn authorization_is_the_same_whether_or_not_the_object_exists() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(resp).await, "forbidden");
     let resp = g
-        .http
-        .delete(g.object_url("users/alice/exists"))
-        .header("authorization", bearer(READER))
+        .call(Method::DELETE, "users/alice/exists", READER)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let resp = g
-        .http
-        .delete(g.object_url("users/alice/missing"))
-        .header("authorization", bearer(READER))
+        .call(Method::DELETE, "users/alice/missing", READER)
         .send()
         .await
         .unwrap();
@@ -785,9 +732,7 @@ async fn statuses_411_405_404_and_query_strings() {
 async fn client_amz_headers_are_never_forwarded() {
     let g = gateway("").await;
     let resp = g
-        .http
-        .put(g.object_url("users/alice/h"))
-        .header("authorization", bearer(ADMIN))
+        .call(Method::PUT, "users/alice/h", ADMIN)
         .header("x-amz-website-redirect-location", "https://evil.example/")
         .header("x-amz-acl", "public-read")
         .header("x-amz-meta-owner", "mallory")
@@ -819,9 +764,7 @@ async fn client_amz_headers_are_never_forwarded() {
 async fn active_content_is_an_attachment() {
     let g = gateway("").await;
     let resp = g
-        .http
-        .put(g.object_url("users/alice/page.html"))
-        .header("authorization", bearer(ALICE))
+        .call(Method::PUT, "users/alice/page.html", ALICE)
         .header("content-type", "text/html; charset=utf-8")
         .body("<script>alert(1)</script>")
         .send()

@@ -130,6 +130,13 @@ impl TestGateway {
         format!("{}/v1/objects/{}", self.url, encode(key))
     }
 
+    /// A request to an object route with a bearer key.
+    pub fn call(&self, method: reqwest::Method, key: &str, auth: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.object_url(key))
+            .header("authorization", bearer(auth))
+    }
+
     /// The keys in the bucket, read straight from S3.
     pub async fn bucket_keys(&self) -> Vec<String> {
         let out = self
