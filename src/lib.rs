@@ -91,7 +91,7 @@ pub fn build_state(config: &Config, backend: Backend) -> AppState {
             principal,
         );
     }
-    AppState { backend, keys }
+    AppState { backend, keys, body_idle_timeout: config.server.body_idle_timeout.get() }
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.

@@ -83,32 +83,121 @@ async fn declared_length_over_the_limit_is_refused_before_the_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_type_outside_the_allowed_patterns_is_415() {
     let g = gateway(&photos()).await;
-    let put = |ct: &'static str| {
-        g.call(Method::PUT, "photos/p", PHOTOS)
-            .header("content-type", ct)
-            .body("x")
-            .send()
+    let put = |ct: Option<&'static str>, body: &'static [u8]| {
+        let mut r = g.call(Method::PUT, "photos/p", PHOTOS);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r.body(body).send()
     };
-    let resp = put("text/html").await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["code"],
-        "unsupported_media_type"
-    );
-    let resp = put("application/x-executable").await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let resp = put("not a type").await.unwrap();
+    let code = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        (status, resp.json::<Value>().await.unwrap()["error"]["code"].as_str().unwrap_or("").to_owned())
+    };
+    let refused = (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type".to_owned());
+    // Declared types outside image/*.
+    assert_eq!(code(put(Some("text/html"), HTML).await.unwrap()).await, refused);
+    assert_eq!(code(put(Some("application/x-executable"), ELF).await.unwrap()).await, refused);
+    let resp = put(Some("not a type"), b"x").await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    // No Content-Type means application/octet-stream, which image/* does not allow.
-    let resp = g
-        .call(Method::PUT, "photos/p", PHOTOS)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert!(g.bucket_keys().await.is_empty());
-    assert_eq!(put("image/jpeg").await.unwrap().status(), StatusCode::OK);
+    // Sniffing: an HTML page, an executable, or text is never an image; a JPEG is not a PNG.
+    assert_eq!(code(put(Some("image/png"), HTML).await.unwrap()).await, refused);
+    assert_eq!(code(put(Some("image/gif"), ELF).await.unwrap()).await, refused);
+    assert_eq!(code(put(Some("image/png"), b"plain text").await.unwrap()).await, refused);
+    assert_eq!(code(put(Some("image/png"), JPEG).await.unwrap()).await, refused);
+    // No Content-Type: the sniffed type decides; unknown content is octet-stream (refused here).
+    assert_eq!(code(put(None, b"who knows").await.unwrap()).await, refused);
+    assert_eq!(code(put(None, HTML).await.unwrap()).await, refused);
+    assert!(g.bucket_keys().await.is_empty(), "nothing refused was stored");
+
+    let resp = put(Some("image/jpeg"), JPEG).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = put(None, PNG).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["content_type"], "image/png");
+    // The sniffed bytes still reached S3.
+    assert_eq!(g.bucket_object("photos/p").await.unwrap(), PNG);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_are_checked_while_streaming() {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let g = gateway("").await;
+    let key = "users/alice/digest";
+    let old = seed(&g, key).await;
+    let data = random_bytes(6 * 1024 * 1024 + 3, 31);
+    let sha = sha2::Sha256::digest(&data);
+    let md5 = md5::Md5::digest(&data);
+    let mut wrong = data.clone();
+    *wrong.last_mut().unwrap() ^= 1;
+
+    // Every form, known length and chunked, with the right and then a wrong body.
+    let forms: Vec<(&str, String)> = vec![
+        ("content-md5", b64(&md5)),
+        ("x-amz-checksum-sha256", b64(&sha)),
+        ("repr-digest", format!("sha-256=:{}:", b64(&sha))),
+    ];
+    for (name, value) in &forms {
+        for chunked in [false, true] {
+            let body = |b: Vec<u8>| if chunked { chunked_body(b, 65536) } else { reqwest::Body::from(b) };
+            let resp = g.call(Method::PUT, key, ADMIN).header(*name, value).body(body(wrong.clone())).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{name} chunked={chunked}");
+            assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "bad_digest");
+            assert_eq!(g.bucket_object(key).await.unwrap(), old, "{name} chunked={chunked}: nothing stored");
+            assert!(g.settle_uploads().await.is_empty());
+
+            let resp = g.call(Method::PUT, key, ADMIN).header(*name, value).body(body(data.clone())).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{name} chunked={chunked}");
+            assert_eq!(sha256(&g.bucket_object(key).await.unwrap()), sha256(&data));
+            seed(&g, key).await;
+        }
+    }
+    let resp = g.call(Method::PUT, key, ADMIN).header("content-md5", "not base64!").body("x").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "bad_digest");
+
+    // The access log records the SHA-256 the gateway computed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hex_sha = hex::encode(sha);
+    assert!(g.access_log_lines().iter().any(|l| l["sha256"] == hex_sha.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_408_and_aborted() {
+    let g = gateway("[server]\nbody_idle_timeout = \"1s\"\n").await;
+    let key = "users/alice/stalled";
+    let old = seed(&g, key).await;
+    for chunked in [false, true] {
+        let head = if chunked {
+            format!("PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\n\r\n")
+        } else {
+            format!("PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 20000000\r\n\r\n")
+        };
+        // 6 MiB (a multipart part has gone out when chunked), then silence.
+        let mut body = Vec::new();
+        for _ in 0..96 {
+            if chunked {
+                body.extend_from_slice(b"10000\r\n");
+            }
+            body.extend_from_slice(&random_bytes(65536, 4));
+            if chunked {
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+        let mut s = TcpStream::connect(g.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        let mut out = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408"), "chunked={chunked}: {out}");
+        assert!(out.contains("body_timeout"), "{out}");
+        assert!(g.settle_uploads().await.is_empty());
+        assert_eq!(g.bucket_object(key).await.unwrap(), old);
+    }
 }
 
 /// Sends the head and part of a body, then drops the connection.
@@ -348,4 +437,57 @@ async fn a_reader_that_pauses_gets_every_byte() {
     let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert!(all.starts_with(b"HTTP/1.1 200"));
     assert_eq!(sha256(&all[split..]), sha256(&data));
+}
+
+/// Sends a whole over-limit body without waiting (no `Expect`), as curl does for small
+/// bodies and many clients always do, and reads the answer.
+async fn send_whole_body_then_read(g: &TestGateway, head: String, body: Vec<u8>) -> String {
+    use tokio::io::AsyncReadExt;
+    let s = TcpStream::connect(g.addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(head.as_bytes()).await;
+        let _ = w.write_all(&body).await;
+        w
+    });
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut out)).await;
+    let _ = writer.await;
+    match read {
+        Ok(Ok(_)) => String::from_utf8_lossy(&out).into_owned(),
+        Ok(Err(e)) => format!("read failed after {} bytes: {e}; got {}", out.len(), String::from_utf8_lossy(&out)),
+        Err(_) => format!("timed out; got {}", String::from_utf8_lossy(&out)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sending_an_over_limit_body_reliably_sees_413() {
+    let g = gateway("").await;
+    for _ in 0..3 {
+        // Declared too large: refused before reading, then the rest is drained so the client
+        // can finish writing and read the answer instead of a reset.
+        let len = 64 * 1024 * 1024;
+        let head = format!(
+            "PUT /v1/objects/users/alice/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ALICE}\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let out = send_whole_body_then_read(&g, head, random_bytes(len, 1)).await;
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        assert!(out.contains("payload_too_large"), "{out}");
+
+        // Chunked, cut at the limit mid-stream.
+        let head = format!(
+            "PUT /v1/objects/users/alice/y HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ALICE}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let mut body = Vec::new();
+        for _ in 0..(64 * 16) {
+            body.extend_from_slice(b"10000\r\n");
+            body.extend_from_slice(&random_bytes(65536, 2));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let out = send_whole_body_then_read(&g, head, body).await;
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    }
+    assert!(g.settle_uploads().await.is_empty());
+    assert!(g.bucket_keys().await.is_empty());
 }

@@ -30,6 +30,8 @@ use crate::relay::Backend;
 pub struct AppState {
     pub backend: Backend,
     pub keys: KeyTable,
+    /// `server.body_idle_timeout`.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 /// The innermost service: routing and handlers.

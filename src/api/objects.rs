@@ -10,7 +10,9 @@ use serde_json::json;
 use super::{AppState, authenticate, respond};
 use crate::Body;
 use crate::error::{ApiError, Code};
-use crate::limits::{LimitedBody, media_type};
+use bytes::{Bytes, BytesMut};
+
+use crate::limits::{BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, expected_digests, media_type, sniff};
 use crate::obs::note;
 use crate::policy::{Action, ObjectKey};
 use crate::relay::{Fetched, ReadConditions, Upload, WriteCondition};
@@ -38,17 +40,16 @@ async fn timed<B, T>(req: &Request<B>, call: impl Future<Output = T>) -> T {
     out
 }
 
-pub(super) async fn put(
-    state: &AppState,
-    req: Request<Body>,
-    encoded_key: &str,
-) -> Result<Response<Body>, ApiError> {
+pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
     identity.principal.authorize(Action::Put, &key)?;
     let limits = &identity.principal.limits;
     let headers = req.headers();
 
+    // Everything that can be refused from the head is refused before a byte of the body is
+    // read: hyper sends `100 Continue` only when the body is first polled, so an
+    // `Expect: 100-continue` client gets the refusal instead.
     let length = match headers.get(header::CONTENT_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -64,48 +65,108 @@ pub(super) async fn put(
             "send Content-Length, or a chunked body (Transfer-Encoding: chunked)",
         ));
     }
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => "application/octet-stream".to_owned(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|s| media_type(s).is_some())
-            .ok_or_else(|| {
-                ApiError::bad_request("Content-Type is not a media type like `image/png`")
-            })?
-            .to_owned(),
+    let declared = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|s| media_type(s).is_some())
+                .ok_or_else(|| ApiError::bad_request("Content-Type is not a media type like `image/png`"))?
+                .to_owned(),
+        ),
     };
-    let essence = media_type(&content_type).unwrap_or_default();
-    limits.check_type(&essence)?;
+    let declared_essence = declared.as_deref().and_then(media_type);
+    if let Some(essence) = &declared_essence {
+        limits.check_type(essence)?;
+    }
     if let Some(length) = length {
-        // Before any byte of the body is read: hyper sends `100 Continue` only when the body
-        // is first polled, so an `Expect: 100-continue` client gets this 413 instead.
         limits.check_length(length)?;
     }
     let condition = write_condition(headers)?;
+    let digests = expected_digests(headers)?;
     let create_only = condition == WriteCondition::IfNoneMatchAny;
 
     let (parts, body) = req.into_parts();
     let head = Request::from_parts(parts, ());
-    let (body, watch) = LimitedBody::new(body, limits.max_object_size.bytes());
+    let guard = Guard {
+        max_bytes: limits.max_object_size.bytes(),
+        idle_timeout: state.body_idle_timeout,
+        digests,
+    };
+    let (mut body, watch) = GuardedBody::new(body, guard);
+
+    // Sniff the first bytes; they still reach S3, replayed in front of the rest.
+    let mut content_type = declared.clone();
+    let mut prefix = Bytes::new();
+    if limits.sniff {
+        prefix = read_prefix(&mut body, SNIFF_BYTES, &watch).await?;
+        match sniff(declared_essence.as_deref(), &prefix) {
+            Sniffed::Accept(found) => {
+                if content_type.is_none()
+                    && let Some(found) = found
+                {
+                    limits.check_type(found)?;
+                    content_type = Some(found.to_owned());
+                }
+            }
+            Sniffed::Mismatch { declared, found } => {
+                return Err(ApiError::new(
+                    Code::UnsupportedMediaType,
+                    format!("the content does not look like `{declared}`"),
+                )
+                .detail(format_args!("sniffed {}", found.unwrap_or("nothing known"))));
+            }
+        }
+    }
+    let content_type = match content_type {
+        Some(t) => t,
+        None => {
+            limits.check_type("application/octet-stream")?;
+            "application/octet-stream".to_owned()
+        }
+    };
+
     let upload = Upload {
         key: key.clone(),
         content_type: content_type.clone(),
         length,
         condition,
-        body: body.boxed(),
-        watch,
+        body: Prefixed::new(prefix, body).boxed(),
+        watch: watch.clone(),
     };
     let stored = timed(&head, state.backend.put(upload)).await?;
-    let status = if create_only {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    if let Some(sha) = watch.sha256() {
+        note(&head, |n| n.sha256 = Some(sha));
+    }
+    let status = if create_only { StatusCode::CREATED } else { StatusCode::OK };
     Ok(respond::json(
         status,
         &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
     ))
+}
+
+/// Reads up to `n` bytes from the front of the body (fewer if it ends first).
+async fn read_prefix<B>(body: &mut B, n: usize, watch: &BodyWatch) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut buf = BytesMut::new();
+    while buf.len() < n {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                let failure = watch.failure().unwrap_or(crate::limits::BodyFailure::Client);
+                return Err(ApiError::from(failure).detail(e));
+            }
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// `If-None-Match: *` (create only) or `If-Match: <etag>` on a PUT.

@@ -1,80 +1,185 @@
-//! A request body that counts its bytes, fails at the first byte over a limit, and tells the
-//! handler afterwards why it failed, so a failed S3 call is blamed on the right party.
+//! The guarded request body: everything the gateway enforces on bytes as they stream.
+//!
+//! One wrapper, one pass over each frame:
+//! - **idle timeout**: a client that sends nothing for `body_idle_timeout` while the gateway
+//!   waits for it fails the body (only time spent *waiting on the client* counts, never time
+//!   the gateway spent not reading because S3 was slow);
+//! - **size**: the frame that would cross the limit becomes an error;
+//! - **digest**: `Content-MD5` and SHA-256 digests are computed as bytes pass and checked at
+//!   the end. The last frame is held back until the check passes, so a body with a wrong
+//!   digest never reaches S3 complete and can never be stored.
+//!
+//! The failure is also recorded in a shared [`BodyWatch`], so when the S3 call that consumed
+//! the body fails, the handler blames the right party (413, 408, 400) instead of the backend.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
-
-/// The error a [`LimitedBody`] ends with when the body is larger than allowed.
-#[derive(Debug, thiserror::Error)]
-#[error("the body is larger than the limit of {limit} bytes")]
-pub struct TooLarge {
-    pub limit: u64,
-}
 
 /// Why a request body stopped early, as seen by the body itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyFailure {
     /// More bytes than the limit.
     TooLarge,
+    /// The client sent nothing for the idle timeout.
+    Idle,
+    /// The bytes do not match the digest the client sent.
+    BadDigest,
     /// The client's stream failed: a disconnect, a reset, a malformed chunk.
     Client,
 }
 
-/// Shared between a [`LimitedBody`] and the handler that gave it away.
-#[derive(Debug, Default)]
-pub struct BodyWatch(AtomicU8);
-
-impl BodyWatch {
-    fn set(&self, f: BodyFailure) {
-        let v = match f {
+impl BodyFailure {
+    fn code(self) -> u8 {
+        match self {
             BodyFailure::TooLarge => 1,
-            BodyFailure::Client => 2,
-        };
-        self.0.store(v, Ordering::Relaxed);
-    }
-
-    /// The failure the body ended with, if it failed.
-    pub fn failure(&self) -> Option<BodyFailure> {
-        match self.0.load(Ordering::Relaxed) {
-            1 => Some(BodyFailure::TooLarge),
-            2 => Some(BodyFailure::Client),
-            _ => None,
+            BodyFailure::Idle => 2,
+            BodyFailure::BadDigest => 3,
+            BodyFailure::Client => 4,
         }
     }
 }
 
-/// Wraps a body; yields an error instead of the frame that would cross `limit` bytes.
-#[derive(Debug)]
-pub struct LimitedBody<B> {
-    inner: B,
-    seen: u64,
-    limit: u64,
-    watch: Arc<BodyWatch>,
-}
-
-impl<B> LimitedBody<B> {
-    pub fn new(inner: B, limit: u64) -> (Self, Arc<BodyWatch>) {
-        let watch = Arc::new(BodyWatch::default());
-        (
-            Self {
-                inner,
-                seen: 0,
-                limit,
-                watch: watch.clone(),
-            },
-            watch,
-        )
+impl std::fmt::Display for BodyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyFailure::TooLarge => "the body is larger than the limit",
+            BodyFailure::Idle => "the client sent no body bytes for too long",
+            BodyFailure::BadDigest => "the body does not match its digest",
+            BodyFailure::Client => "the request body failed",
+        })
     }
 }
 
-impl<B> Body for LimitedBody<B>
+impl std::error::Error for BodyFailure {}
+
+/// Shared between a [`GuardedBody`] and the handler that gave it away.
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    failure: AtomicU8,
+    sha256: Mutex<Option<String>>,
+}
+
+impl BodyWatch {
+    fn set(&self, f: BodyFailure) {
+        // The first failure is the cause; later ones are consequences.
+        let _ = self.failure.compare_exchange(0, f.code(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The failure the body ended with, if it failed.
+    pub fn failure(&self) -> Option<BodyFailure> {
+        match self.failure.load(Ordering::Relaxed) {
+            1 => Some(BodyFailure::TooLarge),
+            2 => Some(BodyFailure::Idle),
+            3 => Some(BodyFailure::BadDigest),
+            4 => Some(BodyFailure::Client),
+            _ => None,
+        }
+    }
+
+    /// The hex SHA-256 of the whole body, when the gateway computed one.
+    pub fn sha256(&self) -> Option<String> {
+        self.sha256.lock().ok()?.clone()
+    }
+}
+
+/// Digests a client sent, to be checked against the bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpectedDigests {
+    pub md5: Option<[u8; 16]>,
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl ExpectedDigests {
+    pub fn is_empty(&self) -> bool {
+        self.md5.is_none() && self.sha256.is_none()
+    }
+}
+
+/// What a [`GuardedBody`] enforces.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    pub max_bytes: u64,
+    pub idle_timeout: Duration,
+    pub digests: ExpectedDigests,
+}
+
+/// See the module documentation.
+pub struct GuardedBody<B> {
+    inner: B,
+    seen: u64,
+    limit: u64,
+    idle: Duration,
+    /// Armed while the gateway waits on the client.
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    md5: Option<(Md5, [u8; 16])>,
+    sha256: Option<(Sha256, Option<[u8; 32]>)>,
+    /// The last data frame, held back until the digests are checked.
+    held: Option<Bytes>,
+    done: bool,
+    watch: Arc<BodyWatch>,
+}
+
+impl<B> GuardedBody<B> {
+    /// Wraps `inner`; `compute_sha256` makes the gateway hash the body even without a digest
+    /// to check (for the access log).
+    pub fn new(inner: B, guard: Guard) -> (Self, Arc<BodyWatch>) {
+        let watch = Arc::new(BodyWatch::default());
+        let body = Self {
+            inner,
+            seen: 0,
+            limit: guard.max_bytes,
+            idle: guard.idle_timeout,
+            idle_timer: None,
+            md5: guard.digests.md5.map(|want| (Md5::new(), want)),
+            sha256: guard.digests.sha256.map(|want| (Sha256::new(), Some(want))),
+            held: None,
+            done: false,
+            watch: watch.clone(),
+        };
+        (body, watch)
+    }
+
+    fn holds_back(&self) -> bool {
+        self.md5.is_some() || self.sha256.is_some()
+    }
+
+    fn fail(&mut self, f: BodyFailure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.watch.set(f);
+        self.done = true;
+        self.held = None;
+        Poll::Ready(Some(Err(Box::new(f))))
+    }
+
+    /// At the end of the body: check the digests, record the SHA-256.
+    fn verify(&mut self) -> Result<(), BodyFailure> {
+        let mut ok = true;
+        if let Some((h, want)) = self.md5.take() {
+            ok &= h.finalize().as_slice() == want;
+        }
+        if let Some((h, want)) = self.sha256.take() {
+            let got: [u8; 32] = h.finalize().into();
+            if let Ok(mut slot) = self.watch.sha256.lock() {
+                *slot = Some(hex::encode(got));
+            }
+            ok &= want.is_none_or(|w| w == got);
+        }
+        if ok { Ok(()) } else { Err(BodyFailure::BadDigest) }
+    }
+}
+
+impl<B> Body for GuardedBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -82,35 +187,194 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+        loop {
+            if this.done {
+                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    let idle = this.idle;
+                    let timer = this.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + idle)));
+                    ready!(timer.as_mut().poll(cx));
+                    return this.fail(BodyFailure::Idle);
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.idle_timer = None;
+                    let Ok(data) = frame.into_data() else { continue }; // trailers: not forwarded
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        this.watch.set(BodyFailure::TooLarge);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge { limit: this.limit }))));
+                        return this.fail(BodyFailure::TooLarge);
+                    }
+                    if let Some((h, _)) = &mut this.md5 {
+                        h.update(&data);
+                    }
+                    if let Some((h, _)) = &mut this.sha256 {
+                        h.update(&data);
+                    }
+                    if !this.holds_back() {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if let Some(previous) = this.held.replace(data) {
+                        return Poll::Ready(Some(Ok(Frame::data(previous))));
                     }
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Err(e))) => {
+                    let e: BoxError = e.into();
+                    tracing::debug!(error = %e, "request body failed");
+                    return this.fail(BodyFailure::Client);
+                }
+                Poll::Ready(None) => {
+                    this.idle_timer = None;
+                    if let Err(f) = this.verify() {
+                        return this.fail(f);
+                    }
+                    this.done = true;
+                }
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.watch.set(BodyFailure::Client);
-                Poll::Ready(Some(Err(e.into())))
-            }
-            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        (self.done && self.held.is_none()) || (!self.holds_back() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn body_of(chunks: Vec<&'static [u8]>) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        StreamBody::new(futures_util::stream::iter(
+            chunks.into_iter().map(|c| Ok(Frame::data(Bytes::from_static(c)))),
+        ))
+    }
+
+    fn guard(max: u64, digests: ExpectedDigests) -> Guard {
+        Guard { max_bytes: max, idle_timeout: Duration::from_secs(30), digests }
+    }
+
+    #[tokio::test]
+    async fn passes_everything_within_the_limit() {
+        let (b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd"]), guard(4, Default::default()));
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(watch.failure(), None);
+    }
+
+    #[tokio::test]
+    async fn fails_at_the_first_byte_over() {
+        let (mut b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd", b"e"]), guard(4, Default::default()));
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "cd");
+        assert!(b.frame().await.unwrap().is_err());
+        assert_eq!(watch.failure(), Some(BodyFailure::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_digest_withholds_the_last_bytes() {
+        let want_md5: [u8; 16] = Md5::digest(b"abcd").into();
+        let digests = ExpectedDigests { md5: Some(want_md5), sha256: None };
+        let (b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd"]), guard(100, digests.clone()));
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(watch.failure(), None);
+
+        let (mut b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cX"]), guard(100, digests));
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+        // "cX" is never handed on: the body ends in an error instead.
+        assert!(b.frame().await.unwrap().is_err());
+        assert_eq!(watch.failure(), Some(BodyFailure::BadDigest));
+    }
+
+    #[tokio::test]
+    async fn records_the_sha256() {
+        let want: [u8; 32] = Sha256::digest(b"abcd").into();
+        let digests = ExpectedDigests { md5: None, sha256: Some(want) };
+        let (b, watch) = GuardedBody::new(body_of(vec![b"a", b"bcd"]), guard(100, digests));
+        b.collect().await.unwrap();
+        assert_eq!(watch.sha256().unwrap(), hex::encode(want));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_times_out() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let stream = StreamBody::new(tokio_stream_of(rx));
+        let g = Guard { max_bytes: 100, idle_timeout: Duration::from_secs(30), digests: Default::default() };
+        let (mut b, watch) = GuardedBody::new(stream, g);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
+        assert!(b.frame().await.unwrap().is_ok());
+        // Time the gateway spends not reading does not count...
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"b")))).await.unwrap();
+        assert!(b.frame().await.unwrap().is_ok());
+        // ...time spent waiting on the client does.
+        let started = Instant::now();
+        assert!(b.frame().await.unwrap().is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(watch.failure(), Some(BodyFailure::Idle));
+        drop(tx);
+    }
+
+    fn tokio_stream_of<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+}
+
+impl From<BodyFailure> for crate::error::ApiError {
+    fn from(f: BodyFailure) -> Self {
+        use crate::error::{ApiError, Code};
+        match f {
+            BodyFailure::TooLarge => ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit"),
+            BodyFailure::Idle => ApiError::new(Code::BodyTimeout, "the client sent no body bytes for too long"),
+            BodyFailure::BadDigest => ApiError::new(Code::BadDigest, "the body does not match the digest sent with it"),
+            BodyFailure::Client => ApiError::new(Code::BadRequest, "the request body ended early or was malformed"),
+        }
+    }
+}
+
+/// A body whose first bytes were already read (for sniffing) and are replayed first.
+pub struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    inner: B,
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(prefix: Bytes, inner: B) -> Self {
+        Self { prefix: (!prefix.is_empty()).then_some(prefix), inner }
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint.set_lower(inner.lower() + extra);
+        hint
     }
 }

@@ -1,15 +1,19 @@
-//! Limits applied to uploads: the size and the declared content type.
+//! Limits applied to uploads while they stream: size, content type (declared and sniffed),
+//! digests and the body idle timeout.
 //!
-//! The size is refused from `Content-Length` before a byte of the body is read, and a body of
-//! unknown length is counted as it streams by [`LimitedBody`], which fails at the first byte
-//! over the limit.
+//! The size is refused from `Content-Length` before a byte of the body is read, and every body
+//! is counted as it streams by [`GuardedBody`], which fails at the first byte over the limit.
 
 mod body;
+mod digest;
+mod sniff;
 
 use std::fmt;
 use std::str::FromStr;
 
-pub use body::{BodyFailure, BodyWatch, LimitedBody, TooLarge};
+pub use body::{BodyFailure, BodyWatch, ExpectedDigests, Guard, GuardedBody, Prefixed};
+pub use digest::expected_digests;
+pub use sniff::{SNIFF_BYTES, Sniffed, sniff};
 
 use crate::config::units::Size;
 use crate::error::ApiError;
@@ -94,6 +98,8 @@ pub fn media_type(content_type: &str) -> Option<String> {
 pub struct Limits {
     pub max_object_size: Size,
     pub content_types: Vec<TypePattern>,
+    /// Check the first bytes against the declared type.
+    pub sniff: bool,
 }
 
 impl Limits {
@@ -101,18 +107,14 @@ impl Limits {
         Self {
             max_object_size,
             content_types,
+            sniff: true,
         }
     }
 
     /// From `[limits]` (validated already).
     pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
-        Self::new(
-            c.max_object_size,
-            c.content_types
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect(),
-        )
+        let types = c.content_types.iter().filter_map(|s| s.parse().ok()).collect();
+        Self { sniff: c.sniff, ..Self::new(c.max_object_size, types) }
     }
 
     /// These limits narrowed by a principal's own.
@@ -123,6 +125,7 @@ impl Limits {
                 Some(t) => t.iter().filter_map(|s| s.parse().ok()).collect(),
                 None => self.content_types.clone(),
             },
+            sniff: self.sniff,
         }
     }
 

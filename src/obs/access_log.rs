@@ -82,6 +82,8 @@ pub struct RequestNote {
     pub key: Option<String>,
     pub error_code: Option<&'static str>,
     pub backend_ms: Option<f64>,
+    /// Hex SHA-256 of an upload, when the gateway computed one.
+    pub sha256: Option<String>,
 }
 
 /// Updates the request's note, if the access log gave it one.
@@ -109,6 +111,8 @@ struct Record<'a> {
     duration_ms: f64,
     backend_ms: Option<f64>,
     error_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
 }
 
 /// Everything needed to write the line once the transfer ends.
@@ -146,6 +150,7 @@ impl Pending {
             duration_ms: (self.start.elapsed().as_micros() as f64) / 1000.0,
             backend_ms: note.backend_ms,
             error_code: note.error_code.or(fallback_error),
+            sha256: note.sha256.as_deref(),
         };
         self.log.write(&record);
     }

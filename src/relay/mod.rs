@@ -24,7 +24,7 @@ pub use errors::translate;
 
 use crate::config::Sse;
 use crate::error::{ApiError, Code};
-use crate::limits::{BodyFailure, BodyWatch};
+use crate::limits::BodyWatch;
 use crate::policy::ObjectKey;
 use crate::{Body, BoxError};
 
@@ -487,17 +487,11 @@ async fn fill(
     Ok(false)
 }
 
-/// A failed call whose request body failed first is the body's fault, not the backend's.
+/// A failed call whose request body failed first is the body's fault (too large, stalled,
+/// wrong digest, cut off), not the backend's.
 fn blame(watch: &BodyWatch, err: ApiError) -> ApiError {
     match watch.failure() {
-        Some(BodyFailure::TooLarge) => {
-            ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit").detail(err)
-        }
-        Some(BodyFailure::Client) => ApiError::new(
-            Code::BadRequest,
-            "the request body ended early or was malformed",
-        )
-        .detail(err),
+        Some(failure) => ApiError::from(failure).detail(err),
         None => err,
     }
 }

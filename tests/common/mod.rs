@@ -226,6 +226,13 @@ pub fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
+/// The first bytes of real files, for sniffing.
+pub const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
+pub const JPEG: &[u8] = b"\xFF\xD8\xFF\xE0\0\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0";
+pub const HTML: &[u8] = b"<!DOCTYPE html><html><script>alert(document.cookie)</script></html>";
+/// A 64-byte x86-64 ELF header.
+pub const ELF: &[u8] = b"\x7FELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0\x01\0\0\0\x40\x10\x40\0\0\0\0\0\x40\0\0\0\0\0\0\0\x00\x20\0\0\0\0\0\0\0\0\0\0\x40\0\x38\0\x01\0\x40\0\x03\0\x02\0";
+
 /// Deterministic pseudo-random bytes.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
