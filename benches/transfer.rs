@@ -57,13 +57,11 @@ async fn run(size: u64) {
         .await
         .unwrap();
 
-    let mut backend_cfg = portcullis::config::BackendConfig {
-        bucket: BUCKET.into(),
-        ..Default::default()
-    };
-    backend_cfg.force_path_style = true;
+    let mut direct_cfg = portcullis::config::Config::default();
+    direct_cfg.backend.bucket = BUCKET.into();
+    direct_cfg.backend.force_path_style = true;
     let direct = portcullis::relay::connect(
-        &backend_cfg,
+        &direct_cfg,
         portcullis::relay::BackendSettings {
             endpoint: Some(s3.endpoint.clone()),
             credentials: Some((s3.access_key.clone(), s3.secret_key.clone())),

@@ -76,7 +76,7 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
             (settings, Some(server))
         }
     };
-    let backend = relay::connect(&config.backend, settings).await;
+    let backend = relay::connect(config, settings).await;
     Ok(BackendHandle { backend, embedded })
 }
 
@@ -91,7 +91,11 @@ pub fn build_state(config: &Config, backend: Backend) -> AppState {
             principal,
         );
     }
-    AppState { backend, keys, body_idle_timeout: config.server.body_idle_timeout.get() }
+    AppState {
+        backend,
+        keys,
+        body_idle_timeout: config.server.body_idle_timeout.get(),
+    }
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.

@@ -128,6 +128,14 @@ async fn serve(
         }
         tracing::error!(error = %e, "the bucket is not reachable now; requests will fail until it is");
     }
+    let age = config.backend.abandoned_upload_age.get();
+    if !age.is_zero() {
+        match handle.backend.sweep_abandoned_uploads(age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(aborted = n, "swept abandoned multipart uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep abandoned multipart uploads"),
+        }
+    }
     let state = Arc::new(portcullis::build_state(&config, handle.backend.clone()));
     let log = Arc::new(AccessLog::open(&config.log.access_log)?);
     let addr: SocketAddr = config.server.listen.parse()?;

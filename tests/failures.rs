@@ -92,29 +92,62 @@ async fn content_type_outside_the_allowed_patterns_is_415() {
     };
     let code = |resp: reqwest::Response| async move {
         let status = resp.status();
-        (status, resp.json::<Value>().await.unwrap()["error"]["code"].as_str().unwrap_or("").to_owned())
+        (
+            status,
+            resp.json::<Value>().await.unwrap()["error"]["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        )
     };
-    let refused = (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type".to_owned());
+    let refused = (
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type".to_owned(),
+    );
     // Declared types outside image/*.
-    assert_eq!(code(put(Some("text/html"), HTML).await.unwrap()).await, refused);
-    assert_eq!(code(put(Some("application/x-executable"), ELF).await.unwrap()).await, refused);
+    assert_eq!(
+        code(put(Some("text/html"), HTML).await.unwrap()).await,
+        refused
+    );
+    assert_eq!(
+        code(put(Some("application/x-executable"), ELF).await.unwrap()).await,
+        refused
+    );
     let resp = put(Some("not a type"), b"x").await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // Sniffing: an HTML page, an executable, or text is never an image; a JPEG is not a PNG.
-    assert_eq!(code(put(Some("image/png"), HTML).await.unwrap()).await, refused);
-    assert_eq!(code(put(Some("image/gif"), ELF).await.unwrap()).await, refused);
-    assert_eq!(code(put(Some("image/png"), b"plain text").await.unwrap()).await, refused);
-    assert_eq!(code(put(Some("image/png"), JPEG).await.unwrap()).await, refused);
+    assert_eq!(
+        code(put(Some("image/png"), HTML).await.unwrap()).await,
+        refused
+    );
+    assert_eq!(
+        code(put(Some("image/gif"), ELF).await.unwrap()).await,
+        refused
+    );
+    assert_eq!(
+        code(put(Some("image/png"), b"plain text").await.unwrap()).await,
+        refused
+    );
+    assert_eq!(
+        code(put(Some("image/png"), JPEG).await.unwrap()).await,
+        refused
+    );
     // No Content-Type: the sniffed type decides; unknown content is octet-stream (refused here).
     assert_eq!(code(put(None, b"who knows").await.unwrap()).await, refused);
     assert_eq!(code(put(None, HTML).await.unwrap()).await, refused);
-    assert!(g.bucket_keys().await.is_empty(), "nothing refused was stored");
+    assert!(
+        g.bucket_keys().await.is_empty(),
+        "nothing refused was stored"
+    );
 
     let resp = put(Some("image/jpeg"), JPEG).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let resp = put(None, PNG).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.json::<Value>().await.unwrap()["content_type"], "image/png");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["content_type"],
+        "image/png"
+    );
     // The sniffed bytes still reached S3.
     assert_eq!(g.bucket_object("photos/p").await.unwrap(), PNG);
 }
@@ -141,27 +174,69 @@ async fn digests_are_checked_while_streaming() {
     ];
     for (name, value) in &forms {
         for chunked in [false, true] {
-            let body = |b: Vec<u8>| if chunked { chunked_body(b, 65536) } else { reqwest::Body::from(b) };
-            let resp = g.call(Method::PUT, key, ADMIN).header(*name, value).body(body(wrong.clone())).send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{name} chunked={chunked}");
-            assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "bad_digest");
-            assert_eq!(g.bucket_object(key).await.unwrap(), old, "{name} chunked={chunked}: nothing stored");
+            let body = |b: Vec<u8>| {
+                if chunked {
+                    chunked_body(b, 65536)
+                } else {
+                    reqwest::Body::from(b)
+                }
+            };
+            let resp = g
+                .call(Method::PUT, key, ADMIN)
+                .header(*name, value)
+                .body(body(wrong.clone()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status(),
+                StatusCode::BAD_REQUEST,
+                "{name} chunked={chunked}"
+            );
+            assert_eq!(
+                resp.json::<Value>().await.unwrap()["error"]["code"],
+                "bad_digest"
+            );
+            assert_eq!(
+                g.bucket_object(key).await.unwrap(),
+                old,
+                "{name} chunked={chunked}: nothing stored"
+            );
             assert!(g.settle_uploads().await.is_empty());
 
-            let resp = g.call(Method::PUT, key, ADMIN).header(*name, value).body(body(data.clone())).send().await.unwrap();
+            let resp = g
+                .call(Method::PUT, key, ADMIN)
+                .header(*name, value)
+                .body(body(data.clone()))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "{name} chunked={chunked}");
             assert_eq!(sha256(&g.bucket_object(key).await.unwrap()), sha256(&data));
             seed(&g, key).await;
         }
     }
-    let resp = g.call(Method::PUT, key, ADMIN).header("content-md5", "not base64!").body("x").send().await.unwrap();
+    let resp = g
+        .call(Method::PUT, key, ADMIN)
+        .header("content-md5", "not base64!")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "bad_digest");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "bad_digest"
+    );
 
     // The access log records the SHA-256 the gateway computed.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let hex_sha = hex::encode(sha);
-    assert!(g.access_log_lines().iter().any(|l| l["sha256"] == hex_sha.as_str()));
+    assert!(
+        g.access_log_lines()
+            .iter()
+            .any(|l| l["sha256"] == hex_sha.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +246,13 @@ async fn a_stalled_upload_is_408_and_aborted() {
     let old = seed(&g, key).await;
     for chunked in [false, true] {
         let head = if chunked {
-            format!("PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\n\r\n")
+            format!(
+                "PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
         } else {
-            format!("PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 20000000\r\n\r\n")
+            format!(
+                "PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 20000000\r\n\r\n"
+            )
         };
         // 6 MiB (a multipart part has gone out when chunked), then silence.
         let mut body = Vec::new();
@@ -455,7 +534,11 @@ async fn send_whole_body_then_read(g: &TestGateway, head: String, body: Vec<u8>)
     let _ = writer.await;
     match read {
         Ok(Ok(_)) => String::from_utf8_lossy(&out).into_owned(),
-        Ok(Err(e)) => format!("read failed after {} bytes: {e}; got {}", out.len(), String::from_utf8_lossy(&out)),
+        Ok(Err(e)) => format!(
+            "read failed after {} bytes: {e}; got {}",
+            out.len(),
+            String::from_utf8_lossy(&out)
+        ),
         Err(_) => format!("timed out; got {}", String::from_utf8_lossy(&out)),
     }
 }
@@ -490,4 +573,55 @@ async fn client_sending_an_over_limit_body_reliably_sees_413() {
     }
     assert!(g.settle_uploads().await.is_empty());
     assert!(g.bucket_keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_multipart_uploads_are_swept() {
+    let g = gateway("").await;
+    // What a killed gateway leaves: an upload started and never finished.
+    let created =
+        g.s3.create_multipart_upload()
+            .bucket(BUCKET)
+            .key("users/alice/orphan")
+            .send()
+            .await
+            .unwrap();
+    assert!(created.upload_id().is_some());
+    assert_eq!(
+        g.pending_uploads().await,
+        vec!["users/alice/orphan".to_string()]
+    );
+    // Too young to sweep...
+    assert_eq!(
+        g.backend
+            .sweep_abandoned_uploads(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(g.pending_uploads().await.len(), 1);
+    // ...old enough.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        g.backend
+            .sweep_abandoned_uploads(Duration::from_secs(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(g.pending_uploads().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_needs_more_than_10000_parts_is_refused_up_front() {
+    let g = gateway("[limits]\nmax_object_size = \"5TiB\"\n").await;
+    // 60 GiB is within the limit, but at 5 MiB parts it needs more than 10,000 of them:
+    // refused before a byte is read.
+    let raw = format!(
+        "PUT /v1/objects/huge HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        60u64 * 1024 * 1024 * 1024
+    );
+    let out = g.raw(raw.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("10,000 parts"), "{out}");
 }

@@ -12,7 +12,10 @@ use crate::Body;
 use crate::error::{ApiError, Code};
 use bytes::{Bytes, BytesMut};
 
-use crate::limits::{BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, expected_digests, media_type, sniff};
+use crate::limits::{
+    BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, expected_digests, media_type,
+    sniff,
+};
 use crate::obs::note;
 use crate::policy::{Action, ObjectKey};
 use crate::relay::{Fetched, ReadConditions, Upload, WriteCondition};
@@ -40,7 +43,11 @@ async fn timed<B, T>(req: &Request<B>, call: impl Future<Output = T>) -> T {
     out
 }
 
-pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn put(
+    state: &AppState,
+    req: Request<Body>,
+    encoded_key: &str,
+) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
     identity.principal.authorize(Action::Put, &key)?;
@@ -71,7 +78,9 @@ pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str)
             v.to_str()
                 .ok()
                 .filter(|s| media_type(s).is_some())
-                .ok_or_else(|| ApiError::bad_request("Content-Type is not a media type like `image/png`"))?
+                .ok_or_else(|| {
+                    ApiError::bad_request("Content-Type is not a media type like `image/png`")
+                })?
                 .to_owned(),
         ),
     };
@@ -81,6 +90,7 @@ pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str)
     }
     if let Some(length) = length {
         limits.check_length(length)?;
+        state.backend.admits(length)?;
     }
     let condition = write_condition(headers)?;
     let digests = expected_digests(headers)?;
@@ -138,7 +148,11 @@ pub(super) async fn put(state: &AppState, req: Request<Body>, encoded_key: &str)
     if let Some(sha) = watch.sha256() {
         note(&head, |n| n.sha256 = Some(sha));
     }
-    let status = if create_only { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if create_only {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(respond::json(
         status,
         &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
@@ -161,7 +175,9 @@ where
                 }
             }
             Some(Err(e)) => {
-                let failure = watch.failure().unwrap_or(crate::limits::BodyFailure::Client);
+                let failure = watch
+                    .failure()
+                    .unwrap_or(crate::limits::BodyFailure::Client);
                 return Err(ApiError::from(failure).detail(e));
             }
         }

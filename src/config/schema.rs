@@ -135,6 +135,13 @@ pub struct BackendConfig {
     pub part_size: Size,
     /// Bucket audit at start. Default `"warn"`.
     pub audit: AuditMode,
+    /// Limit on opening a connection to S3. Default `3s`.
+    pub connect_timeout: Span,
+    /// Limit on S3's answer (headers) to a call without a streamed request body. Default `30s`.
+    pub first_byte_timeout: Span,
+    /// Unfinished multipart uploads older than this are aborted at start (left by a killed
+    /// process). `0s` turns the sweep off. Default `24h`.
+    pub abandoned_upload_age: Span,
     /// Data folder of the embedded backend. Default `./data`.
     pub root: PathBuf,
 }
@@ -151,6 +158,9 @@ impl Default for BackendConfig {
             kms_key_id: None,
             part_size: Size::mib(8),
             audit: AuditMode::Warn,
+            connect_timeout: Span::secs(3),
+            first_byte_timeout: Span::secs(30),
+            abandoned_upload_age: Span::secs(24 * 3600),
             root: PathBuf::from("./data"),
         }
     }

@@ -14,8 +14,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -74,7 +74,9 @@ pub struct BodyWatch {
 impl BodyWatch {
     fn set(&self, f: BodyFailure) {
         // The first failure is the cause; later ones are consequences.
-        let _ = self.failure.compare_exchange(0, f.code(), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self
+            .failure
+            .compare_exchange(0, f.code(), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The failure the body ended with, if it failed.
@@ -175,7 +177,11 @@ impl<B> GuardedBody<B> {
             }
             ok &= want.is_none_or(|w| w == got);
         }
-        if ok { Ok(()) } else { Err(BodyFailure::BadDigest) }
+        if ok {
+            Ok(())
+        } else {
+            Err(BodyFailure::BadDigest)
+        }
     }
 }
 
@@ -187,7 +193,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if this.done {
@@ -196,13 +205,17 @@ where
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => {
                     let idle = this.idle;
-                    let timer = this.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + idle)));
+                    let timer = this.idle_timer.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(Instant::now() + idle))
+                    });
                     ready!(timer.as_mut().poll(cx));
                     return this.fail(BodyFailure::Idle);
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     this.idle_timer = None;
-                    let Ok(data) = frame.into_data() else { continue }; // trailers: not forwarded
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    }; // trailers: not forwarded
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
                         return this.fail(BodyFailure::TooLarge);
@@ -250,26 +263,38 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
 
-    fn body_of(chunks: Vec<&'static [u8]>) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+    fn body_of(
+        chunks: Vec<&'static [u8]>,
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
         StreamBody::new(futures_util::stream::iter(
-            chunks.into_iter().map(|c| Ok(Frame::data(Bytes::from_static(c)))),
+            chunks
+                .into_iter()
+                .map(|c| Ok(Frame::data(Bytes::from_static(c)))),
         ))
     }
 
     fn guard(max: u64, digests: ExpectedDigests) -> Guard {
-        Guard { max_bytes: max, idle_timeout: Duration::from_secs(30), digests }
+        Guard {
+            max_bytes: max,
+            idle_timeout: Duration::from_secs(30),
+            digests,
+        }
     }
 
     #[tokio::test]
     async fn passes_everything_within_the_limit() {
-        let (b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd"]), guard(4, Default::default()));
+        let (b, watch) =
+            GuardedBody::new(body_of(vec![b"ab", b"cd"]), guard(4, Default::default()));
         assert_eq!(b.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(watch.failure(), None);
     }
 
     #[tokio::test]
     async fn fails_at_the_first_byte_over() {
-        let (mut b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd", b"e"]), guard(4, Default::default()));
+        let (mut b, watch) = GuardedBody::new(
+            body_of(vec![b"ab", b"cd", b"e"]),
+            guard(4, Default::default()),
+        );
         assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
         assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "cd");
         assert!(b.frame().await.unwrap().is_err());
@@ -279,7 +304,10 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_digest_withholds_the_last_bytes() {
         let want_md5: [u8; 16] = Md5::digest(b"abcd").into();
-        let digests = ExpectedDigests { md5: Some(want_md5), sha256: None };
+        let digests = ExpectedDigests {
+            md5: Some(want_md5),
+            sha256: None,
+        };
         let (b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd"]), guard(100, digests.clone()));
         assert_eq!(b.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(watch.failure(), None);
@@ -294,7 +322,10 @@ mod tests {
     #[tokio::test]
     async fn records_the_sha256() {
         let want: [u8; 32] = Sha256::digest(b"abcd").into();
-        let digests = ExpectedDigests { md5: None, sha256: Some(want) };
+        let digests = ExpectedDigests {
+            md5: None,
+            sha256: Some(want),
+        };
         let (b, watch) = GuardedBody::new(body_of(vec![b"a", b"bcd"]), guard(100, digests));
         b.collect().await.unwrap();
         assert_eq!(watch.sha256().unwrap(), hex::encode(want));
@@ -302,15 +333,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_client_times_out() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
         let stream = StreamBody::new(tokio_stream_of(rx));
-        let g = Guard { max_bytes: 100, idle_timeout: Duration::from_secs(30), digests: Default::default() };
+        let g = Guard {
+            max_bytes: 100,
+            idle_timeout: Duration::from_secs(30),
+            digests: Default::default(),
+        };
         let (mut b, watch) = GuardedBody::new(stream, g);
-        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
         assert!(b.frame().await.unwrap().is_ok());
         // Time the gateway spends not reading does not count...
         tokio::time::sleep(Duration::from_secs(100)).await;
-        tx.send(Ok(Frame::data(Bytes::from_static(b"b")))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"b"))))
+            .await
+            .unwrap();
         assert!(b.frame().await.unwrap().is_ok());
         // ...time spent waiting on the client does.
         let started = Instant::now();
@@ -320,7 +360,9 @@ mod tests {
         drop(tx);
     }
 
-    fn tokio_stream_of<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Unpin {
+    fn tokio_stream_of<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Unpin {
         Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }
@@ -329,10 +371,21 @@ impl From<BodyFailure> for crate::error::ApiError {
     fn from(f: BodyFailure) -> Self {
         use crate::error::{ApiError, Code};
         match f {
-            BodyFailure::TooLarge => ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit"),
-            BodyFailure::Idle => ApiError::new(Code::BodyTimeout, "the client sent no body bytes for too long"),
-            BodyFailure::BadDigest => ApiError::new(Code::BadDigest, "the body does not match the digest sent with it"),
-            BodyFailure::Client => ApiError::new(Code::BadRequest, "the request body ended early or was malformed"),
+            BodyFailure::TooLarge => {
+                ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit")
+            }
+            BodyFailure::Idle => ApiError::new(
+                Code::BodyTimeout,
+                "the client sent no body bytes for too long",
+            ),
+            BodyFailure::BadDigest => ApiError::new(
+                Code::BadDigest,
+                "the body does not match the digest sent with it",
+            ),
+            BodyFailure::Client => ApiError::new(
+                Code::BadRequest,
+                "the request body ended early or was malformed",
+            ),
         }
     }
 }
@@ -345,7 +398,10 @@ pub struct Prefixed<B> {
 
 impl<B> Prefixed<B> {
     pub fn new(prefix: Bytes, inner: B) -> Self {
-        Self { prefix: (!prefix.is_empty()).then_some(prefix), inner }
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+        }
     }
 }
 
@@ -356,7 +412,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }

@@ -13,15 +13,23 @@ use crate::error::{ApiError, Code};
 pub fn expected_digests(headers: &HeaderMap) -> Result<ExpectedDigests, ApiError> {
     let mut out = ExpectedDigests::default();
     if let Some(v) = headers.get("content-md5") {
-        out.md5 = Some(decode::<16>(v.as_bytes()).ok_or_else(|| bad("Content-MD5 is not the base64 of 16 bytes"))?);
+        out.md5 = Some(
+            decode::<16>(v.as_bytes())
+                .ok_or_else(|| bad("Content-MD5 is not the base64 of 16 bytes"))?,
+        );
     }
     let mut sha: Vec<[u8; 32]> = Vec::new();
     if let Some(v) = headers.get("x-amz-checksum-sha256") {
-        sha.push(decode::<32>(v.as_bytes()).ok_or_else(|| bad("x-amz-checksum-sha256 is not the base64 of 32 bytes"))?);
+        sha.push(
+            decode::<32>(v.as_bytes())
+                .ok_or_else(|| bad("x-amz-checksum-sha256 is not the base64 of 32 bytes"))?,
+        );
     }
     for name in ["repr-digest", "content-digest"] {
         for v in headers.get_all(name) {
-            let text = v.to_str().map_err(|_| bad("a digest header is not ASCII"))?;
+            let text = v
+                .to_str()
+                .map_err(|_| bad("a digest header is not ASCII"))?;
             if let Some(d) = rfc9530_sha256(text)? {
                 sha.push(d);
             }
@@ -84,7 +92,11 @@ mod tests {
         assert_eq!(d.md5, Some([7u8; 16]));
         let d = expected_digests(&headers(&[("x-amz-checksum-sha256", &sha)])).unwrap();
         assert_eq!(d.sha256, Some([9u8; 32]));
-        let d = expected_digests(&headers(&[("repr-digest", &format!("sha-512=:AAAA:, sha-256=:{sha}:"))])).unwrap();
+        let d = expected_digests(&headers(&[(
+            "repr-digest",
+            &format!("sha-512=:AAAA:, sha-256=:{sha}:"),
+        )]))
+        .unwrap();
         assert_eq!(d.sha256, Some([9u8; 32]));
         assert!(expected_digests(&headers(&[])).unwrap().is_empty());
     }
@@ -99,7 +111,10 @@ mod tests {
             headers(&[("x-amz-checksum-sha256", "!!")]),
             headers(&[("repr-digest", &format!("sha-256={sha}"))]),
             headers(&[("repr-digest", "garbage")]),
-            headers(&[("x-amz-checksum-sha256", &sha), ("repr-digest", &format!("sha-256=:{other}:"))]),
+            headers(&[
+                ("x-amz-checksum-sha256", &sha),
+                ("repr-digest", &format!("sha-256=:{other}:")),
+            ]),
         ] {
             let e = expected_digests(&h).unwrap_err();
             assert_eq!(e.code, Code::BadDigest);

@@ -113,8 +113,15 @@ impl Limits {
 
     /// From `[limits]` (validated already).
     pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
-        let types = c.content_types.iter().filter_map(|s| s.parse().ok()).collect();
-        Self { sniff: c.sniff, ..Self::new(c.max_object_size, types) }
+        let types = c
+            .content_types
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        Self {
+            sniff: c.sniff,
+            ..Self::new(c.max_object_size, types)
+        }
     }
 
     /// These limits narrowed by a principal's own.

@@ -20,7 +20,10 @@ pub enum Sniffed {
     /// Store with this content type (the declared one, or the sniffed one when none was).
     Accept(Option<&'static str>),
     /// The content contradicts the declared type.
-    Mismatch { declared: String, found: Option<&'static str> },
+    Mismatch {
+        declared: String,
+        found: Option<&'static str>,
+    },
 }
 
 /// Media types that run code or render as documents on an origin.
@@ -43,7 +46,10 @@ fn is_dangerous(mime: &str) -> bool {
 
 /// Families a viewer trusts to be inert.
 fn is_trusted_family(mime: &str) -> bool {
-    ["image/", "audio/", "video/", "font/"].iter().any(|p| mime.starts_with(p)) || mime == "application/pdf"
+    ["image/", "audio/", "video/", "font/"]
+        .iter()
+        .any(|p| mime.starts_with(p))
+        || mime == "application/pdf"
 }
 
 /// Spellings clients use for the same type.
@@ -62,12 +68,17 @@ fn canonical(mime: &str) -> &str {
 /// lower-case `type/subtype` the client sent, if any.
 pub fn sniff(declared: Option<&str>, prefix: &[u8]) -> Sniffed {
     let found = infer::get(prefix).map(|t| t.mime_type());
-    let Some(declared) = declared else { return Sniffed::Accept(found) };
+    let Some(declared) = declared else {
+        return Sniffed::Accept(found);
+    };
     let declared_c = canonical(declared);
     if found.is_some_and(|f| canonical(f) == declared_c) {
         return Sniffed::Accept(None);
     }
-    let mismatch = || Sniffed::Mismatch { declared: declared.to_owned(), found };
+    let mismatch = || Sniffed::Mismatch {
+        declared: declared.to_owned(),
+        found,
+    };
     if let Some(f) = found
         && is_dangerous(f)
         && is_trusted_family(declared_c)
@@ -102,16 +113,40 @@ mod tests {
 
     #[test]
     fn images_must_start_like_images() {
-        assert!(matches!(sniff(Some("image/png"), JPEG), Sniffed::Mismatch { .. }));
-        assert!(matches!(sniff(Some("image/png"), b"just some text"), Sniffed::Mismatch { .. }));
-        assert!(matches!(sniff(Some("application/pdf"), b"not a pdf"), Sniffed::Mismatch { .. }));
+        assert!(matches!(
+            sniff(Some("image/png"), JPEG),
+            Sniffed::Mismatch { .. }
+        ));
+        assert!(matches!(
+            sniff(Some("image/png"), b"just some text"),
+            Sniffed::Mismatch { .. }
+        ));
+        assert!(matches!(
+            sniff(Some("application/pdf"), b"not a pdf"),
+            Sniffed::Mismatch { .. }
+        ));
     }
 
     #[test]
     fn executables_and_pages_are_never_images() {
-        for bad in [ELF, HTML, b"#!/bin/sh\nrm -rf /\n".as_slice(), b"MZ\x90\0\x03\0\0\0\x04\0\0\0\xff\xff".as_slice()] {
-            for declared in ["image/png", "image/gif", "video/mp4", "application/pdf", "audio/mpeg", "font/woff2"] {
-                assert!(matches!(sniff(Some(declared), bad), Sniffed::Mismatch { .. }), "{declared}");
+        for bad in [
+            ELF,
+            HTML,
+            b"#!/bin/sh\nrm -rf /\n".as_slice(),
+            b"MZ\x90\0\x03\0\0\0\x04\0\0\0\xff\xff".as_slice(),
+        ] {
+            for declared in [
+                "image/png",
+                "image/gif",
+                "video/mp4",
+                "application/pdf",
+                "audio/mpeg",
+                "font/woff2",
+            ] {
+                assert!(
+                    matches!(sniff(Some(declared), bad), Sniffed::Mismatch { .. }),
+                    "{declared}"
+                );
             }
         }
     }
@@ -119,11 +154,23 @@ mod tests {
     #[test]
     fn types_without_a_signature_are_taken_as_declared() {
         assert_eq!(sniff(Some("text/plain"), b"hello"), Sniffed::Accept(None));
-        assert_eq!(sniff(Some("application/json"), b"{}"), Sniffed::Accept(None));
+        assert_eq!(
+            sniff(Some("application/json"), b"{}"),
+            Sniffed::Accept(None)
+        );
         // Storing binaries as octet-stream is a legitimate use.
-        assert_eq!(sniff(Some("application/octet-stream"), ELF), Sniffed::Accept(None));
+        assert_eq!(
+            sniff(Some("application/octet-stream"), ELF),
+            Sniffed::Accept(None)
+        );
         // An SVG is XML text infer does not claim; it is served as an attachment anyway.
-        assert_eq!(sniff(Some("image/svg+xml"), b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>"), Sniffed::Accept(None));
+        assert_eq!(
+            sniff(
+                Some("image/svg+xml"),
+                b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>"
+            ),
+            Sniffed::Accept(None)
+        );
     }
 
     #[test]

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
+};
 
 use super::Backend;
-use crate::config::{BackendConfig, Sse};
+use crate::config::{Config, Sse};
 
 /// What the relay needs to know beyond the config file.
 #[derive(Clone, Debug, Default)]
@@ -21,7 +24,8 @@ pub struct BackendSettings {
 
 /// Builds the client. Credentials come from the AWS default chain (environment, profile,
 /// web identity, ECS/IMDS) unless the embedded server handed us its generated pair.
-pub async fn connect(cfg: &BackendConfig, settings: BackendSettings) -> Backend {
+pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
+    let cfg = &config.backend;
     let mut loader =
         aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
     if let Some((access_key, secret_key)) = settings.credentials {
@@ -40,7 +44,24 @@ pub async fn connect(cfg: &BackendConfig, settings: BackendSettings) -> Backend 
         // upload in aws-chunked encoding with a trailer, which not every S3-compatible server
         // accepts, and validate every download at the end of the stream.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        // Only the connect timeout applies to every call: a streamed upload or download may
+        // rightly take hours. Calls without a streamed request body also get an attempt
+        // timeout (see `Backend::bounded`).
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(cfg.connect_timeout.get())
+                .build(),
+        )
+        // Stalled streams: our own body idle timeout watches the client side of uploads and
+        // fires first; the SDK's watch, with a longer grace, catches a backend that stops
+        // reading an upload or stops sending a download. It only counts time the body is
+        // polled, so a slow reader's backpressure is not a stall.
+        .stalled_stream_protection(
+            StalledStreamProtectionConfig::enabled()
+                .grace_period(config.server.body_idle_timeout.get() * 2)
+                .build(),
+        );
     if let Some(endpoint) = settings.endpoint.or_else(|| cfg.endpoint.clone()) {
         s3 = s3.endpoint_url(endpoint);
     }
@@ -54,5 +75,6 @@ pub async fn connect(cfg: &BackendConfig, settings: BackendSettings) -> Backend 
             None
         },
         part_size: cfg.part_size.bytes() as usize,
+        first_byte_timeout: cfg.first_byte_timeout.get(),
     }
 }

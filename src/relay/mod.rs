@@ -41,6 +41,8 @@ pub struct Backend {
     sse: Option<Sse>,
     kms_key_id: Option<String>,
     part_size: usize,
+    /// Attempt timeout of calls without a streamed request body.
+    first_byte_timeout: std::time::Duration,
 }
 
 /// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
@@ -124,6 +126,15 @@ pub struct Listing {
 }
 
 impl Backend {
+    /// A config override that bounds one attempt of a call without a streamed request body
+    /// (the time until S3's response headers, for GetObject).
+    fn bounded(&self) -> aws_sdk_s3::config::Builder {
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .operation_attempt_timeout(self.first_byte_timeout)
+            .build();
+        aws_sdk_s3::config::Builder::default().timeout_config(timeouts)
+    }
+
     /// The bucket name (for logs and the audit; never sent to clients).
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -139,9 +150,23 @@ impl Backend {
         self.client
             .head_bucket()
             .bucket(&*self.bucket)
+            .customize()
+            .config_override(self.bounded())
             .send()
             .await
             .map_err(translate)?;
+        Ok(())
+    }
+
+    /// Refuses, before the body is read, a declared length that could never be stored: more
+    /// than S3's 10,000 parts at the configured part size.
+    pub fn admits(&self, length: u64) -> Result<(), ApiError> {
+        if length > MAX_SINGLE_PUT && length > self.part_size as u64 * MAX_PARTS as u64 {
+            return Err(ApiError::new(
+                Code::PayloadTooLarge,
+                "the body needs more than S3's 10,000 parts at the configured part size",
+            ));
+        }
         Ok(())
     }
 
@@ -242,7 +267,12 @@ impl Backend {
                 .server_side_encryption(ServerSideEncryption::AwsKms)
                 .set_ssekms_key_id(self.kms_key_id.clone()),
         };
-        let created = request.send().await.map_err(translate)?;
+        let created = request
+            .customize()
+            .config_override(self.bounded())
+            .send()
+            .await
+            .map_err(translate)?;
         let upload_id = created.upload_id.ok_or_else(|| {
             ApiError::new(Code::BackendError, "the backend failed")
                 .detail("no UploadId in CreateMultipartUpload")
@@ -258,6 +288,8 @@ impl Backend {
                 .bucket(&*self.bucket)
                 .key(key.as_str())
                 .upload_id(&upload_id)
+                .customize()
+                .config_override(self.bounded())
                 .send()
                 .await;
             if let Err(e) = abort {
@@ -334,6 +366,64 @@ impl Backend {
         })
     }
 
+    /// Aborts the unfinished multipart uploads initiated more than `age` ago: what a killed
+    /// process leaves behind (a running gateway aborts every upload it gives up on). Returns
+    /// how many were aborted.
+    pub async fn sweep_abandoned_uploads(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<usize, ApiError> {
+        let cutoff = SystemTime::now() - age;
+        let mut aborted = 0;
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&*self.bucket)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .customize()
+                .config_override(self.bounded())
+                .send()
+                .await
+                .map_err(translate)?;
+            for upload in page.uploads() {
+                let initiated = upload
+                    .initiated()
+                    .and_then(|d| SystemTime::try_from(*d).ok());
+                let (Some(key), Some(id), Some(initiated)) =
+                    (upload.key(), upload.upload_id(), initiated)
+                else {
+                    continue;
+                };
+                if initiated > cutoff {
+                    continue;
+                }
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&*self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .customize()
+                    .config_override(self.bounded())
+                    .send()
+                    .await
+                    .map_err(translate)?;
+                tracing::info!(key, upload_id = id, "aborted an abandoned multipart upload");
+                aborted += 1;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(aborted);
+            }
+        }
+    }
+
     /// GET (with `body`) or HEAD (without).
     pub async fn fetch(
         &self,
@@ -353,6 +443,8 @@ impl Backend {
                 .set_if_modified_since(cond.if_modified_since.map(Into::into))
                 .set_if_match(cond.if_match.clone())
                 .set_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
+                .customize()
+                .config_override(self.bounded())
                 .send()
                 .await;
             let out = match out {
@@ -382,6 +474,8 @@ impl Backend {
                 .set_if_modified_since(cond.if_modified_since.map(Into::into))
                 .set_if_match(cond.if_match.clone())
                 .set_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
+                .customize()
+                .config_override(self.bounded())
                 .send()
                 .await;
             let out = match out {
@@ -409,6 +503,8 @@ impl Backend {
             .delete_object()
             .bucket(&*self.bucket)
             .key(key.as_str())
+            .customize()
+            .config_override(self.bounded())
             .send()
             .await
         {
@@ -434,6 +530,8 @@ impl Backend {
             .prefix(prefix)
             .max_keys(limit)
             .set_start_after(start_after)
+            .customize()
+            .config_override(self.bounded())
             .send()
             .await
             .map_err(translate)?;

@@ -26,6 +26,8 @@ pub struct TestGateway {
     /// Straight to the bucket, to look at what the gateway left there.
     pub s3: aws_sdk_s3::Client,
     pub access_log: PathBuf,
+    /// The gateway's own handle on the bucket.
+    pub backend: portcullis::relay::Backend,
     _dir: tempfile::TempDir,
     _backend: portcullis::BackendHandle,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -91,10 +93,10 @@ prefix = "users/alice/"
                 endpoint: Some(endpoint),
                 credentials: Some(("test".into(), "test-secret".into())),
             };
-            portcullis::relay::connect(&config.backend, settings).await
+            portcullis::relay::connect(&config, settings).await
         }
     };
-    let state = Arc::new(portcullis::build_state(&config, relay));
+    let state = Arc::new(portcullis::build_state(&config, relay.clone()));
     let log = Arc::new(AccessLog::open(&config.log.access_log).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -118,6 +120,7 @@ prefix = "users/alice/"
             .unwrap(),
         s3,
         access_log,
+        backend: relay,
         _dir: dir,
         _backend: backend,
         _stop: stop,
@@ -227,7 +230,8 @@ pub fn bearer(key: &str) -> String {
 }
 
 /// The first bytes of real files, for sniffing.
-pub const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
+pub const PNG: &[u8] =
+    b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
 pub const JPEG: &[u8] = b"\xFF\xD8\xFF\xE0\0\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0";
 pub const HTML: &[u8] = b"<!DOCTYPE html><html><script>alert(document.cookie)</script></html>";
 /// A 64-byte x86-64 ELF header.
