@@ -258,6 +258,77 @@ where
     }
 }
 
+impl From<BodyFailure> for crate::error::ApiError {
+    fn from(f: BodyFailure) -> Self {
+        use crate::error::{ApiError, Code};
+        match f {
+            BodyFailure::TooLarge => {
+                ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit")
+            }
+            BodyFailure::Idle => ApiError::new(
+                Code::BodyTimeout,
+                "the client sent no body bytes for too long",
+            ),
+            BodyFailure::BadDigest => ApiError::new(
+                Code::BadDigest,
+                "the body does not match the digest sent with it",
+            ),
+            BodyFailure::Client => ApiError::new(
+                Code::BadRequest,
+                "the request body ended early or was malformed",
+            ),
+        }
+    }
+}
+
+/// A body whose first bytes were already read (for sniffing) and are replayed first.
+pub struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    inner: B,
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(prefix: Bytes, inner: B) -> Self {
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+        }
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint.set_lower(inner.lower() + extra);
+        hint
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,76 +435,5 @@ mod tests {
         mut rx: tokio::sync::mpsc::Receiver<T>,
     ) -> impl futures_util::Stream<Item = T> + Unpin {
         Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-    }
-}
-
-impl From<BodyFailure> for crate::error::ApiError {
-    fn from(f: BodyFailure) -> Self {
-        use crate::error::{ApiError, Code};
-        match f {
-            BodyFailure::TooLarge => {
-                ApiError::new(Code::PayloadTooLarge, "the body is larger than the limit")
-            }
-            BodyFailure::Idle => ApiError::new(
-                Code::BodyTimeout,
-                "the client sent no body bytes for too long",
-            ),
-            BodyFailure::BadDigest => ApiError::new(
-                Code::BadDigest,
-                "the body does not match the digest sent with it",
-            ),
-            BodyFailure::Client => ApiError::new(
-                Code::BadRequest,
-                "the request body ended early or was malformed",
-            ),
-        }
-    }
-}
-
-/// A body whose first bytes were already read (for sniffing) and are replayed first.
-pub struct Prefixed<B> {
-    prefix: Option<Bytes>,
-    inner: B,
-}
-
-impl<B> Prefixed<B> {
-    pub fn new(prefix: Bytes, inner: B) -> Self {
-        Self {
-            prefix: (!prefix.is_empty()).then_some(prefix),
-            inner,
-        }
-    }
-}
-
-impl<B> Body for Prefixed<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        if let Some(prefix) = self.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
-        }
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        let mut hint = SizeHint::new();
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + extra);
-        }
-        hint.set_lower(inner.lower() + extra);
-        hint
     }
 }
