@@ -36,11 +36,11 @@ use crate::api::{AppState, Gateway};
 use crate::auth::{KeyTable, parse_key_hash};
 use crate::config::{BackendKind, Config};
 use crate::embedded::EmbeddedServer;
-use crate::limits::Limits;
+use crate::limits::{AuthFailures, Limits, Shed};
 use crate::obs::{AccessLog, AccessLogLayer};
 use crate::policy::Principal;
 use crate::relay::{Backend, BackendSettings};
-use crate::server::ServerOptions;
+use crate::server::{ServerOptions, TrustedProxies};
 
 /// Errors that cross module boundaries inside bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -85,7 +85,7 @@ pub fn build_state(config: &Config, backend: Backend) -> AppState {
     let defaults = Limits::from_config(&config.limits);
     let mut keys = KeyTable::default();
     for p in &config.principals {
-        let principal = Arc::new(Principal::from_config(p, &defaults));
+        let principal = Arc::new(Principal::from_config(p, &defaults, &config.rate_limit));
         keys.insert(
             p.api_keys.iter().filter_map(|k| parse_key_hash(k).ok()),
             principal,
@@ -95,16 +95,20 @@ pub fn build_state(config: &Config, backend: Backend) -> AppState {
         backend,
         keys,
         body_idle_timeout: config.server.body_idle_timeout.get(),
+        auth_failures: AuthFailures::new(config.rate_limit.unauthenticated_per_ip),
+        shed: Shed::new(config.server.max_concurrent_requests),
     }
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
 ///
 /// The tower stack, outermost first (each `.layer()` wraps the ones after it):
-/// 1. request id and access log: sees every request, even refused or abandoned ones;
-/// 2. (planned: concurrency limit and load shedding, rate limits);
-/// 3. the gateway: routing, then per handler auth → policy → limits → relay, with panics
-///    caught and turned into a logged 500.
+/// 1. request id, client address and access log: sees every request, even refused or
+///    abandoned ones;
+/// 2. the gateway: load shedding over `max_concurrent_requests` (503 at once), panics caught
+///    and turned into a logged 500, then routing and per handler: authenticate (failed
+///    attempts limited per address) → principal rate and concurrency (429) → policy (403) →
+///    streaming limits → relay. Admission permits ride on the response body.
 pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -113,7 +117,7 @@ pub async fn run(
     opts: ServerOptions,
 ) {
     let service = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(log))
+        .layer(AccessLogLayer::new(log, opts.trusted_proxies.clone()))
         .service(Gateway::new(state));
     server::run(listener, shutdown, HttpService::new(service), opts).await;
 }
@@ -123,5 +127,13 @@ pub fn server_options(config: &Config) -> ServerOptions {
     ServerOptions {
         header_read_timeout: config.server.header_read_timeout.get(),
         shutdown_grace: config.server.shutdown_grace.get(),
+        trusted_proxies: TrustedProxies(
+            config
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| config::parse_net(p))
+                .collect(),
+        ),
     }
 }

@@ -22,14 +22,20 @@ use tower::Service;
 use crate::Body;
 use crate::auth::{Identity, KeyTable};
 use crate::error::ApiError;
-use crate::obs::{RequestId, note};
+use crate::limits::{AuthFailures, Shed};
+use crate::obs::{ClientIp, RequestId, note};
 use crate::relay::Backend;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What every request can reach. Swapped whole on reload (later), so it holds no locks.
 #[derive(Debug)]
 pub struct AppState {
     pub backend: Backend,
     pub keys: KeyTable,
+    /// Failed authentication per client address.
+    pub auth_failures: AuthFailures,
+    /// `server.max_concurrent_requests`.
+    pub shed: Shed,
     /// `server.body_idle_timeout`.
     pub body_idle_timeout: std::time::Duration,
 }
@@ -55,9 +61,22 @@ impl Service<Request<Body>> for Gateway {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move {
+            // Load shedding comes first: over `max_concurrent_requests`, answer at once.
+            // Permits (this one, then the principal's) ride on the response body, so a
+            // streamed transfer holds its place until its last byte.
+            let admission = Admission::default();
+            match state.shed.admit() {
+                Ok(permit) => admission.hold(permit),
+                Err(err) => {
+                    let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+                    note(&req, |n| n.error_code = Some(err.code.as_str()));
+                    return Ok(respond::error(&err, id.as_deref().unwrap_or("-")));
+                }
+            }
+            req.extensions_mut().insert(admission.clone());
             let request_id = req
                 .extensions()
                 .get::<RequestId>()
@@ -71,7 +90,7 @@ impl Service<Request<Body>> for Gateway {
             // without a log line.
             let outcome = AssertUnwindSafe(dispatch(&state, req)).catch_unwind().await;
             let result = outcome.unwrap_or_else(|_| Err(ApiError::internal("handler panicked")));
-            Ok(match result {
+            let resp = match result {
                 Ok(resp) => resp,
                 Err(err) => {
                     if let Some(n) = note_handle
@@ -81,7 +100,8 @@ impl Service<Request<Body>> for Gateway {
                     }
                     respond::error(&err, &request_id)
                 }
-            })
+            };
+            Ok(respond::holding(resp, admission.take()))
         })
     }
 }
@@ -111,11 +131,51 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
 }
 
 /// Authenticates the request and records who it is.
+/// Authenticates the request, records who it is, and admits it within the principal's rate
+/// and concurrent-transfer cap. Failed attempts count against the client's address; while it
+/// is over that budget its requests are refused before any credential is checked.
 fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Identity, ApiError> {
-    let identity = state.keys.authenticate(req.headers())?;
+    let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
+    if let Some(ip) = ip {
+        state.auth_failures.check(ip)?;
+    }
+    let identity = match state.keys.authenticate(req.headers()) {
+        Ok(identity) => identity,
+        // Only a presented credential that fails is an attempt; a missing one is not.
+        Err(err) if req.headers().contains_key(http::header::AUTHORIZATION) => {
+            return Err(match ip {
+                Some(ip) => state.auth_failures.failed(ip, err),
+                None => err,
+            });
+        }
+        Err(err) => return Err(err),
+    };
     note(req, |n| {
         n.principal = Some(identity.principal.name.clone());
         n.auth = Some(identity.method);
     });
+    let permit = identity.principal.gate.admit()?;
+    if let Some(admission) = req.extensions().get::<Admission>() {
+        admission.hold(permit);
+    }
     Ok(identity)
+}
+
+/// The permits a request holds; they are moved onto its response body at the end.
+#[derive(Clone, Debug, Default)]
+struct Admission(Arc<std::sync::Mutex<Vec<OwnedSemaphorePermit>>>);
+
+impl Admission {
+    fn hold(&self, permit: OwnedSemaphorePermit) {
+        if let Ok(mut p) = self.0.lock() {
+            p.push(permit);
+        }
+    }
+
+    fn take(&self) -> Vec<OwnedSemaphorePermit> {
+        self.0
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
 }

@@ -4,6 +4,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::Body;
 use crate::error::{ApiError, error_body};
 
@@ -62,6 +64,45 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
         h.insert(name.clone(), value.clone());
     }
     resp
+}
+
+/// Moves `permits` onto the response body: they are released when it ends or is dropped.
+pub(crate) fn holding(resp: Response<Body>, permits: Vec<OwnedSemaphorePermit>) -> Response<Body> {
+    if permits.is_empty() {
+        return resp;
+    }
+    resp.map(|inner| {
+        Holding {
+            inner,
+            _permits: permits,
+        }
+        .boxed()
+    })
+}
+
+struct Holding {
+    inner: Body,
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Media types a browser may execute or render as a document on our origin: they are

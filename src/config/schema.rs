@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Span,
     /// Requests served at once before new ones are shed with 503. Default `1024`.
     pub max_concurrent_requests: usize,
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed. Default none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Span::secs(30),
             shutdown_grace: Span::secs(30),
             max_concurrent_requests: 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -206,8 +209,10 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// Failed authentication attempts per client IP. Default 5/s, burst 10.
     pub unauthenticated_per_ip: Rate,
-    /// Per-principal body throttle. Default: none.
+    /// Per-principal body throttle, both directions. Default: none.
     pub bytes_per_second: Option<Size>,
+    /// Transfers one principal may have in flight at once. Default `64`.
+    pub max_concurrent_per_principal: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -220,6 +225,7 @@ impl Default for RateLimitConfig {
                 burst: 10,
             },
             bytes_per_second: None,
+            max_concurrent_per_principal: 64,
         }
     }
 }

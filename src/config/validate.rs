@@ -70,6 +70,14 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             bad(field, "must be more than zero".into());
         }
     }
+    for (i, proxy) in c.server.trusted_proxies.iter().enumerate() {
+        if parse_net(proxy).is_none() {
+            bad(
+                &format!("server.trusted_proxies[{i}]"),
+                format!("`{proxy}` is not an address or a network like 10.0.0.0/8"),
+            );
+        }
+    }
     if c.server.max_concurrent_requests == 0 {
         bad(
             "server.max_concurrent_requests",
@@ -165,10 +173,20 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         r.unauthenticated_per_ip.burst,
         &mut p,
     );
-    w.push(Warning {
-        field: "rate_limit".into(),
-        message: "rate limits are not enforced in this build yet".into(),
-    });
+    if r.max_concurrent_per_principal == 0 {
+        p.push((
+            "rate_limit.max_concurrent_per_principal".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if let Some(b) = r.bytes_per_second
+        && b.bytes() < 1024
+    {
+        p.push((
+            "rate_limit.bytes_per_second".into(),
+            "must be at least 1KiB".into(),
+        ));
+    }
 
     // Sections whose features come later: accepted so configs stay valid, never half-applied.
     if c.cors.is_some() {
@@ -334,4 +352,11 @@ fn valid_bucket_name(name: &str) -> bool {
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
         && !name.contains("..")
+}
+
+/// An address (`10.0.0.1`) or a network (`10.0.0.0/8`).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }

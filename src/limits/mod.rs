@@ -6,6 +6,7 @@
 
 mod body;
 mod digest;
+mod rate;
 mod sniff;
 
 use std::fmt;
@@ -13,6 +14,7 @@ use std::str::FromStr;
 
 pub use body::{BodyFailure, BodyWatch, ExpectedDigests, Guard, GuardedBody, Prefixed};
 pub use digest::expected_digests;
+pub use rate::{AuthFailures, PrincipalGate, Shed, rate_limited};
 pub use sniff::{SNIFF_BYTES, Sniffed, sniff};
 
 use crate::config::units::Size;

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tower::{Layer, Service};
 
 use crate::auth::AuthMethod;
+use crate::server::TrustedProxies;
 use crate::{Body, BoxError, HttpService};
 
 /// Where access-log lines go.
@@ -69,6 +70,10 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
 }
 
+/// The client's address: the peer, or the forwarded client behind a trusted proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 /// The request id, for handlers (error bodies) and the log.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub Arc<str>);
@@ -99,7 +104,7 @@ pub fn note<B>(req: &Request<B>, f: impl FnOnce(&mut RequestNote)) {
 struct Record<'a> {
     ts: String,
     request_id: &'a str,
-    remote_addr: Option<String>,
+    remote_addr: Option<&'a str>,
     principal: Option<&'a str>,
     auth: &'static str,
     method: &'a str,
@@ -121,7 +126,7 @@ struct Pending {
     start: Instant,
     ts: SystemTime,
     request_id: Arc<str>,
-    remote: Option<SocketAddr>,
+    remote: Option<String>,
     method: http::Method,
     note: Arc<Mutex<RequestNote>>,
     bytes_in: Arc<AtomicU64>,
@@ -134,7 +139,7 @@ impl Pending {
         let record = Record {
             ts: humantime::format_rfc3339_millis(self.ts).to_string(),
             request_id: &self.request_id,
-            remote_addr: self.remote.map(|a| a.to_string()),
+            remote_addr: self.remote.as_deref(),
             principal: note.principal.as_deref(),
             auth: note.auth.unwrap_or(AuthMethod::None).as_str(),
             method: self.method.as_str(),
@@ -172,11 +177,15 @@ impl Drop for DropGuard {
 #[derive(Clone, Debug)]
 pub struct AccessLogLayer {
     log: Arc<AccessLog>,
+    trusted: Arc<TrustedProxies>,
 }
 
 impl AccessLogLayer {
-    pub fn new(log: Arc<AccessLog>) -> Self {
-        Self { log }
+    pub fn new(log: Arc<AccessLog>, trusted: TrustedProxies) -> Self {
+        Self {
+            log,
+            trusted: Arc::new(trusted),
+        }
     }
 }
 
@@ -193,6 +202,7 @@ where
         AccessLogService {
             inner: HttpService::new(inner),
             log: self.log.clone(),
+            trusted: self.trusted.clone(),
         }
     }
 }
@@ -202,6 +212,7 @@ where
 pub struct AccessLogService {
     inner: HttpService,
     log: Arc<AccessLog>,
+    trusted: Arc<TrustedProxies>,
 }
 
 impl Service<Request<Body>> for AccessLogService {
@@ -226,7 +237,14 @@ impl Service<Request<Body>> for AccessLogService {
         };
         let note = Arc::new(Mutex::new(RequestNote::default()));
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let remote = req.extensions().get::<ConnInfo>().map(|c| c.remote);
+        let peer = req.extensions().get::<ConnInfo>().map(|c| c.remote);
+        let client_ip = peer.map(|p| self.trusted.client_ip(p, req.headers()));
+        // The peer's address and port, or the forwarded client's address.
+        let remote = match (peer, client_ip) {
+            (Some(p), Some(ip)) if p.ip().to_canonical() == ip => Some(p.to_string()),
+            (_, Some(ip)) => Some(ip.to_string()),
+            _ => None,
+        };
         let pending = Pending {
             log: self.log.clone(),
             start,
@@ -241,6 +259,9 @@ impl Service<Request<Body>> for AccessLogService {
 
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(RequestId(request_id.clone()));
+        if let Some(ip) = client_ip {
+            parts.extensions.insert(ClientIp(ip));
+        }
         parts.extensions.insert(note);
         let body = CountIn {
             inner: body,

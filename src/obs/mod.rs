@@ -2,4 +2,4 @@
 
 mod access_log;
 
-pub use access_log::{AccessLog, AccessLogLayer, ConnInfo, RequestId, RequestNote, note};
+pub use access_log::{AccessLog, AccessLogLayer, ClientIp, ConnInfo, RequestId, RequestNote, note};

@@ -13,9 +13,11 @@ use serde::Deserialize;
 pub(crate) use key::check_chars;
 pub use key::{MAX_KEY_BYTES, ObjectKey, percent_decode_once, validate_prefix};
 
-use crate::config::PrincipalConfig;
+use std::sync::Arc;
+
+use crate::config::{PrincipalConfig, Rate, RateLimitConfig};
 use crate::error::ApiError;
-use crate::limits::Limits;
+use crate::limits::{Limits, PrincipalGate};
 
 /// What a request does, as named in a principal's `allow`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -62,20 +64,28 @@ pub struct Principal {
     pub prefix: String,
     /// Its effective limits (defaults narrowed by its own).
     pub limits: Limits,
+    /// Its request rate and concurrent-transfer cap.
+    pub gate: Arc<PrincipalGate>,
 }
 
 impl Principal {
-    /// Builds a principal from its (validated) config and the gateway's default limits.
-    pub fn from_config(c: &PrincipalConfig, defaults: &Limits) -> Self {
+    /// Builds a principal from its (validated) config, the gateway's default limits and
+    /// `[rate_limit]`.
+    pub fn from_config(c: &PrincipalConfig, defaults: &Limits, rates: &RateLimitConfig) -> Self {
+        let rate = c.rate_limit.unwrap_or(Rate {
+            requests_per_second: rates.requests_per_second,
+            burst: rates.burst,
+        });
         Self {
             name: c.name.clone(),
             allow: c.allow.iter().fold(0, |acc, a| acc | a.bit()),
             prefix: c.prefix.clone(),
             limits: defaults.narrowed(c.max_object_size, c.content_types.as_deref()),
+            gate: Arc::new(PrincipalGate::new(rate, rates.max_concurrent_per_principal)),
         }
     }
 
-    /// A principal allowed everything, everywhere (`serve --dev`).
+    /// A principal allowed everything, everywhere, with the default rates.
     pub fn full_access(name: &str, limits: Limits) -> Self {
         let all = [
             Action::Get,
@@ -84,12 +94,12 @@ impl Principal {
             Action::List,
             Action::Link,
         ];
-        Self {
+        let c = PrincipalConfig {
             name: name.into(),
-            allow: all.iter().fold(0, |acc, a| acc | a.bit()),
-            prefix: String::new(),
-            limits,
-        }
+            allow: all.to_vec(),
+            ..Default::default()
+        };
+        Self::from_config(&c, &limits, &RateLimitConfig::default())
     }
 
     /// Whether `action` is in the principal's `allow`.
@@ -128,7 +138,11 @@ mod tests {
             prefix: "users/alice/".into(),
             ..Default::default()
         };
-        Principal::from_config(&c, &Limits::new(Size::gib(1), vec!["*/*".parse().unwrap()]))
+        Principal::from_config(
+            &c,
+            &Limits::new(Size::gib(1), vec!["*/*".parse().unwrap()]),
+            &Default::default(),
+        )
     }
 
     fn key(s: &str) -> ObjectKey {

@@ -13,6 +13,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
+mod client_ip;
+
+pub use client_ip::TrustedProxies;
+
 use std::convert::Infallible;
 use tower::ServiceExt;
 
@@ -22,13 +26,24 @@ use http::Response;
 use crate::obs::ConnInfo;
 use crate::{Body, BoxError, HttpService};
 
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 128;
+/// Header bytes per request (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// Streams a client may reset before the server accepted them.
+const H2_MAX_PENDING_RESETS: usize = 32;
+/// Streams the server may reset for a client's protocol errors.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+
 /// Deadlines of the listener.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// A client that has not sent its request head by then is dropped (slowloris).
     pub header_read_timeout: Duration,
     /// After the shutdown signal, how long in-flight requests may run.
     pub shutdown_grace: Duration,
+    /// Whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then lets in-flight requests
@@ -44,7 +59,17 @@ pub async fn run(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2, set deliberately rather than left to defaults: a bounded number of streams per
+    // connection and of header bytes per request, and a cap on streams a client opens and
+    // resets before we answer (the "rapid reset" attack, CVE-2023-44487) and on streams we
+    // must reset for its protocol errors; past either cap the connection is closed.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
 

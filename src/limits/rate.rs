@@ -1,0 +1,257 @@
+//! Request rates (GCRA, with governor), failed-authentication limits per client IP, and
+//! concurrency caps: the whole gateway's (shed at once with 503) and each principal's (so one
+//! principal with 500 slow uploads cannot take the gateway from the others).
+//!
+//! Keyed state (per IP) is pruned as it goes, so it does not grow without bound as clients
+//! come and go. Principals are a fixed, configured set: each has its own direct limiter.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use http::HeaderValue;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Rate;
+use crate::error::{ApiError, Code};
+
+fn quota(rate: Rate) -> Quota {
+    let rps = NonZeroU32::new(rate.requests_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rps).allow_burst(burst)
+}
+
+/// `429` with `Retry-After` in whole seconds (at least 1).
+pub fn rate_limited(wait: Duration, message: &'static str) -> ApiError {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(Code::RateLimited, message)
+        .header(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
+}
+
+/// One principal's request rate and concurrent-transfer cap.
+#[derive(Debug)]
+pub struct PrincipalGate {
+    rate: DefaultDirectRateLimiter,
+    transfers: Arc<Semaphore>,
+}
+
+impl PrincipalGate {
+    pub fn new(rate: Rate, max_transfers: usize) -> Self {
+        Self {
+            rate: DefaultDirectRateLimiter::direct(quota(rate)),
+            transfers: Arc::new(Semaphore::new(max_transfers)),
+        }
+    }
+
+    /// Admits one request: within the rate and under the cap. The permit is held for the
+    /// whole transfer (until the response body ends).
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Err(not_until) = self.rate.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(rate_limited(
+                wait,
+                "too many requests for this principal; slow down",
+            ));
+        }
+        self.transfers.clone().try_acquire_owned().map_err(|_| {
+            rate_limited(
+                Duration::from_secs(1),
+                "too many transfers at once for this principal",
+            )
+        })
+    }
+}
+
+/// Failed authentication, limited per client IP. While an IP is over its budget, its
+/// requests are refused with 429 before any credential is checked, so a key cannot be
+/// guessed faster than the budget allows.
+#[derive(Debug)]
+pub struct AuthFailures {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    /// Checks since the last prune.
+    since_prune: AtomicU64,
+}
+
+/// Prune keyed state after this many failures.
+const PRUNE_EVERY: u64 = 1024;
+
+impl AuthFailures {
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            limiter: DefaultKeyedRateLimiter::keyed(quota(rate)),
+            blocked: Mutex::new(HashMap::new()),
+            since_prune: AtomicU64::new(0),
+        }
+    }
+
+    /// Refuses an IP that is over its failed-authentication budget.
+    pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let Ok(blocked) = self.blocked.lock() else {
+            return Ok(());
+        };
+        if blocked.is_empty() {
+            return Ok(());
+        }
+        match blocked.get(&ip) {
+            Some(until) if *until > Instant::now() => Err(rate_limited(
+                *until - Instant::now(),
+                "too many failed authentication attempts from this address",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed authentication; turns the 401 into a 429 once over budget.
+    pub fn failed(&self, ip: IpAddr, err: ApiError) -> ApiError {
+        if self.since_prune.fetch_add(1, Ordering::Relaxed) >= PRUNE_EVERY {
+            self.prune();
+        }
+        match self.limiter.check_key(&ip) {
+            Ok(()) => err,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                if let Ok(mut blocked) = self.blocked.lock() {
+                    blocked.insert(ip, Instant::now() + wait);
+                }
+                rate_limited(
+                    wait,
+                    "too many failed authentication attempts from this address",
+                )
+            }
+        }
+    }
+
+    /// Forgets addresses whose budget is whole again and blocks that have run out.
+    pub fn prune(&self) {
+        self.since_prune.store(0, Ordering::Relaxed);
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        if let Ok(mut blocked) = self.blocked.lock() {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+            blocked.shrink_to_fit();
+        }
+    }
+
+    /// Addresses with state (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.limiter.len() + self.blocked.lock().map_or(0, |b| b.len())
+    }
+}
+
+/// The whole gateway's cap on requests in flight; over it, requests are shed at once.
+#[derive(Clone, Debug)]
+pub struct Shed {
+    permits: Arc<Semaphore>,
+}
+
+impl Shed {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// A permit for one request, held until its response body ends.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                Code::Overloaded,
+                "the gateway is at capacity; retry shortly",
+            )
+            .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_rate_and_cap() {
+        let gate = PrincipalGate::new(
+            Rate {
+                requests_per_second: 1,
+                burst: 2,
+            },
+            10,
+        );
+        let _a = gate.admit().unwrap();
+        let _b = gate.admit().unwrap();
+        let e = gate.admit().unwrap_err();
+        assert_eq!(e.code, Code::RateLimited);
+        let retry = e
+            .headers
+            .iter()
+            .find(|(n, _)| n == http::header::RETRY_AFTER)
+            .unwrap();
+        assert_eq!(retry.1, "1");
+
+        let gate = PrincipalGate::new(
+            Rate {
+                requests_per_second: 1000,
+                burst: 1000,
+            },
+            2,
+        );
+        let a = gate.admit().unwrap();
+        let _b = gate.admit().unwrap();
+        assert!(gate.admit().is_err());
+        drop(a);
+        assert!(gate.admit().is_ok());
+    }
+
+    #[test]
+    fn failed_auth_blocks_then_forgets() {
+        let f = AuthFailures::new(Rate {
+            requests_per_second: 1000,
+            burst: 2,
+        });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let e401 = || ApiError::new(Code::Unauthenticated, "x");
+        assert!(f.check(ip).is_ok());
+        assert_eq!(f.failed(ip, e401()).code, Code::Unauthenticated);
+        assert_eq!(f.failed(ip, e401()).code, Code::Unauthenticated);
+        assert_eq!(f.failed(ip, e401()).code, Code::RateLimited);
+        assert!(f.check(ip).is_err());
+        assert!(f.check(other).is_ok());
+        std::thread::sleep(Duration::from_millis(20));
+        f.prune();
+        assert!(f.check(ip).is_ok());
+        assert_eq!(f.tracked(), 0, "state for quiet addresses is dropped");
+    }
+
+    #[test]
+    fn keyed_state_stays_bounded() {
+        let f = AuthFailures::new(Rate {
+            requests_per_second: 1_000_000,
+            burst: 1,
+        });
+        for i in 0..(PRUNE_EVERY * 3) {
+            let ip = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+            let _ = f.failed(ip, ApiError::new(Code::Unauthenticated, "x"));
+        }
+        assert!(
+            f.tracked() <= PRUNE_EVERY as usize * 2 + 8,
+            "{}",
+            f.tracked()
+        );
+    }
+
+    #[test]
+    fn shed_refuses_at_capacity() {
+        let s = Shed::new(1);
+        let p = s.admit().unwrap();
+        assert_eq!(s.admit().unwrap_err().code, Code::Overloaded);
+        drop(p);
+        assert!(s.admit().is_ok());
+    }
+}
