@@ -12,9 +12,10 @@ use crate::Body;
 use crate::error::{ApiError, Code};
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::Identity;
 use crate::limits::{
-    BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, expected_digests, media_type,
-    sniff,
+    BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, Throttled, expected_digests,
+    media_type, sniff,
 };
 use crate::obs::note;
 use crate::policy::{Action, ObjectKey};
@@ -141,7 +142,7 @@ pub(super) async fn put(
         content_type: content_type.clone(),
         length,
         condition,
-        body: Prefixed::new(prefix, body).boxed(),
+        body: throttled(&identity, Prefixed::new(prefix, body).boxed()),
         watch: watch.clone(),
     };
     let stored = timed(&head, state.backend.put(upload)).await?;
@@ -157,6 +158,14 @@ pub(super) async fn put(
         status,
         &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
     ))
+}
+
+/// The body, delayed to the principal's `bytes_per_second` if it has one.
+fn throttled(identity: &Identity, body: Body) -> Body {
+    match &identity.principal.gate.bytes {
+        Some(rate) => Throttled::new(body, rate.clone()).boxed(),
+        None => body,
+    }
 }
 
 /// Reads up to `n` bytes from the front of the body (fewer if it ends first).
@@ -269,6 +278,7 @@ pub(super) async fn get(
             content_range,
             body,
         } => {
+            let body = body.map(|b| throttled(&identity, b));
             let mut resp = Response::new(body.unwrap_or_else(respond::empty));
             if content_range.is_some() {
                 *resp.status_mut() = StatusCode::PARTIAL_CONTENT;

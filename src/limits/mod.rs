@@ -8,6 +8,7 @@ mod body;
 mod digest;
 mod rate;
 mod sniff;
+mod throttle;
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,7 @@ pub use body::{BodyFailure, BodyWatch, ExpectedDigests, Guard, GuardedBody, Pref
 pub use digest::expected_digests;
 pub use rate::{AuthFailures, PrincipalGate, Shed, rate_limited};
 pub use sniff::{SNIFF_BYTES, Sniffed, sniff};
+pub use throttle::{ByteRate, Throttled};
 
 use crate::config::units::Size;
 use crate::error::ApiError;

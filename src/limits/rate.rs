@@ -38,6 +38,8 @@ pub fn rate_limited(wait: Duration, message: &'static str) -> ApiError {
 pub struct PrincipalGate {
     rate: DefaultDirectRateLimiter,
     transfers: Arc<Semaphore>,
+    /// `bytes_per_second`, shared by all of the principal's bodies.
+    pub bytes: Option<Arc<super::ByteRate>>,
 }
 
 impl PrincipalGate {
@@ -45,7 +47,14 @@ impl PrincipalGate {
         Self {
             rate: DefaultDirectRateLimiter::direct(quota(rate)),
             transfers: Arc::new(Semaphore::new(max_transfers)),
+            bytes: None,
         }
+    }
+
+    /// With a byte rate for the principal's bodies.
+    pub fn with_byte_rate(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.bytes = bytes_per_second.map(|b| Arc::new(super::ByteRate::new(b)));
+        self
     }
 
     /// Admits one request: within the rate and under the cap. The permit is held for the

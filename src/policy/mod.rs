@@ -81,7 +81,10 @@ impl Principal {
             allow: c.allow.iter().fold(0, |acc, a| acc | a.bit()),
             prefix: c.prefix.clone(),
             limits: defaults.narrowed(c.max_object_size, c.content_types.as_deref()),
-            gate: Arc::new(PrincipalGate::new(rate, rates.max_concurrent_per_principal)),
+            gate: Arc::new(
+                PrincipalGate::new(rate, rates.max_concurrent_per_principal)
+                    .with_byte_rate(rates.bytes_per_second.map(|b| b.bytes())),
+            ),
         }
     }
 

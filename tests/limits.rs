@@ -1,0 +1,320 @@
+//! Rate limits, fairness, overload and connection deadlines, against a real gateway.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use portcullis::auth::hash_key;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn retry_after(resp: &reqwest::Response) -> u64 {
+    resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After is whole seconds")
+}
+
+async fn code(resp: reqwest::Response) -> String {
+    resp.json::<Value>().await.unwrap()["error"]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_rate_gets_429_with_retry_after() {
+    let g = gateway(&format!(
+        "[[principals]]\nname = \"slow\"\napi_keys = [\"{}\"]\nallow = [\"get\"]\nrate_limit = {{ requests_per_second = 1, burst = 3 }}\n",
+        hash_key("slow-key-0123456789")
+    ))
+    .await;
+    for _ in 0..3 {
+        let resp = g
+            .call(Method::GET, "x", "slow-key-0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+    let resp = g
+        .call(Method::GET, "x", "slow-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=2).contains(&retry_after(&resp)));
+    assert_eq!(code(resp).await, "rate_limited");
+    // Others are not affected.
+    assert_eq!(
+        g.call(Method::GET, "x", ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // The budget refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        g.call(Method::GET, "x", "slow-key-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_limited_per_address() {
+    let g =
+        gateway("[rate_limit]\nunauthenticated_per_ip = { requests_per_second = 1, burst = 2 }\n")
+            .await;
+    // No credential at all is not an attempt.
+    for _ in 0..5 {
+        assert_eq!(
+            g.http.get(g.object_url("x")).send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for _ in 0..2 {
+        let resp = g.call(Method::GET, "x", "guess").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = g.call(Method::GET, "x", "guess").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&resp) >= 1);
+    // While blocked, not even a valid key is checked: guessing cannot go faster.
+    let resp = g.call(Method::GET, "x", ADMIN).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        g.call(Method::GET, "x", ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_counts_only_from_trusted_proxies() {
+    let limit = "unauthenticated_per_ip = { requests_per_second = 1, burst = 1 }";
+    // Trusted: each forwarded client has its own budget, and the log shows it.
+    let g = gateway(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[rate_limit]\n{limit}\n"
+    ))
+    .await;
+    let from = |ip: &'static str| {
+        g.call(Method::GET, "x", "guess")
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    assert_eq!(
+        from("198.51.100.1").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        from("198.51.100.1").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        from("198.51.100.2").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        g.access_log_lines()
+            .iter()
+            .any(|l| l["remote_addr"] == "198.51.100.2")
+    );
+
+    // Not trusted: the header is a mere claim and is ignored.
+    let g = gateway(&format!("[rate_limit]\n{limit}\n")).await;
+    let from = |ip: &'static str| {
+        g.call(Method::GET, "x", "guess")
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    assert_eq!(
+        from("198.51.100.1").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        from("198.51.100.2").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        g.access_log_lines()
+            .iter()
+            .all(|l| l["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"))
+    );
+}
+
+/// Starts a download and keeps it open without reading (the permit rides on the body).
+async fn open_download(g: &TestGateway, key: &str, auth: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = socket.connect(g.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {auth}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_at_once_with_503() {
+    let g = gateway("[server]\nmax_concurrent_requests = 2\n").await;
+    let big = random_bytes(16 * 1024 * 1024, 3);
+    assert_eq!(
+        g.call(Method::PUT, "big", ADMIN)
+            .body(big)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let a = open_download(&g, "big", ADMIN).await;
+    let b = open_download(&g, "big", ADMIN).await;
+    let started = std::time::Instant::now();
+    let resp = g.call(Method::GET, "big", ADMIN).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shed at once, not queued"
+    );
+    assert_eq!(retry_after(&resp), 1);
+    assert_eq!(code(resp).await, "overloaded");
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        g.call(Method::HEAD, "big", ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_principal_cannot_take_every_slot() {
+    let g = gateway("[rate_limit]\nmax_concurrent_per_principal = 1\n").await;
+    let big = random_bytes(16 * 1024 * 1024, 4);
+    assert_eq!(
+        g.call(Method::PUT, "users/alice/big", ADMIN)
+            .body(big)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let held = open_download(&g, "users/alice/big", ALICE).await;
+    let resp = g
+        .call(Method::HEAD, "users/alice/big", ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&resp), 1);
+    // Another principal is served.
+    assert_eq!(
+        g.call(Method::HEAD, "users/alice/big", READER)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        g.call(Method::HEAD, "users/alice/big", ALICE)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_dropped() {
+    let g = gateway("[server]\nheader_read_timeout = \"1s\"\n").await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"GET /v1/objects/x HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // Trickle a byte now and then, never finishing the head.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if s.write_all(b"a").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_per_second_delays_bodies_both_ways_and_corrupts_nothing() {
+    let g = gateway("[rate_limit]\nbytes_per_second = \"256KiB\"\n").await;
+    let data = random_bytes(768 * 1024, 9);
+    // 256 KiB of burst, then 512 KiB at 256 KiB/s: at least 2 s each way. (A lower bound
+    // only: a busy machine can only make it slower.)
+    let started = std::time::Instant::now();
+    let resp = g
+        .call(Method::PUT, "t", ADMIN)
+        .body(chunked_body(data.clone(), 100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let up = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = std::time::Instant::now();
+    let body = g
+        .call(Method::GET, "t", ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let down = started.elapsed();
+    assert_eq!(sha256(&body), sha256(&data));
+    assert!(up >= Duration::from_millis(1900), "upload took {up:?}");
+    assert!(
+        down >= Duration::from_millis(1900),
+        "download took {down:?}"
+    );
+    assert_eq!(g.bucket_object("t").await.unwrap(), data);
+}
