@@ -8,6 +8,8 @@ mod list;
 mod objects;
 pub(crate) mod respond;
 
+pub use objects::parse_range;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

@@ -331,7 +331,7 @@ pub(super) async fn get(
 
 /// A single byte range, re-serialized canonically: `bytes=A-B`, `bytes=A-` or `bytes=-N`.
 /// Several ranges, or anything else, is `400 invalid_range`.
-pub(crate) fn parse_range(value: &str) -> Result<String, ApiError> {
+pub fn parse_range(value: &str) -> Result<String, ApiError> {
     let bad = |why: &str| {
         ApiError::new(
             Code::InvalidRange,

@@ -43,6 +43,18 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// Percent-encodes a key for a path the way a careful client does: everything but
+/// unreserved characters and `/`. [`ObjectKey::from_path`] turns it back into the same key.
+pub fn percent_encode_key(key: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(key, SET).to_string()
+}
+
 /// Percent-decodes `s` exactly once into UTF-8. A `%` not followed by two hex digits is an
 /// error rather than a literal, so that no two spellings of a path can mean different keys.
 pub fn percent_decode_once(s: &str) -> Result<String, String> {

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::Deserialize;
 
 pub(crate) use key::check_chars;
-pub use key::{MAX_KEY_BYTES, ObjectKey, percent_decode_once, validate_prefix};
+pub use key::{MAX_KEY_BYTES, ObjectKey, percent_decode_once, percent_encode_key, validate_prefix};
 
 use std::sync::Arc;
 

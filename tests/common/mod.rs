@@ -216,13 +216,7 @@ impl TestGateway {
 
 /// Percent-encodes a key as a careful client would: everything but unreserved and `/`.
 pub fn encode(key: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'/')
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    percent_encoding::utf8_percent_encode(key, SET).to_string()
+    portcullis::policy::percent_encode_key(key)
 }
 
 pub fn bearer(key: &str) -> String {
