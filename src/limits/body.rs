@@ -281,6 +281,17 @@ impl From<BodyFailure> for crate::error::ApiError {
     }
 }
 
+/// The size hint of a body with `held` bytes waiting in front of `inner`.
+pub(super) fn hint_with_held(inner: SizeHint, held: Option<&Bytes>) -> SizeHint {
+    let extra = held.map_or(0, |b| b.len() as u64);
+    let mut hint = SizeHint::new();
+    if let Some(upper) = inner.upper() {
+        hint.set_upper(upper + extra);
+    }
+    hint.set_lower(inner.lower() + extra);
+    hint
+}
+
 /// A body whose first bytes were already read (for sniffing) and are replayed first.
 pub struct Prefixed<B> {
     prefix: Option<Bytes>,
@@ -318,14 +329,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        let mut hint = SizeHint::new();
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + extra);
-        }
-        hint.set_lower(inner.lower() + extra);
-        hint
+        hint_with_held(self.inner.size_hint(), self.prefix.as_ref())
     }
 }
 

@@ -126,14 +126,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let extra = self.pending.as_ref().map_or(0, |p| p.len() as u64);
-        let mut hint = SizeHint::new();
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + extra);
-        }
-        hint.set_lower(inner.lower() + extra);
-        hint
+        super::body::hint_with_held(self.inner.size_hint(), self.pending.as_ref())
     }
 }
 
