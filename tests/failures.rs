@@ -351,7 +351,7 @@ async fn unreachable_backend_is_503_without_details() {
         .local_addr()
         .unwrap()
         .port();
-    let g = gateway_with("", Some(format!("http://127.0.0.1:{port}"))).await;
+    let g = gateway_with("", Relay::Endpoint(format!("http://127.0.0.1:{port}"))).await;
     let resp = g
         .call(Method::PUT, "x", ADMIN)
         .body("x")
@@ -624,4 +624,65 @@ async fn a_body_that_needs_more_than_10000_parts_is_refused_up_front() {
     let out = g.raw(raw.as_bytes(), Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert!(out.contains("10,000 parts"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failing_mid_upload_leaves_nothing() {
+    // Any connection to S3 that carries more than 3 MiB is cut.
+    let g = gateway_with("", Relay::CutAfter(3 * 1024 * 1024)).await;
+    let key = "users/alice/cut-by-backend";
+    let old = seed(&g, key).await;
+
+    // Known length: one PutObject, cut in the middle.
+    let data = random_bytes(6 * 1024 * 1024, 41);
+    let resp = g
+        .call(Method::PUT, key, ADMIN)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        ["backend_error", "backend_unavailable"].contains(&v["error"]["code"].as_str().unwrap()),
+        "{v}"
+    );
+    assert_eq!(g.bucket_object(key).await.unwrap(), old);
+
+    // Chunked: the first 5 MiB part fits, the second part's connection is cut; the upload
+    // is aborted (on a fresh connection) and nothing is completed.
+    let resp = g
+        .call(Method::PUT, key, ADMIN)
+        .body(chunked_body(random_bytes(12 * 1024 * 1024, 42), 65536))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    assert!(
+        g.settle_uploads().await.is_empty(),
+        "no unfinished multipart upload"
+    );
+    assert_eq!(g.bucket_object(key).await.unwrap(), old);
+    assert_eq!(g.bucket_keys().await, vec![key.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_is_504() {
+    let g = gateway_with(
+        "[backend]\nfirst_byte_timeout = \"1s\"\n",
+        Relay::Endpoint(silent_backend().await),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = g.call(Method::GET, "x", ADMIN).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "backend_timeout"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -318,3 +318,55 @@ async fn bytes_per_second_delays_bodies_both_ways_and_corrupts_nothing() {
     );
     assert_eq!(g.bucket_object("t").await.unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_client_sees_the_413_and_oversized_headers_are_refused() {
+    let g = gateway("").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = g.object_url("users/alice/h2-big");
+    // Declared too large, and streamed past the limit.
+    for chunked in [false, true] {
+        let data = random_bytes(12 * 1024 * 1024, 5);
+        let body = if chunked {
+            chunked_body(data, 65536)
+        } else {
+            reqwest::Body::from(data)
+        };
+        let resp = h2
+            .put(&url)
+            .header("authorization", bearer(ALICE))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(
+            resp.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "chunked={chunked}"
+        );
+        assert_eq!(code(resp).await, "payload_too_large");
+    }
+    // The connection is still good for the next request.
+    let resp = h2
+        .put(&url)
+        .header("authorization", bearer(ALICE))
+        .body("ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(g.settle_uploads().await.is_empty());
+
+    // 100 KiB of headers: more than the 64 KiB the server accepts.
+    let resp = h2
+        .get(&url)
+        .header("authorization", bearer(ALICE))
+        .header("x-big", "a".repeat(100 * 1024))
+        .send()
+        .await;
+    assert!(resp.map(|r| !r.status().is_success()).unwrap_or(true));
+}

@@ -28,6 +28,8 @@ pub struct TestGateway {
     pub access_log: PathBuf,
     /// The gateway's own handle on the bucket.
     pub backend: portcullis::relay::Backend,
+    /// The embedded S3 server's address.
+    pub s3_addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
     _backend: portcullis::BackendHandle,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -36,12 +38,23 @@ pub struct TestGateway {
 /// A gateway with three principals (admin: everything; alice: everything under
 /// `users/alice/`, at most 6 MiB; reader: get and list under `users/alice/`) plus `extra` TOML.
 pub async fn gateway(extra: &str) -> TestGateway {
-    gateway_with(extra, None).await
+    gateway_with(extra, Relay::Direct).await
 }
 
-/// Like [`gateway`], but the relay talks to `endpoint` instead of the embedded server (which
-/// still runs, so the test can look into it).
-pub async fn gateway_with(extra: &str, endpoint: Option<String>) -> TestGateway {
+/// How the gateway under test reaches S3.
+pub enum Relay {
+    /// Straight to the embedded server.
+    Direct,
+    /// To another endpoint (which may be down or silent).
+    Endpoint(String),
+    /// Through a proxy to the embedded server that cuts any connection after this many
+    /// bytes towards S3.
+    CutAfter(usize),
+}
+
+/// Like [`gateway`], but the relay may reach S3 another way; the embedded server still runs,
+/// so the test can look into the bucket.
+pub async fn gateway_with(extra: &str, relay: Relay) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let access_log = dir.path().join("access.log");
     let toml = format!(
@@ -72,7 +85,7 @@ name = "reader"
 api_keys = ["{reader}"]
 allow = ["get", "list"]
 prefix = "users/alice/"
-{extra}
+
 "#,
         root = dir.path().join("data").display(),
         log = access_log.display(),
@@ -80,18 +93,32 @@ prefix = "users/alice/"
         alice = hash_key(ALICE),
         reader = hash_key(READER),
     );
+    let toml = merge_toml(&toml, extra);
     let config = portcullis::config::parse(&toml, None)
         .unwrap_or_else(|e| panic!("{e}"))
         .config;
     let backend = portcullis::start_backend(&config).await.unwrap();
     backend.backend.ping().await.unwrap();
     let s3 = backend.backend.client().clone();
+    let s3_addr = backend
+        .embedded
+        .as_ref()
+        .expect("the test gateway runs the embedded server")
+        .addr;
+    let endpoint = match relay {
+        Relay::Direct => None,
+        Relay::Endpoint(e) => Some(e),
+        Relay::CutAfter(n) => Some(cutting_proxy(s3_addr, n).await),
+    };
     let relay = match endpoint {
         None => backend.backend.clone(),
         Some(endpoint) => {
             let settings = portcullis::relay::BackendSettings {
                 endpoint: Some(endpoint),
-                credentials: Some(("test".into(), "test-secret".into())),
+                credentials: backend
+                    .embedded
+                    .as_ref()
+                    .map(|e| (e.access_key.clone(), e.secret_key.clone())),
             };
             portcullis::relay::connect(&config, settings).await
         }
@@ -121,6 +148,7 @@ prefix = "users/alice/"
         s3,
         access_log,
         backend: relay,
+        s3_addr,
         _dir: dir,
         _backend: backend,
         _stop: stop,
@@ -256,4 +284,82 @@ pub fn chunked_body(bytes: Vec<u8>, chunk: usize) -> reqwest::Body {
         .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
         .collect();
     reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+}
+
+/// A TCP proxy to `target` that cuts any connection after it has carried `cut_after` bytes
+/// towards the target: a backend failing in the middle of an upload. New connections work.
+pub async fn cutting_proxy(target: std::net::SocketAddr, cut_after: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let mut sent = 0usize;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if sent + n > cut_after {
+                            return; // cut: both halves are dropped below
+                        }
+                        sent += n;
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A TCP server that accepts connections and never answers: a backend that hangs.
+pub async fn silent_backend() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// `extra` laid over `base`: tables merge key by key, arrays of tables are appended.
+fn merge_toml(base: &str, extra: &str) -> String {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (Some(toml::Value::Array(a)), toml::Value::Array(b)) => a.extend(b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = base.parse().unwrap();
+    merge(
+        &mut table,
+        extra.parse().unwrap_or_else(|e| panic!("test config: {e}")),
+    );
+    table.to_string()
 }
