@@ -11,8 +11,10 @@
 //! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3).
 //! - [`embedded`]: an S3 protocol server in the process, for `serve --dev`.
 //!
-//! [`config`] holds the schema, units and validation; [`error`] the one error type.
+//! [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
+//! holds the schema, units and validation; [`error`] the one error type.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use portcullis::admin::Health;
 use portcullis::auth::generate_key;
 use portcullis::config::{self, BackendKind, Config, LogFormat, PrincipalConfig};
 use portcullis::obs::AccessLog;
@@ -39,6 +40,19 @@ enum Command {
         /// Data folder of the embedded backend (default ./data).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Admin listener here instead of `admin.listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Ask a running gateway's admin listener whether it is ready (exit 0) or not (exit 1):
+    /// a container HEALTHCHECK that needs no curl in the image.
+    Health {
+        /// The admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// `/readyz` (default) or `/healthz`.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
     /// Validate a config file and print what is wrong, with file, line and field.
     CheckConfig {
@@ -72,11 +86,27 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Health { admin, path } => {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return ExitCode::FAILURE;
+            };
+            if runtime.block_on(portcullis::admin::probe(admin, &path)) {
+                println!("ok");
+                ExitCode::SUCCESS
+            } else {
+                println!("not ok");
+                ExitCode::FAILURE
+            }
+        }
         Command::Serve {
             config,
             dev,
             listen,
             data,
+            admin_listen,
         } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -85,7 +115,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, dev, listen, data)) {
+            match runtime.block_on(serve(config, dev, listen, data, admin_listen)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e:#}");
@@ -101,6 +131,7 @@ async fn serve(
     dev: bool,
     listen: Option<SocketAddr>,
     data: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let (mut config, warnings, dev_key) = if dev {
         let (key, hash) = generate_key();
@@ -116,7 +147,11 @@ async fn serve(
     if let Some(data) = data {
         config.backend.root = data;
     }
+    if let Some(admin) = admin_listen {
+        config.admin.listen = admin.to_string();
+    }
     init_tracing(config.log.format);
+    portcullis::obs::metrics::install();
     for w in warnings {
         tracing::warn!(field = %w.field, "{}", w.message);
     }
@@ -143,13 +178,27 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, bucket = handle.backend.bucket(), "portcullis is serving");
+    let admin_addr: SocketAddr = config.admin.listen.parse()?;
+    let admin = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {admin_addr} (admin): {e}"))?;
+    let admin_local = admin.local_addr()?;
+    let health = Health::new(handle.backend.clone());
+    health.check().await;
+    let _watch = health.watch(READINESS_INTERVAL);
+    tokio::spawn(portcullis::admin::serve(
+        admin,
+        health.clone(),
+        std::future::pending(),
+    ));
+    tracing::info!(listen = %local, admin = %admin_local, bucket = handle.backend.bucket(), "portcullis is serving");
 
     if let Some(key) = dev_key {
         let root = config.backend.root.display();
         eprintln!();
         eprintln!("  Portcullis dev gateway on http://{local}  (embedded S3 storing under {root})");
         eprintln!("  API key (shown once): {key}");
+        eprintln!("  Admin (healthz, readyz, metrics): http://{admin_local}");
         eprintln!();
         eprintln!("  Try:  echo hello > hello.txt");
         eprintln!(
@@ -163,15 +212,19 @@ async fn serve(
 
     portcullis::run(
         listener,
-        shutdown_signal(),
+        shutdown_signal(health.clone()),
         state,
         log,
         portcullis::server_options(&config),
     )
     .await;
+    tracing::info!("stopped");
     drop(handle);
     Ok(())
 }
+
+/// How often `/readyz` asks the bucket.
+const READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `serve --dev`: embedded backend, one principal with every permission on the whole bucket.
 fn dev_config(key_hash: String) -> Config {
@@ -206,15 +259,27 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// The first SIGTERM or SIGINT: `/readyz` goes unready, the listener stops accepting and
+/// in-flight requests may finish (up to `shutdown_grace`). A second one exits at once.
+async fn shutdown_signal(health: Arc<Health>) {
+    wait_for_signal().await;
+    health.drain();
+    tracing::info!("signal received: draining (a second signal exits at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+}
+
+async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return ctrl_c.await.unwrap_or(());
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -10,7 +10,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 async fn serve_dev_prints_a_key_that_works() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(dir.path().join("data"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

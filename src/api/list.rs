@@ -80,11 +80,12 @@ pub(super) async fn list(state: &AppState, req: Request<Body>) -> Result<Respons
     identity.principal.authorize_list(&prefix)?;
     crate::obs::note(&req, |n| n.key = Some(prefix.clone()));
 
-    let start = std::time::Instant::now();
-    let page = state.backend.list(&prefix, q.limit, q.start_after).await;
-    let ms = start.elapsed().as_micros() as f64 / 1000.0;
-    crate::obs::note(&req, |n| n.backend_ms = Some(ms));
-    let page = page?;
+    let page = super::objects::timed(
+        &req,
+        "list",
+        state.backend.list(&prefix, q.limit, q.start_after),
+    )
+    .await?;
 
     let objects: Vec<_> = page
         .objects

@@ -35,12 +35,19 @@ fn resolve(req: &Request<Body>, encoded_key: &str) -> Result<ObjectKey, ApiError
     Ok(key)
 }
 
-/// Runs a relay call and records its time in the access log.
-async fn timed<B, T>(req: &Request<B>, call: impl Future<Output = T>) -> T {
+/// Runs a relay call and records its time in the access log and the metrics.
+pub(super) async fn timed<B, T>(
+    req: &Request<B>,
+    op: &'static str,
+    call: impl Future<Output = T>,
+) -> T {
     let start = Instant::now();
     let out = call.await;
-    let ms = start.elapsed().as_micros() as f64 / 1000.0;
-    note(req, |n| n.backend_ms = Some(ms));
+    let elapsed = start.elapsed();
+    note(req, |n| {
+        n.backend_ms = Some(elapsed.as_micros() as f64 / 1000.0)
+    });
+    crate::obs::metrics::backend_call(op, elapsed.as_secs_f64());
     out
 }
 
@@ -145,7 +152,7 @@ pub(super) async fn put(
         body: throttled(&identity, Prefixed::new(prefix, body).boxed()),
         watch: watch.clone(),
     };
-    let stored = timed(&head, state.backend.put(upload)).await?;
+    let stored = timed(&head, "put", state.backend.put(upload)).await?;
     if let Some(sha) = watch.sha256() {
         note(&head, |n| n.sha256 = Some(sha));
     }
@@ -250,6 +257,7 @@ pub(super) async fn get(
     };
     let fetched = timed(
         &req,
+        if with_body { "get" } else { "head" },
         state
             .backend
             .fetch(&key, range.as_deref(), &cond, with_body),
@@ -379,7 +387,7 @@ pub(super) async fn delete(
     let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
     identity.principal.authorize(Action::Delete, &key)?;
-    timed(&req, state.backend.delete(&key)).await?;
+    timed(&req, "delete", state.backend.delete(&key)).await?;
     let mut resp = Response::new(respond::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)

@@ -136,6 +136,15 @@ struct Pending {
 impl Pending {
     fn finish(&self, bytes_out: u64, status: u16, fallback_error: Option<&'static str>) {
         let note = self.note.lock().map(|n| n.clone()).unwrap_or_default();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let route = if note.route.is_empty() {
+            "other"
+        } else {
+            note.route
+        };
+        let error_code = note.error_code.or(fallback_error);
+        super::metrics::in_flight(-1.0);
+        super::metrics::request_done(route, &self.method, status, bytes_in, bytes_out, error_code);
         let record = Record {
             ts: humantime::format_rfc3339_millis(self.ts).to_string(),
             request_id: &self.request_id,
@@ -227,6 +236,7 @@ impl Service<Request<Body>> for AccessLogService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let start = Instant::now();
+        super::metrics::in_flight(1.0);
         let request_id: Arc<str> = match req
             .headers()
             .get("x-request-id")

@@ -90,8 +90,11 @@ pub async fn run(
                 let hyper_service = hyper::service::service_fn(move |req| to_gateway(&service, remote, req));
                 let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
                 let conn = graceful.watch(conn.into_owned());
+                crate::obs::metrics::connections(1.0);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let result = conn.await;
+                    crate::obs::metrics::connections(-1.0);
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, %remote, "connection ended with an error");
                     }
                 });

@@ -28,8 +28,9 @@ pub struct TestGateway {
     pub access_log: PathBuf,
     /// The gateway's own handle on the bucket.
     pub backend: portcullis::relay::Backend,
-    /// The embedded S3 server's address.
+    /// The embedded S3 server's address and credentials.
     pub s3_addr: std::net::SocketAddr,
+    pub s3_credentials: (String, String),
     _dir: tempfile::TempDir,
     _backend: portcullis::BackendHandle,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -94,17 +95,19 @@ prefix = "users/alice/"
         reader = hash_key(READER),
     );
     let toml = merge_toml(&toml, extra);
+    portcullis::obs::metrics::install();
     let config = portcullis::config::parse(&toml, None)
         .unwrap_or_else(|e| panic!("{e}"))
         .config;
     let backend = portcullis::start_backend(&config).await.unwrap();
     backend.backend.ping().await.unwrap();
     let s3 = backend.backend.client().clone();
-    let s3_addr = backend
+    let embedded = backend
         .embedded
         .as_ref()
-        .expect("the test gateway runs the embedded server")
-        .addr;
+        .expect("the test gateway runs the embedded server");
+    let s3_addr = embedded.addr;
+    let s3_credentials = (embedded.access_key.clone(), embedded.secret_key.clone());
     let endpoint = match relay {
         Relay::Direct => None,
         Relay::Endpoint(e) => Some(e),
@@ -149,6 +152,7 @@ prefix = "users/alice/"
         access_log,
         backend: relay,
         s3_addr,
+        s3_credentials,
         _dir: dir,
         _backend: backend,
         _stop: stop,
@@ -362,4 +366,35 @@ fn merge_toml(base: &str, extra: &str) -> String {
         extra.parse().unwrap_or_else(|e| panic!("test config: {e}")),
     );
     table.to_string()
+}
+
+/// A TCP proxy to `target` that can be switched off (refusing and cutting every connection)
+/// and on again: a backend that goes away and comes back.
+pub async fn switchable_proxy(
+    target: std::net::SocketAddr,
+) -> (String, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (on, watch) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let mut watch = watch.clone();
+            if !*watch.borrow() {
+                continue; // dropped: refused
+            }
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = watch.wait_for(|on| !*on) => {}
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), on)
 }

@@ -1,0 +1,164 @@
+//! The admin listener: `/healthz` (the process is alive), `/readyz` (the bucket answered the
+//! last check and the gateway is not draining) and `/metrics` (Prometheus text). It is a
+//! separate listener, loopback by default, never the public one.
+//!
+//! Readiness is a cached `HeadBucket`, refreshed in the background, so a probe every second
+//! from every load balancer costs S3 nothing.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::relay::Backend;
+
+/// What the probes report.
+#[derive(Debug)]
+pub struct Health {
+    backend: Backend,
+    backend_ok: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn new(backend: Backend) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            backend_ok: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks the bucket now and remembers the answer.
+    pub async fn check(&self) -> bool {
+        let ok = self.backend.ping().await.is_ok();
+        if ok != self.backend_ok.swap(ok, Ordering::Relaxed) {
+            if ok {
+                tracing::info!("the bucket answers: ready");
+            } else {
+                tracing::warn!("the bucket does not answer: not ready");
+            }
+        }
+        crate::obs::metrics::backend_ready(ok);
+        ok
+    }
+
+    /// Checks the bucket every `interval` for as long as the process runs.
+    pub fn watch(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.check().await;
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
+    /// From now on `/readyz` says no: the gateway is shutting down.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.backend_ok.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Future<Output = ()>) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let health = health.clone();
+                let service = hyper::service::service_fn(move |req| answer(health.clone(), req));
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+async fn answer(
+    health: Arc<Health>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&http::Method::GET | &http::Method::HEAD, "/healthz") => {
+            (StatusCode::OK, "text/plain", "ok\n".to_owned())
+        }
+        (&http::Method::GET | &http::Method::HEAD, "/readyz") => {
+            if health.is_ready() {
+                (StatusCode::OK, "text/plain", "ready\n".to_owned())
+            } else if health.draining.load(Ordering::Relaxed) {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "draining\n".to_owned(),
+                )
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "the bucket does not answer\n".to_owned(),
+                )
+            }
+        }
+        (&http::Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            crate::obs::metrics::render(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+/// `portcullis health`: asks a running gateway's admin listener (for container health
+/// checks, where the image has no curl). True when it answers 200.
+pub async fn probe(addr: std::net::SocketAddr, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.0 200") || head.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics (the `metrics` facade with its Prometheus exporter), served on the
+//! admin listener. Label values come from small fixed sets (route, method, status class,
+//! error code, S3 operation); keys and principal names are never labels.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("portcullis_backend_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ],
+                )
+                .expect("the bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be set (an embedding program's): keep theirs.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    install().render()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "portcullis_requests_total",
+        "Requests answered, by route, method and status class."
+    );
+    metrics::describe_counter!(
+        "portcullis_request_bytes_total",
+        "Request body bytes received from clients."
+    );
+    metrics::describe_counter!(
+        "portcullis_response_bytes_total",
+        "Response body bytes sent to clients."
+    );
+    metrics::describe_counter!(
+        "portcullis_rejections_total",
+        "Requests refused or failed, by error code (rate_limited, unauthenticated, payload_too_large, ...)."
+    );
+    metrics::describe_histogram!(
+        "portcullis_backend_seconds",
+        "Time spent in S3 calls, by operation."
+    );
+    metrics::describe_gauge!(
+        "portcullis_requests_in_flight",
+        "Requests being served now."
+    );
+    metrics::describe_gauge!(
+        "portcullis_connections_open",
+        "Client connections open now."
+    );
+    metrics::describe_gauge!(
+        "portcullis_backend_ready",
+        "1 when the last bucket check succeeded."
+    );
+}
+
+fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::POST => "POST",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A request has been answered (its body ended or was abandoned).
+pub(crate) fn request_done(
+    route: &'static str,
+    method: &http::Method,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    error_code: Option<&'static str>,
+) {
+    counter!("portcullis_requests_total", "route" => route, "method" => method_label(method), "status" => status_class(status))
+        .increment(1);
+    counter!("portcullis_request_bytes_total").increment(bytes_in);
+    counter!("portcullis_response_bytes_total").increment(bytes_out);
+    if let Some(code) = error_code {
+        counter!("portcullis_rejections_total", "reason" => code).increment(1);
+    }
+}
+
+/// Requests in flight: +1 when one starts, -1 when it is logged.
+pub(crate) fn in_flight(delta: f64) {
+    gauge!("portcullis_requests_in_flight").increment(delta);
+}
+
+/// Open client connections.
+pub(crate) fn connections(delta: f64) {
+    gauge!("portcullis_connections_open").increment(delta);
+}
+
+/// Time spent in one S3 call.
+pub(crate) fn backend_call(operation: &'static str, seconds: f64) {
+    histogram!("portcullis_backend_seconds", "op" => operation).record(seconds);
+}
+
+/// Whether the bucket answered the last readiness check.
+pub(crate) fn backend_ready(ready: bool) {
+    gauge!("portcullis_backend_ready").set(if ready { 1.0 } else { 0.0 });
+}

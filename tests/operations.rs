@@ -1,0 +1,315 @@
+//! Operations: metrics that move, readiness that follows the backend, graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use portcullis::admin::Health;
+use reqwest::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The sum of a metric's samples whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_requests_are_served() {
+    let g = gateway("").await;
+    let before = portcullis::obs::metrics::render();
+    let data = random_bytes(100_000, 1);
+    assert_eq!(
+        g.call(Method::PUT, "m", ADMIN)
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    g.call(Method::GET, "m", ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    g.call(Method::GET, "m", "wrong-key").send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = portcullis::obs::metrics::render();
+
+    let delta =
+        |name: &str, labels: &[&str]| metric(&after, name, labels) - metric(&before, name, labels);
+    assert!(
+        delta(
+            "portcullis_requests_total",
+            &["route=\"object\"", "method=\"PUT\"", "status=\"2xx\""]
+        ) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        delta(
+            "portcullis_requests_total",
+            &["method=\"GET\"", "status=\"2xx\""]
+        ) >= 1.0
+    );
+    assert!(delta("portcullis_requests_total", &["status=\"4xx\""]) >= 1.0);
+    assert!(delta("portcullis_request_bytes_total", &[]) >= 100_000.0);
+    assert!(delta("portcullis_response_bytes_total", &[]) >= 100_000.0);
+    assert!(
+        delta(
+            "portcullis_rejections_total",
+            &["reason=\"unauthenticated\""]
+        ) >= 1.0
+    );
+    assert!(delta("portcullis_backend_seconds_count", &["op=\"put\""]) >= 1.0);
+    assert!(delta("portcullis_backend_seconds_count", &["op=\"get\""]) >= 1.0);
+    assert!(after.contains("portcullis_requests_in_flight"));
+    assert!(after.contains("portcullis_connections_open"));
+    // No key, principal or object name is ever a label.
+    assert!(!after.contains("admin") && !after.contains("\"m\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_backend_and_draining() {
+    let g = gateway("").await;
+    let (endpoint, power) = switchable_proxy(g.s3_addr).await;
+    let mut config = portcullis::config::Config::default();
+    config.backend.bucket = BUCKET.into();
+    config.backend.first_byte_timeout = portcullis::config::units::Span::secs(2);
+    let emb = g.s3_credentials.clone();
+    let backend = portcullis::relay::connect(
+        &config,
+        portcullis::relay::BackendSettings {
+            endpoint: Some(endpoint),
+            credentials: Some(emb),
+        },
+    )
+    .await;
+    let health = Health::new(backend);
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", admin.local_addr().unwrap());
+    tokio::spawn(portcullis::admin::serve(
+        admin,
+        health.clone(),
+        std::future::pending(),
+    ));
+    let status = |path: &'static str| {
+        let url = format!("{url}{path}");
+        async move { reqwest::get(url).await.unwrap().status() }
+    };
+
+    assert!(health.check().await);
+    assert_eq!(status("/readyz").await, StatusCode::OK);
+    assert_eq!(status("/healthz").await, StatusCode::OK);
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("portcullis_backend_ready 1"), "{metrics}");
+
+    power.send(false).unwrap();
+    assert!(!health.check().await);
+    assert_eq!(status("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        status("/healthz").await,
+        StatusCode::OK,
+        "alive even when the backend is not"
+    );
+
+    power.send(true).unwrap();
+    assert!(health.check().await);
+    assert_eq!(status("/readyz").await, StatusCode::OK);
+
+    health.drain();
+    assert_eq!(status("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status("/nope").await, StatusCode::NOT_FOUND);
+}
+
+/// `portcullis serve --dev` as a child process, with its URLs and key read from the banner.
+struct DevGateway {
+    child: Child,
+    url: String,
+    admin: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DevGateway {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut admin, mut key) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (url.is_none() || admin.is_none() || key.is_none()) && Instant::now() < deadline {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+                continue;
+            };
+            let after = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            };
+            url = url.or(after("gateway on "));
+            admin = admin.or(after("metrics): "));
+            key = key.or(after("API key (shown once): "));
+        }
+        Self {
+            child,
+            url: url.unwrap(),
+            admin: admin.unwrap(),
+            key: key.unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for DevGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a download with a small receive window and reads only its first bytes.
+async fn slow_download(url: &str, key: &str, object: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let head = format!(
+        "GET /v1/objects/{object} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 16 * 1024];
+    let n = s.read(&mut first).await.unwrap();
+    first.truncate(n);
+    (s, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_download_finish_while_new_connections_are_refused() {
+    let mut gw = DevGateway::start();
+    let http = reqwest::Client::new();
+    let data = random_bytes(40 * 1024 * 1024, 7);
+    let resp = http
+        .put(format!("{}/v1/objects/big", gw.url))
+        .header("authorization", bearer(&gw.key))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", gw.admin))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    let (mut download, mut got) = slow_download(&gw.url, &gw.key, "big").await;
+    gw.signal("-TERM");
+    // Draining: not ready, and the public listener no longer accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::get(format!("{}/readyz", gw.admin))
+            .await
+            .map(|r| r.status());
+        if ready.ok() == Some(StatusCode::SERVICE_UNAVAILABLE) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz never went unready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr: std::net::SocketAddr = gw.url.trim_start_matches("http://").parse().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a new connection is refused"
+    );
+
+    // The download in flight completes byte-exact.
+    download.read_to_end(&mut got).await.unwrap();
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(sha256(&got[split..]), sha256(&data));
+    let status = gw
+        .wait(Duration::from_secs(20))
+        .expect("the gateway exits after draining");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut gw = DevGateway::start();
+    let http = reqwest::Client::new();
+    let data = random_bytes(40 * 1024 * 1024, 8);
+    http.put(format!("{}/v1/objects/big", gw.url))
+        .header("authorization", bearer(&gw.key))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    let (_held, _) = slow_download(&gw.url, &gw.key, "big").await;
+    gw.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        gw.wait(Duration::from_millis(200)).is_none(),
+        "still draining the held download"
+    );
+    gw.signal("-TERM");
+    let status = gw
+        .wait(Duration::from_secs(5))
+        .expect("a second signal exits at once");
+    assert!(!status.success());
+}
