@@ -11,11 +11,12 @@
 //! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3).
 //! - [`embedded`]: an S3 protocol server in the process, for `serve --dev`.
 //!
-//! [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
+//! [`audit`] checks the bucket's security posture. [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
 //! holds the schema, units and validation; [`error`] the one error type.
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod embedded;

@@ -147,12 +147,6 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         ),
         _ => {}
     }
-    if b.kind == BackendKind::S3 && b.audit != AuditMode::Off {
-        w.push(Warning {
-            field: "backend.audit".into(),
-            message: "the bucket audit is not in this build yet; no check is made".into(),
-        });
-    }
 
     // [limits]
     let l = &c.limits;

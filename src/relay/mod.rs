@@ -9,6 +9,7 @@
 
 mod client;
 mod errors;
+mod posture;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,6 +22,7 @@ use http_body_util::BodyExt;
 
 pub use client::{BackendSettings, connect};
 pub use errors::translate;
+pub use posture::{Answer, Posture};
 
 use crate::config::Sse;
 use crate::error::{ApiError, Code};
