@@ -1,9 +1,11 @@
-# Portcullis: build with the same toolchain as CI, run as a non-root user in a small image.
+# Portcullis: built with the same toolchain as CI, run as a non-root user in a small image.
 #   docker build -t portcullis .
-#   docker run -p 8080:8080 -v $PWD/config:/config:ro portcullis
-# The mounted config must listen on 0.0.0.0 (the default, 127.0.0.1, is unreachable from
-# outside the container); bucket credentials come from the AWS default chain (environment,
-# web identity, ECS/IMDS), never from the config.
+#   docker run -p 8080:8080 -v $PWD/my-config:/config:ro portcullis
+# The mounted /config/portcullis.toml must listen on 0.0.0.0 ([server] listen = "0.0.0.0:8080"),
+# since the default, 127.0.0.1, is unreachable from outside the container. Keep the admin
+# listener on 127.0.0.1 unless the metrics scraper is a sidecar that needs otherwise: the
+# HEALTHCHECK below runs inside the container. Bucket credentials come from the AWS default
+# chain (environment, web identity, ECS task role, IMDS), never from the config.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -17,11 +19,15 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin portcullis \
-    && mkdir -p /data && chown portcullis /data
+    && mkdir -p /data \
+    && chown portcullis /data
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 COPY config /config
-USER portcullis
+USER 10001
 EXPOSE 8080 9090
 VOLUME ["/config", "/data"]
+# No curl in the image: the binary asks its own admin listener.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/portcullis", "health", "--admin", "127.0.0.1:9090"]
 ENTRYPOINT ["/usr/local/bin/portcullis"]
 CMD ["serve", "--config", "/config/portcullis.toml"]

@@ -313,3 +313,26 @@ async fn a_second_signal_exits_at_once() {
         .expect("a second signal exits at once");
     assert!(!status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_health_asks_the_admin_listener() {
+    let gw = DevGateway::start();
+    let admin = gw.admin.trim_start_matches("http://").to_owned();
+    let health = |admin: &str, path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["health", "--admin", admin, "--path", path])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(health(&admin, "/readyz"));
+    assert!(health(&admin, "/healthz"));
+    assert!(!health(&admin, "/nope"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    assert!(!health(&closed, "/healthz"));
+}
