@@ -336,3 +336,44 @@ async fn portcullis_health_asks_the_admin_listener() {
         .to_string();
     assert!(!health(&closed, "/healthz"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_download_is_logged_with_the_bytes_actually_sent() {
+    let g = gateway("").await;
+    let data = random_bytes(32 * 1024 * 1024, 12);
+    assert_eq!(
+        g.call(Method::PUT, "cut", ADMIN)
+            .body(data)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let url = g.url.clone();
+    let (mut s, first) = slow_download(&url, ADMIN, "cut").await;
+    let mut more = vec![0u8; 64 * 1024];
+    let _ = s.read(&mut more).await;
+    drop(s);
+    drop(first);
+    // The line is written when hyper drops the abandoned body.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = g
+            .access_log_lines()
+            .into_iter()
+            .find(|l| l["method"] == "GET" && l["key"] == "cut")
+        {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for the aborted download"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["error_code"], "client_closed");
+    let sent = line["bytes_out"].as_u64().unwrap();
+    assert!(sent > 0 && sent < 32 * 1024 * 1024, "{line}");
+}
