@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 mod client_ip;
+mod drain;
 
 pub use client_ip::TrustedProxies;
 
@@ -120,6 +121,11 @@ fn to_gateway(
 ) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnInfo { remote });
+    let expects_continue = parts
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let body = drain::Lingering::new(body, expects_continue);
     let req = Request::from_parts(parts, body.map_err(box_hyper_error).boxed());
     Box::pin(service.clone().oneshot(req))
 }
