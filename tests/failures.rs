@@ -230,13 +230,13 @@ async fn digests_are_checked_while_streaming() {
     );
 
     // The access log records the SHA-256 the gateway computed.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let hex_sha = hex::encode(sha);
-    assert!(
+    eventually("the access log has the SHA-256", || async {
         g.access_log_lines()
             .iter()
             .any(|l| l["sha256"] == hex_sha.as_str())
-    );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +407,10 @@ async fn access_log_has_every_field_and_no_secret() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("four access log lines", || async {
+        g.access_log_lines().len() >= 4
+    })
+    .await;
 
     let text = std::fs::read_to_string(&g.access_log).unwrap();
     for secret in [ALICE, ADMIN, "not-a-real-key-secret"] {

@@ -43,7 +43,19 @@ async fn metrics_move_as_requests_are_served() {
         .await
         .unwrap();
     g.call(Method::GET, "m", "wrong-key").send().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the 401 is counted", || async {
+        let now = portcullis::obs::metrics::render();
+        metric(
+            &now,
+            "portcullis_rejections_total",
+            &["reason=\"unauthenticated\""],
+        ) > metric(
+            &before,
+            "portcullis_rejections_total",
+            &["reason=\"unauthenticated\""],
+        )
+    })
+    .await;
     let after = portcullis::obs::metrics::render();
 
     let delta =

@@ -398,3 +398,20 @@ pub async fn switchable_proxy(
     });
     (format!("http://{addr}"), on)
 }
+
+/// Waits (up to 10 s) until `check` holds: for effects that land just after a response, such
+/// as an access-log line or a released permit. Panics with `what` if it never does.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
