@@ -1,53 +1,18 @@
 //! The `portcullis` binary as a user runs it: `serve --dev`, `check-config`, `keygen`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::DevGateway;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_dev_prints_a_key_that_works() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut url, mut key) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (url.is_none() || key.is_none()) && Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
-            continue;
-        };
-        if let Some(rest) = line.split("gateway on ").nth(1) {
-            url = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if let Some(rest) = line.split("API key (shown once): ").nth(1) {
-            key = Some(rest.trim().to_owned());
-        }
-    }
-    let (url, key) = (
-        url.expect("the banner names the URL"),
-        key.expect("the banner shows the key"),
-    );
+    let mut gw = DevGateway::start();
+    let (url, key) = (gw.url.clone(), gw.key.clone());
     assert!(key.len() >= 43, "at least 32 random bytes: {key}");
 
     let http = reqwest::Client::new();
@@ -76,17 +41,16 @@ async fn serve_dev_prints_a_key_that_works() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     // The object is a file under --data, in the embedded bucket.
-    assert!(dir.path().join("data/portcullis/hello.txt").exists());
+    assert!(gw.dir.path().join("data/portcullis/hello.txt").exists());
 
     // SIGTERM: a clean exit.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+    gw.signal("-TERM");
+    let status = gw
+        .wait(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     // The access log went to stdout, one JSON line per request, without the key.
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let stdout = gw.stdout();
     assert_eq!(stdout.lines().count(), 3, "{stdout}");
     assert!(!stdout.contains(&key));
     for line in stdout.lines() {

@@ -168,21 +168,6 @@ async fn x_forwarded_for_counts_only_from_trusted_proxies() {
     );
 }
 
-/// Starts a download and keeps it open without reading (the permit rides on the body).
-async fn open_download(g: &TestGateway, key: &str, auth: &str) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut s = socket.connect(g.addr).await.unwrap();
-    let head = format!(
-        "GET /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {auth}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut first = [0u8; 12];
-    s.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200");
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_at_once_with_503() {
     let g = gateway("[server]\nmax_concurrent_requests = 2\n").await;
@@ -196,8 +181,8 @@ async fn overload_is_shed_at_once_with_503() {
             .status(),
         StatusCode::OK
     );
-    let a = open_download(&g, "big", ADMIN).await;
-    let b = open_download(&g, "big", ADMIN).await;
+    let a = slow_download(&g.url, ADMIN, "big").await.0;
+    let b = slow_download(&g.url, ADMIN, "big").await.0;
     let started = std::time::Instant::now();
     let resp = g.call(Method::GET, "big", ADMIN).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -232,7 +217,7 @@ async fn one_principal_cannot_take_every_slot() {
             .status(),
         StatusCode::OK
     );
-    let held = open_download(&g, "users/alice/big", ALICE).await;
+    let held = slow_download(&g.url, ALICE, "users/alice/big").await.0;
     let resp = g
         .call(Method::HEAD, "users/alice/big", ALICE)
         .send()

@@ -3,9 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use portcullis::auth::hash_key;
 use portcullis::obs::AccessLog;
@@ -413,5 +416,113 @@ where
             "never happened: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `portcullis serve --dev` as a child process, with its URLs and key read from the banner.
+pub struct DevGateway {
+    pub child: Child,
+    pub url: String,
+    pub admin: String,
+    pub key: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl DevGateway {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(dir.path().join("data"))
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut admin, mut key) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (url.is_none() || admin.is_none() || key.is_none()) && Instant::now() < deadline {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+                continue;
+            };
+            let after = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            };
+            url = url.or(after("gateway on "));
+            admin = admin.or(after("metrics): "));
+            key = key.or(after("API key (shown once): "));
+        }
+        Self {
+            child,
+            url: url.unwrap(),
+            admin: admin.unwrap(),
+            key: key.unwrap(),
+            dir,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for DevGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a download with a small receive window and reads only its first bytes.
+pub async fn slow_download(url: &str, key: &str, object: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let head = format!(
+        "GET /v1/objects/{object} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 16 * 1024];
+    let n = s.read(&mut first).await.unwrap();
+    first.truncate(n);
+    (s, first)
+}
+
+impl DevGateway {
+    /// What the gateway wrote to stdout: the access log.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
     }
 }
