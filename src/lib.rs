@@ -11,7 +11,7 @@
 //! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3).
 //! - [`embedded`]: an S3 protocol server in the process, for `serve --dev`.
 //!
-//! [`audit`] checks the bucket's security posture. [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
+//! [`load`] is the `portcullis load` generator. [`audit`] checks the bucket's security posture. [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
 //! holds the schema, units and validation; [`error`] the one error type.
 
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod limits;
+pub mod load;
 pub mod obs;
 pub mod policy;
 pub mod relay;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use portcullis::admin::Health;
 use portcullis::auth::generate_key;
-use portcullis::config::{self, AuditMode, BackendKind, Config, LogFormat, PrincipalConfig};
+use portcullis::config::{self, AuditMode, BackendKind, Config, LogFormat, PrincipalConfig, Rate};
 use portcullis::obs::AccessLog;
 use portcullis::policy::Action;
 use tokio::net::TcpListener;
@@ -61,6 +61,34 @@ enum Command {
     },
     /// Print a new random API key and the `sha256:` hash to paste into a config.
     Keygen,
+    /// Generate load against a gateway (bounded by --duration and --requests).
+    Load {
+        /// The gateway, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// An API key; also read from PORTCULLIS_KEY.
+        #[arg(long, env = "PORTCULLIS_KEY", hide_env_values = true)]
+        key: String,
+        #[arg(long, value_enum, default_value = "get")]
+        op: portcullis::load::Op,
+        /// Object size, e.g. 1KiB, 1MiB.
+        #[arg(long, default_value = "1KiB")]
+        size: portcullis::config::units::Size,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// How long to run, e.g. 30s.
+        #[arg(long, default_value = "30s")]
+        duration: portcullis::config::units::Span,
+        /// Stop after this many requests.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Keys used are PREFIX + worker number.
+        #[arg(long, default_value = "load/")]
+        prefix: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the bucket's security posture and print a report (exit 1 if a check failed).
     Audit {
         #[arg(long)]
@@ -94,6 +122,49 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Load {
+            url,
+            key,
+            op,
+            size,
+            concurrency,
+            duration,
+            requests,
+            prefix,
+            json,
+        } => {
+            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                return ExitCode::FAILURE;
+            };
+            let opts = portcullis::load::LoadOptions {
+                url,
+                key,
+                op,
+                size: size.bytes(),
+                concurrency,
+                duration: duration.get(),
+                requests,
+                prefix,
+                progress: !json,
+            };
+            match runtime.block_on(portcullis::load::run(opts)) {
+                Ok(summary) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&summary).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", summary.text());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Audit { config, json } => {
             let Ok(runtime) = tokio::runtime::Runtime::new() else {
                 return ExitCode::FAILURE;
@@ -281,8 +352,15 @@ fn dev_config(key_hash: String) -> Config {
     c.log.format = LogFormat::Pretty;
     // The embedded backend implements none of the audit's calls: nothing to learn at start.
     c.backend.audit = AuditMode::Off;
+    c.rate_limit.max_concurrent_per_principal = 1024;
     c.principals.push(PrincipalConfig {
         name: "dev".into(),
+        // Generous, so `portcullis load` against a dev gateway measures the gateway rather
+        // than the default rate limit.
+        rate_limit: Some(Rate {
+            requests_per_second: 100_000,
+            burst: 100_000,
+        }),
         api_keys: vec![key_hash],
         allow: vec![
             Action::Get,

@@ -287,3 +287,58 @@ async fn an_aborted_download_is_logged_with_the_bytes_actually_sent() {
     let sent = line["bytes_out"].as_u64().unwrap();
     assert!(sent > 0 && sent < 32 * 1024 * 1024, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_load_reports_a_bounded_run() {
+    let gw = DevGateway::start();
+    for op in ["get", "put", "mixed"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "load",
+                "--url",
+                &gw.url,
+                "--op",
+                op,
+                "--size",
+                "2KiB",
+                "--concurrency",
+                "4",
+            ])
+            .args(["--duration", "5s", "--requests", "200", "--json"])
+            .env("PORTCULLIS_KEY", &gw.key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["requests"], 200, "{v}");
+        assert_eq!(v["errors"], 0, "{v}");
+        assert_eq!(v["by_status"]["200"], 200, "{v}");
+        let lat = &v["latency_ms"];
+        assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
+        assert!(v["megabytes_per_second"].as_f64().unwrap() > 0.0);
+    }
+    // A wrong key: every request is an error, counted by status.
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "load",
+            "--url",
+            &gw.url,
+            "--op",
+            "put",
+            "--concurrency",
+            "2",
+            "--requests",
+            "10",
+            "--json",
+        ])
+        .env("PORTCULLIS_KEY", "wrong")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"], 10, "{v}");
+}
