@@ -1,28 +1,25 @@
 //! The listener: accept loop, HTTP/1.1 and HTTP/2 (h2c) with hyper-util's auto builder,
 //! TCP_NODELAY on every connection, the header read deadline, and graceful shutdown.
 
-use std::future::Future;
-use std::time::Duration;
-
-use http::Request;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use std::net::SocketAddr;
-use tokio::net::TcpListener;
-
 mod client_ip;
 mod drain;
 
 pub use client_ip::TrustedProxies;
 
 use std::convert::Infallible;
-use tower::ServiceExt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http::Response;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::obs::ConnInfo;
 use crate::{Body, BoxError, HttpService};
