@@ -348,6 +348,8 @@ async fn audit(path: &std::path::Path, json: bool) -> anyhow::Result<bool> {
 fn dev_config(key_hash: String) -> Config {
     let mut c = Config::default();
     c.backend.kind = BackendKind::Embedded;
+    // Any free port: 9090 is often taken (Prometheus itself); the banner prints the address.
+    c.admin.listen = "127.0.0.1:0".into();
     c.backend.bucket = "portcullis".into();
     c.log.format = LogFormat::Pretty;
     // The embedded backend implements none of the audit's calls: nothing to learn at start.
