@@ -249,11 +249,13 @@ async fn serve(
     }
 
     let handle = portcullis::start_backend(&config).await?;
-    if let Err(e) = handle.backend.ping().await {
+    // One bucket check at start; it also primes `/readyz`.
+    let health = Health::new(handle.backend.clone());
+    if !health.check().await {
         if config.backend.kind == BackendKind::Embedded {
-            anyhow::bail!("the embedded backend does not answer: {e}");
+            anyhow::bail!("the embedded backend does not answer");
         }
-        tracing::error!(error = %e, "the bucket is not reachable now; requests will fail until it is");
+        tracing::error!("the bucket is not reachable now; requests will fail until it is");
     }
     if config.backend.audit != AuditMode::Off {
         let report = portcullis::audit::run(&handle.backend).await;
@@ -288,8 +290,6 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {admin_addr} (admin): {e}"))?;
     let admin_local = admin.local_addr()?;
-    let health = Health::new(handle.backend.clone());
-    health.check().await;
     let _watch = health.watch(READINESS_INTERVAL);
     tokio::spawn(portcullis::admin::serve(
         admin,

@@ -52,13 +52,14 @@ impl Health {
         ok
     }
 
-    /// Checks the bucket every `interval` for as long as the process runs.
+    /// Checks the bucket every `interval` for as long as the process runs (the first check
+    /// one interval from now: start-up has just made one).
     pub fn watch(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                this.check().await;
                 tokio::time::sleep(interval).await;
+                this.check().await;
             }
         })
     }

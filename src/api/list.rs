@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::{AppState, authenticate, respond};
+use super::{AppState, authenticate, respond, timed};
 use crate::Body;
 use crate::error::ApiError;
 use crate::policy::{MAX_KEY_BYTES, check_chars};
@@ -80,7 +80,7 @@ pub(super) async fn list(state: &AppState, req: Request<Body>) -> Result<Respons
     identity.principal.authorize_list(&prefix)?;
     crate::obs::note(&req, |n| n.key = Some(prefix.clone()));
 
-    let page = super::objects::timed(
+    let page = timed(
         &req,
         "list",
         state.backend.list(&prefix, q.limit, q.start_after),

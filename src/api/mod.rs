@@ -16,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use http::{Method, Request, Response};
@@ -133,6 +134,18 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
 }
 
 /// Authenticates the request and records who it is.
+/// Runs a relay call and records its time in the access log and the metrics.
+async fn timed<B, T>(req: &Request<B>, op: &'static str, call: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = call.await;
+    let elapsed = start.elapsed();
+    note(req, |n| {
+        n.backend_ms = Some(elapsed.as_micros() as f64 / 1000.0)
+    });
+    crate::obs::metrics::backend_call(op, elapsed.as_secs_f64());
+    out
+}
+
 /// Authenticates the request, records who it is, and admits it within the principal's rate
 /// and concurrent-transfer cap. Failed attempts count against the client's address; while it
 /// is over that budget its requests are refused before any credential is checked.

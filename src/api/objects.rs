@@ -1,13 +1,13 @@
 //! `PUT`, `GET`, `HEAD` and `DELETE` on `/v1/objects/{key}`.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use super::{AppState, authenticate, respond};
+use super::{AppState, authenticate, respond, timed};
 use crate::Body;
 use crate::error::{ApiError, Code};
 use bytes::{Bytes, BytesMut};
@@ -33,22 +33,6 @@ fn resolve(req: &Request<Body>, encoded_key: &str) -> Result<ObjectKey, ApiError
     let key = ObjectKey::from_path(encoded_key).map_err(ApiError::invalid_key)?;
     note(req, |n| n.key = Some(key.as_str().to_owned()));
     Ok(key)
-}
-
-/// Runs a relay call and records its time in the access log and the metrics.
-pub(super) async fn timed<B, T>(
-    req: &Request<B>,
-    op: &'static str,
-    call: impl Future<Output = T>,
-) -> T {
-    let start = Instant::now();
-    let out = call.await;
-    let elapsed = start.elapsed();
-    note(req, |n| {
-        n.backend_ms = Some(elapsed.as_micros() as f64 / 1000.0)
-    });
-    crate::obs::metrics::backend_call(op, elapsed.as_secs_f64());
-    out
 }
 
 pub(super) async fn put(

@@ -144,7 +144,15 @@ mod tests {
         let (key, hash) = generate_key();
         assert!(key.len() >= 43 + 4);
         let mut table = KeyTable::default();
-        let p = Arc::new(Principal::full_access("dev", Limits::new(Size(1), vec![])));
+        let c = crate::config::PrincipalConfig {
+            name: "dev".into(),
+            ..Default::default()
+        };
+        let p = Arc::new(Principal::from_config(
+            &c,
+            &Limits::new(Size(1), vec![]),
+            &Default::default(),
+        ));
         table.insert([parse_key_hash(&hash).unwrap()], p);
         let mut h = HeaderMap::new();
         assert!(table.authenticate(&h).is_err());

@@ -160,12 +160,8 @@ impl S3 for Embedded {
             if_modified_since: i.if_modified_since.clone(),
             if_unmodified_since: i.if_unmodified_since.clone(),
         };
-        let ranged = i.range.is_some();
         let resp = self.fs.head_object(req).await?;
         cond.evaluate(&resp.output)?;
-        if ranged {
-            // s3s-fs ignores Range on HEAD; S3 answers it like GET. Not needed by the gateway.
-        }
         Ok(resp)
     }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use http::HeaderValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -61,7 +61,7 @@ impl PrincipalGate {
     /// whole transfer (until the response body ends).
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         if let Err(not_until) = self.rate.check() {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = not_until.wait_time_from(self.rate.clock().now());
             return Err(rate_limited(
                 wait,
                 "too many requests for this principal; slow down",
@@ -83,6 +83,10 @@ impl PrincipalGate {
 pub struct AuthFailures {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
+    /// When the last block ends, in nanoseconds after `epoch`: past it, no address is
+    /// blocked and `check` answers without taking the lock (the per-request path).
+    blocked_until: AtomicU64,
+    epoch: Instant,
     /// Checks since the last prune.
     since_prune: AtomicU64,
 }
@@ -95,18 +99,24 @@ impl AuthFailures {
         Self {
             limiter: DefaultKeyedRateLimiter::keyed(quota(rate)),
             blocked: Mutex::new(HashMap::new()),
+            blocked_until: AtomicU64::new(0),
+            epoch: Instant::now(),
             since_prune: AtomicU64::new(0),
         }
     }
 
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Refuses an IP that is over its failed-authentication budget.
     pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+        if self.nanos(Instant::now()) >= self.blocked_until.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let Ok(blocked) = self.blocked.lock() else {
             return Ok(());
         };
-        if blocked.is_empty() {
-            return Ok(());
-        }
         match blocked.get(&ip) {
             Some(until) if *until > Instant::now() => Err(rate_limited(
                 *until - Instant::now(),
@@ -124,10 +134,13 @@ impl AuthFailures {
         match self.limiter.check_key(&ip) {
             Ok(()) => err,
             Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
+                let until = Instant::now() + wait;
                 if let Ok(mut blocked) = self.blocked.lock() {
-                    blocked.insert(ip, Instant::now() + wait);
+                    blocked.insert(ip, until);
                 }
+                self.blocked_until
+                    .fetch_max(self.nanos(until), Ordering::Relaxed);
                 rate_limited(
                     wait,
                     "too many failed authentication attempts from this address",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
@@ -98,7 +98,7 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(piece))));
                 }
                 Ok(Err(not_until)) => {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let wait = not_until.wait_time_from(this.rate.limiter.clock().now());
                     // Put the bytes back in order and wait.
                     this.pending = Some(match rest {
                         None => piece,

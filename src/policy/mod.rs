@@ -88,23 +88,6 @@ impl Principal {
         }
     }
 
-    /// A principal allowed everything, everywhere, with the default rates.
-    pub fn full_access(name: &str, limits: Limits) -> Self {
-        let all = [
-            Action::Get,
-            Action::Put,
-            Action::Delete,
-            Action::List,
-            Action::Link,
-        ];
-        let c = PrincipalConfig {
-            name: name.into(),
-            allow: all.to_vec(),
-            ..Default::default()
-        };
-        Self::from_config(&c, &limits, &RateLimitConfig::default())
-    }
-
     /// Whether `action` is in the principal's `allow`.
     pub fn may(&self, action: Action) -> bool {
         self.allow & action.bit() != 0

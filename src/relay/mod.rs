@@ -57,6 +57,17 @@ pub enum WriteCondition {
     IfMatch(String),
 }
 
+impl WriteCondition {
+    /// `(If-None-Match, If-Match)` as S3 takes them.
+    fn headers(self) -> (Option<String>, Option<String>) {
+        match self {
+            WriteCondition::None => (None, None),
+            WriteCondition::IfNoneMatchAny => (Some("*".into()), None),
+            WriteCondition::IfMatch(etag) => (None, Some(etag)),
+        }
+    }
+}
+
 /// Conditions on a read, evaluated by S3.
 #[derive(Clone, Debug, Default)]
 pub struct ReadConditions {
@@ -128,6 +139,15 @@ pub struct Listing {
 }
 
 impl Backend {
+    /// `backend.sse` and its KMS key, as every write sends them.
+    fn encryption(&self) -> (Option<ServerSideEncryption>, Option<String>) {
+        match self.sse {
+            None => (None, None),
+            Some(Sse::Aes256) => (Some(ServerSideEncryption::Aes256), None),
+            Some(Sse::AwsKms) => (Some(ServerSideEncryption::AwsKms), self.kms_key_id.clone()),
+        }
+    }
+
     /// A config override that bounds one attempt of a call without a streamed request body
     /// (the time until S3's response headers, for GetObject).
     fn bounded(&self) -> aws_sdk_s3::config::Builder {
@@ -205,18 +225,13 @@ impl Backend {
             .content_type(content_type)
             .content_length(length as i64)
             .body(ByteStream::from_body_1_x(body));
-        let request = match condition {
-            WriteCondition::None => request,
-            WriteCondition::IfNoneMatchAny => request.if_none_match("*"),
-            WriteCondition::IfMatch(etag) => request.if_match(etag),
-        };
-        let request = match self.sse {
-            None => request,
-            Some(Sse::Aes256) => request.server_side_encryption(ServerSideEncryption::Aes256),
-            Some(Sse::AwsKms) => request
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(self.kms_key_id.clone()),
-        };
+        let (if_none_match, if_match) = condition.headers();
+        let (sse, kms_key_id) = self.encryption();
+        let request = request
+            .set_if_none_match(if_none_match)
+            .set_if_match(if_match)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key_id);
         let out = request
             .send()
             .await
@@ -262,13 +277,10 @@ impl Backend {
             .bucket(&*self.bucket)
             .key(key.as_str())
             .content_type(content_type);
-        let request = match self.sse {
-            None => request,
-            Some(Sse::Aes256) => request.server_side_encryption(ServerSideEncryption::Aes256),
-            Some(Sse::AwsKms) => request
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(self.kms_key_id.clone()),
-        };
+        let (sse, kms_key_id) = self.encryption();
+        let request = request
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key_id);
         let created = request
             .customize()
             .config_override(self.bounded())
@@ -356,11 +368,10 @@ impl Backend {
                     .set_parts(Some(parts))
                     .build(),
             );
-        let request = match condition {
-            WriteCondition::None => request,
-            WriteCondition::IfNoneMatchAny => request.if_none_match("*"),
-            WriteCondition::IfMatch(etag) => request.if_match(etag),
-        };
+        let (if_none_match, if_match) = condition.headers();
+        let request = request
+            .set_if_none_match(if_none_match)
+            .set_if_match(if_match);
         let out = request.send().await.map_err(translate)?;
         Ok(Stored {
             etag: out.e_tag.unwrap_or_default(),
