@@ -389,13 +389,7 @@ async fn access_log_has_every_field_and_no_secret() {
         .send()
         .await
         .unwrap();
-    g.call(Method::GET, "users/alice/log me", ALICE)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    g.fetch("users/alice/log me", ALICE).await;
     g.http
         .get(g.object_url("users/alice/x"))
         .header("authorization", "Bearer not-a-real-key-secret")

@@ -34,13 +34,7 @@ async fn metrics_move_as_requests_are_served() {
             .status(),
         StatusCode::OK
     );
-    g.call(Method::GET, "m", ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    g.fetch("m", ADMIN).await;
     g.call(Method::GET, "m", "wrong-key").send().await.unwrap();
     eventually("the 401 is counted", || async {
         let now = portcullis::obs::metrics::render();

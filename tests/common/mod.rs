@@ -175,6 +175,18 @@ impl TestGateway {
             .header("authorization", bearer(auth))
     }
 
+    /// GETs an object through the gateway and returns its bytes (whatever the status).
+    pub async fn fetch(&self, key: &str, auth: &str) -> Vec<u8> {
+        self.call(reqwest::Method::GET, key, auth)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
     /// The keys in the bucket, read straight from S3.
     pub async fn bucket_keys(&self) -> Vec<String> {
         let out = self
@@ -525,4 +537,9 @@ impl DevGateway {
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
     }
+}
+
+/// Sends a request and returns its status.
+pub async fn status_of(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    request.send().await.unwrap().status()
 }
