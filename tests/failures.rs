@@ -345,13 +345,8 @@ async fn lying_content_length_is_not_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_backend_is_503_without_details() {
-    // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let g = gateway_with("", Relay::Endpoint(format!("http://127.0.0.1:{port}"))).await;
+    let (_held, refusing) = refusing_addr();
+    let g = gateway_with("", Relay::Endpoint(format!("http://{refusing}"))).await;
     let resp = g
         .call(Method::PUT, "x", ADMIN)
         .body("x")

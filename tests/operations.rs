@@ -233,12 +233,8 @@ async fn portcullis_health_asks_the_admin_listener() {
     assert!(health(&admin, "/readyz"));
     assert!(health(&admin, "/healthz"));
     assert!(!health(&admin, "/nope"));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    assert!(!health(&closed, "/healthz"));
+    let (_held, closed) = refusing_addr();
+    assert!(!health(&closed.to_string(), "/healthz"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -414,6 +414,16 @@ pub async fn switchable_proxy(
     (format!("http://{addr}"), on)
 }
 
+/// An address that refuses connections for as long as the returned socket lives: bound (so no
+/// other test can take the port) but never listening. Dropping a freshly bound listener
+/// instead leaves a port another test's server may take in the meantime.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// Waits (up to 10 s) until `check` holds: for effects that land just after a response, such
 /// as an access-log line or a released permit. Panics with `what` if it never does.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
