@@ -5,7 +5,7 @@
 //! - [`server`]: listeners, HTTP/1.1 and HTTP/2, deadlines, graceful shutdown.
 //! - [`obs`]: request id and the access log (the outermost layer).
 //! - [`api`]: routes; each handler runs the phases below and maps errors to JSON.
-//! - [`auth`]: who is calling (API keys today).
+//! - [`auth`]: who is calling (API keys, JWTs, signed links, client certificates).
 //! - [`policy`]: may they do this, on this key ([`policy::ObjectKey`] is the only key type).
 //! - [`limits`]: size and type limits, applied to the streaming body.
 //! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3).
@@ -28,8 +28,13 @@ pub mod policy;
 pub mod relay;
 pub mod server;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tower::{Layer, ServiceExt};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -37,14 +42,14 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 use crate::api::{AppState, Gateway};
-use crate::auth::{KeyTable, parse_key_hash};
+use crate::auth::{JwtVerifier, KeyTable, LinkSigner, parse_key_hash};
 use crate::config::{BackendKind, Config};
 use crate::embedded::EmbeddedServer;
 use crate::limits::{AuthFailures, Limits, Shed};
 use crate::obs::{AccessLog, AccessLogLayer};
 use crate::policy::Principal;
 use crate::relay::{Backend, BackendSettings};
-use crate::server::{ServerOptions, TrustedProxies};
+use crate::server::{ServerOptions, TlsSource, TrustedProxies};
 
 /// Errors that cross module boundaries inside bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -84,24 +89,232 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
     Ok(BackendHandle { backend, embedded })
 }
 
-/// Builds the per-request state from a validated config.
-pub fn build_state(config: &Config, backend: Backend) -> AppState {
+/// Builds the per-request state from a validated config. On reload, `previous` is the state
+/// it replaces: the failed-auth and load-shedding counters carry over, and so does each
+/// principal's rate state when its settings did not change.
+pub fn build_state(
+    config: &Config,
+    backend: Backend,
+    previous: Option<&AppState>,
+) -> Result<AppState, String> {
     let defaults = Limits::from_config(&config.limits);
     let mut keys = KeyTable::default();
+    let mut principals = HashMap::new();
+    let mut subjects = HashMap::new();
     for p in &config.principals {
-        let principal = Arc::new(Principal::from_config(p, &defaults, &config.rate_limit));
+        let mut principal = Principal::from_config(p, &defaults, &config.rate_limit);
+        if let Some(old) = previous.and_then(|s| s.principals.get(&p.name)) {
+            principal = principal.keeping_gate_of(old);
+        }
+        let principal = Arc::new(principal);
         keys.insert(
             p.api_keys.iter().filter_map(|k| parse_key_hash(k).ok()),
-            principal,
+            principal.clone(),
         );
+        for subject in &p.client_cert_subjects {
+            subjects.insert(server::tls::normalize_subject(subject), principal.clone());
+        }
+        principals.insert(p.name.clone(), principal);
     }
-    AppState {
+    let jwt = config
+        .jwt
+        .as_ref()
+        .map(|j| JwtVerifier::from_config(j, &defaults, &config.rate_limit))
+        .transpose()
+        .map_err(|e| format!("jwt: {e}"))?;
+    let links = config
+        .links
+        .as_ref()
+        .map(LinkSigner::from_config)
+        .transpose()
+        .map_err(|e| format!("links: {e}"))?;
+    Ok(AppState {
         backend,
         keys,
+        jwt,
+        links,
+        principals,
+        subjects,
+        public_url: config.server.public_url.clone(),
         body_idle_timeout: config.server.body_idle_timeout.get(),
-        auth_failures: AuthFailures::new(config.rate_limit.unauthenticated_per_ip),
-        shed: Shed::new(config.server.max_concurrent_requests),
+        auth_failures: previous
+            .map(|s| s.auth_failures.clone())
+            .unwrap_or_else(|| {
+                Arc::new(AuthFailures::new(config.rate_limit.unauthenticated_per_ip))
+            }),
+        shed: previous
+            .map(|s| s.shed.clone())
+            .unwrap_or_else(|| Arc::new(Shed::new(config.server.max_concurrent_requests))),
+    })
+}
+
+/// One config, built: the state requests read, the service with its CORS layer, and the
+/// TLS config new handshakes use.
+struct Live {
+    config: Config,
+    state: Arc<AppState>,
+    service: SyncService,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// [`HttpService`] that may be shared between threads (as the swapped config is).
+type SyncService = tower::util::BoxCloneSyncService<
+    http::Request<Body>,
+    http::Response<Body>,
+    std::convert::Infallible,
+>;
+
+/// The running gateway: its current [`Live`] config, swapped whole on reload. A request or
+/// a handshake takes the config current when it starts and keeps it to its end, so a reload
+/// never disturbs a transfer in flight.
+pub struct Portcullis {
+    live: ArcSwap<Live>,
+}
+
+impl std::fmt::Debug for Portcullis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Portcullis").finish_non_exhaustive()
     }
+}
+
+impl Portcullis {
+    /// Builds the gateway from a validated config.
+    pub fn new(config: &Config, backend: Backend) -> Result<Arc<Self>, String> {
+        let live = Live::build(config, backend, None)?;
+        Ok(Arc::new(Self {
+            live: ArcSwap::from_pointee(live),
+        }))
+    }
+
+    /// The state requests see now.
+    pub fn state(&self) -> Arc<AppState> {
+        self.live.load().state.clone()
+    }
+
+    /// Swaps in `config` (already validated): principals, keys, limits, rate limits, CORS,
+    /// JWT, links and certificates. What only a restart can change (listeners, backend,
+    /// log) is left as it is, and said in the returned notes. On error nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+        let current = self.live.load_full();
+        let old = &current.config;
+        if old.server.tls.is_some() != config.server.tls.is_some() {
+            return Err("server.tls cannot be turned on or off by a reload; restart".into());
+        }
+        let mut notes = Vec::new();
+        let mut unchanged = |field: &str, same: bool| {
+            if !same {
+                notes.push(format!(
+                    "{field} changed; it takes effect at the next restart"
+                ));
+            }
+        };
+        unchanged("server.listen", old.server.listen == config.server.listen);
+        unchanged("admin.listen", old.admin.listen == config.admin.listen);
+        unchanged(
+            "backend",
+            format!("{:?}", old.backend) == format!("{:?}", config.backend),
+        );
+        unchanged(
+            "log",
+            format!("{:?}", old.log) == format!("{:?}", config.log),
+        );
+        unchanged(
+            "server.max_concurrent_requests",
+            old.server.max_concurrent_requests == config.server.max_concurrent_requests,
+        );
+        unchanged(
+            "rate_limit.unauthenticated_per_ip",
+            format!("{:?}", old.rate_limit.unauthenticated_per_ip)
+                == format!("{:?}", config.rate_limit.unauthenticated_per_ip),
+        );
+        unchanged(
+            "server.trusted_proxies and deadlines",
+            old.server.trusted_proxies == config.server.trusted_proxies
+                && old.server.header_read_timeout == config.server.header_read_timeout
+                && old.server.shutdown_grace == config.server.shutdown_grace,
+        );
+        let live = Live::build(config, current.state.backend.clone(), Some(&current.state))?;
+        self.live.store(Arc::new(live));
+        Ok(notes)
+    }
+}
+
+impl Live {
+    fn build(
+        config: &Config,
+        backend: Backend,
+        previous: Option<&AppState>,
+    ) -> Result<Self, String> {
+        let state = Arc::new(build_state(config, backend, previous)?);
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(server::tls::server_config)
+            .transpose()
+            .map_err(|e| format!("server.tls: {e}"))?;
+        let gateway = Gateway::new(state.clone());
+        let service = match &config.cors {
+            Some(c) => SyncService::new(cors_layer(c).layer(gateway)),
+            None => SyncService::new(gateway),
+        };
+        Ok(Self {
+            config: config.clone(),
+            state,
+            service,
+            tls,
+        })
+    }
+}
+
+/// `[cors]` as tower-http's layer: the listed origins (or any, without credentials), the
+/// API's methods and request headers, `ETag` and friends exposed, `max_age` on preflights.
+/// An origin not on the list gets no CORS headers at all.
+fn cors_layer(c: &config::CorsConfig) -> CorsLayer {
+    use http::{Method, header};
+    let origins = if c.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            c.allowed_origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::POST,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::RANGE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            http::HeaderName::from_static("content-md5"),
+            http::HeaderName::from_static("x-amz-checksum-sha256"),
+            http::HeaderName::from_static("repr-digest"),
+            http::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::ACCEPT_RANGES,
+            header::LAST_MODIFIED,
+            header::RETRY_AFTER,
+            header::CONTENT_DISPOSITION,
+            http::HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(c.max_age.get())
+        .allow_credentials(c.allow_credentials)
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
@@ -109,20 +322,31 @@ pub fn build_state(config: &Config, backend: Backend) -> AppState {
 /// The tower stack, outermost first (each `.layer()` wraps the ones after it):
 /// 1. request id, client address and access log: sees every request, even refused or
 ///    abandoned ones;
-/// 2. the gateway: load shedding over `max_concurrent_requests` (503 at once), panics caught
+/// 2. the current config's service (swapped on reload): CORS when `[cors]` is set, then the
+///    gateway: load shedding over `max_concurrent_requests` (503 at once), panics caught
 ///    and turned into a logged 500, then routing and per handler: authenticate (failed
 ///    attempts limited per address) → principal rate and concurrency (429) → policy (403) →
 ///    streaming limits → relay. Admission permits ride on the response body.
 pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-    state: Arc<AppState>,
+    gateway: Arc<Portcullis>,
     log: Arc<AccessLog>,
-    opts: ServerOptions,
+    mut opts: ServerOptions,
 ) {
+    if let Some(first) = gateway.live.load().tls.clone() {
+        let g = gateway.clone();
+        opts.tls = Some(TlsSource(Arc::new(move || {
+            g.live.load().tls.clone().unwrap_or_else(|| first.clone())
+        })));
+    }
+    let current = tower::service_fn(move |req: http::Request<Body>| {
+        let service = gateway.live.load().service.clone();
+        service.oneshot(req)
+    });
     let service = ServiceBuilder::new()
         .layer(AccessLogLayer::new(log, opts.trusted_proxies.clone()))
-        .service(Gateway::new(state));
+        .service(current);
     server::run(listener, shutdown, HttpService::new(service), opts).await;
 }
 
@@ -131,6 +355,7 @@ pub fn server_options(config: &Config) -> ServerOptions {
     ServerOptions {
         header_read_timeout: config.server.header_read_timeout.get(),
         shutdown_grace: config.server.shutdown_grace.get(),
+        tls: None,
         trusted_proxies: TrustedProxies(
             config
                 .server

@@ -225,23 +225,20 @@ async fn serve(
     data: Option<PathBuf>,
     admin_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        listen,
+        data,
+        admin_listen,
+    };
     let (mut config, warnings, dev_key) = if dev {
         let (key, hash) = generate_key();
         (dev_config(hash), Vec::new(), Some(key))
     } else {
-        let path = path.expect("clap requires --config without --dev");
-        let loaded = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let path = path.as_ref().expect("clap requires --config without --dev");
+        let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         (loaded.config, loaded.warnings, None)
     };
-    if let Some(listen) = listen {
-        config.server.listen = listen.to_string();
-    }
-    if let Some(data) = data {
-        config.backend.root = data;
-    }
-    if let Some(admin) = admin_listen {
-        config.admin.listen = admin.to_string();
-    }
+    overrides.apply(&mut config);
     init_tracing(config.log.format);
     portcullis::obs::metrics::install();
     for w in warnings {
@@ -278,7 +275,9 @@ async fn serve(
             Err(e) => tracing::warn!(error = %e, "could not sweep abandoned multipart uploads"),
         }
     }
-    let state = Arc::new(portcullis::build_state(&config, handle.backend.clone()));
+    let gateway = portcullis::Portcullis::new(&config, handle.backend.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
     let log = Arc::new(AccessLog::open(&config.log.access_log)?);
     let addr: SocketAddr = config.server.listen.parse()?;
     let listener = TcpListener::bind(addr)
@@ -318,7 +317,7 @@ async fn serve(
     portcullis::run(
         listener,
         shutdown_signal(health.clone()),
-        state,
+        gateway,
         log,
         portcullis::server_options(&config),
     )
@@ -326,6 +325,79 @@ async fn serve(
     tracing::info!("stopped");
     drop(handle);
     Ok(())
+}
+
+/// Command-line values that replace the config's, at start and on every reload.
+#[derive(Clone)]
+struct Overrides {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.server.listen = listen.to_string();
+        }
+        if let Some(data) = &self.data {
+            config.backend.root = data.clone();
+        }
+        if let Some(admin) = self.admin_listen {
+            config.admin.listen = admin.to_string();
+        }
+    }
+}
+
+/// `SIGHUP`: reads the config file again and swaps it in. A config that fails validation is
+/// refused, the running one keeps serving, and the log says why.
+async fn reload_on_sighup(
+    gateway: Arc<portcullis::Portcullis>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload is unavailable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let Some(path) = &path else {
+                tracing::info!("SIGHUP: serve --dev has no config file to reload");
+                continue;
+            };
+            let loaded = match config::load(path) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    portcullis::obs::metrics::config_reload(false);
+                    tracing::error!(config = %path.display(), "reload refused; the running config keeps serving:\n{e}");
+                    continue;
+                }
+            };
+            let mut new = loaded.config;
+            overrides.apply(&mut new);
+            for w in loaded.warnings {
+                tracing::warn!(field = %w.field, "{}", w.message);
+            }
+            match gateway.reload(&new) {
+                Ok(notes) => {
+                    portcullis::obs::metrics::config_reload(true);
+                    for n in notes {
+                        tracing::warn!("{n}");
+                    }
+                    tracing::info!(config = %path.display(), "config reloaded");
+                }
+                Err(e) => {
+                    portcullis::obs::metrics::config_reload(false);
+                    tracing::error!(config = %path.display(), "reload refused; the running config keeps serving: {e}");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (gateway, path, overrides);
 }
 
 /// How often `/readyz` asks the bucket.
@@ -355,6 +427,14 @@ fn dev_config(key_hash: String) -> Config {
     // The embedded backend implements none of the audit's calls: nothing to learn at start.
     c.backend.audit = AuditMode::Off;
     c.rate_limit.max_concurrent_per_principal = 1024;
+    // Signed links with a secret that lives as long as the process.
+    let (secret, _) = generate_key();
+    c.links = Some(config::LinksConfig {
+        secrets_env: Vec::new(),
+        default_ttl: config::units::Span::secs(60),
+        max_ttl: config::units::Span::secs(24 * 3600),
+        secrets: vec![secret],
+    });
     c.principals.push(PrincipalConfig {
         name: "dev".into(),
         // Generous, so `portcullis load` against a dev gateway measures the gateway rather

@@ -4,12 +4,14 @@
 //! Errors from any phase become JSON through [`respond::error`], and every phase records
 //! what it learned in the request's access-log note.
 
+mod links;
 mod list;
 mod objects;
 pub(crate) mod respond;
 
 pub use objects::parse_range;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -23,22 +25,37 @@ use http::{Method, Request, Response};
 use tower::Service;
 
 use crate::Body;
-use crate::auth::{Identity, KeyTable};
+use crate::auth::{
+    AuthMethod, Identity, JwtVerifier, KeyTable, LinkSigner, bearer, is_link_query, looks_like_jwt,
+    unix_now,
+};
 use crate::error::ApiError;
 use crate::limits::{AuthFailures, Shed};
-use crate::obs::{ClientIp, RequestId, note};
+use crate::obs::{ClientIp, ConnInfo, RequestId, note};
+use crate::policy::{Action, ObjectKey, Principal};
 use crate::relay::Backend;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// What every request can reach. Swapped whole on reload (later), so it holds no locks.
+/// What every request can reach. Built from one config and swapped whole on reload, so a
+/// request sees one consistent config from start to end; it holds no locks.
 #[derive(Debug)]
 pub struct AppState {
     pub backend: Backend,
     pub keys: KeyTable,
-    /// Failed authentication per client address.
-    pub auth_failures: AuthFailures,
-    /// `server.max_concurrent_requests`.
-    pub shed: Shed,
+    /// `[jwt]`, when bearer JWTs are accepted.
+    pub jwt: Option<JwtVerifier>,
+    /// `[links]`, when signed links are issued and accepted.
+    pub links: Option<LinkSigner>,
+    /// Configured principals by name (the principal a link names).
+    pub principals: HashMap<String, Arc<Principal>>,
+    /// Configured principals by client-certificate subject (mTLS).
+    pub subjects: HashMap<String, Arc<Principal>>,
+    /// `server.public_url`: makes links absolute.
+    pub public_url: Option<String>,
+    /// Failed authentication per client address (kept across reloads).
+    pub auth_failures: Arc<AuthFailures>,
+    /// `server.max_concurrent_requests` (kept across reloads).
+    pub shed: Arc<Shed>,
     /// `server.body_idle_timeout`.
     pub body_idle_timeout: std::time::Duration,
 }
@@ -123,6 +140,16 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
             _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
         };
     }
+    if path == "/v1/links" || path == "/s3/upload-url" || path == "/s3/download-url" {
+        note(&req, |n| n.route = "link");
+        return match (path, req.method()) {
+            ("/v1/links", &Method::POST) => links::create(state, req).await,
+            ("/s3/upload-url", &Method::POST) => links::upload_url(state, req).await,
+            ("/s3/download-url", &Method::GET) => links::download_url(state, req).await,
+            ("/s3/download-url", _) => Err(ApiError::method_not_allowed("GET")),
+            _ => Err(ApiError::method_not_allowed("POST")),
+        };
+    }
     if path == "/v1/objects" || path == "/v1/objects/" {
         note(&req, |n| n.route = "list");
         return match *req.method() {
@@ -133,7 +160,6 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
     Err(ApiError::new(crate::error::Code::NotFound, "no such route"))
 }
 
-/// Authenticates the request and records who it is.
 /// Runs a relay call and records its time in the access log and the metrics.
 async fn timed<B, T>(req: &Request<B>, op: &'static str, call: impl Future<Output = T>) -> T {
     let start = Instant::now();
@@ -149,21 +175,27 @@ async fn timed<B, T>(req: &Request<B>, op: &'static str, call: impl Future<Outpu
 /// Authenticates the request, records who it is, and admits it within the principal's rate
 /// and concurrent-transfer cap. Failed attempts count against the client's address; while it
 /// is over that budget its requests are refused before any credential is checked.
-fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Identity, ApiError> {
+///
+/// `object` is the key of an object route, where a signed link may stand in for a header.
+fn authenticate(
+    state: &AppState,
+    req: &Request<Body>,
+    object: Option<&ObjectKey>,
+) -> Result<Identity, ApiError> {
     let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
     if let Some(ip) = ip {
         state.auth_failures.check(ip)?;
     }
-    let identity = match state.keys.authenticate(req.headers()) {
+    let identity = match credential(state, req, object) {
         Ok(identity) => identity,
         // Only a presented credential that fails is an attempt; a missing one is not.
-        Err(err) if req.headers().contains_key(http::header::AUTHORIZATION) => {
+        Err((err, true)) => {
             return Err(match ip {
                 Some(ip) => state.auth_failures.failed(ip, err),
                 None => err,
             });
         }
-        Err(err) => return Err(err),
+        Err((err, false)) => return Err(err),
     };
     note(req, |n| {
         n.principal = Some(identity.principal.name.clone());
@@ -174,6 +206,89 @@ fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Identity, ApiEr
         admission.hold(permit);
     }
     Ok(identity)
+}
+
+/// Finds the request's credential and checks it: a signed link on an object route, else the
+/// `Authorization` header (a JWT when it looks like one and `[jwt]` is set, else an API key),
+/// else a client certificate. The flag says whether a credential was presented.
+fn credential(
+    state: &AppState,
+    req: &Request<Body>,
+    object: Option<&ObjectKey>,
+) -> Result<Identity, (ApiError, bool)> {
+    let has_header = req.headers().contains_key(http::header::AUTHORIZATION);
+    let link = object.zip(req.uri().query().filter(|q| is_link_query(q)));
+    if let Some((key, query)) = link {
+        if has_header {
+            return Err((
+                ApiError::bad_request("send a signed link or an Authorization header, not both"),
+                false,
+            ));
+        }
+        let signer = state.links.as_ref().ok_or_else(|| {
+            (
+                ApiError::new(crate::error::Code::LinkInvalid, "the link is not valid")
+                    .detail("signed links are not configured"),
+                true,
+            )
+        })?;
+        let grant = signer
+            .verify(req.method(), key, query, unix_now())
+            .map_err(|e| (e, true))?;
+        // The principal as it is now: gone, or no longer allowed to link, and the link dies.
+        let principal = state
+            .principals
+            .get(&grant.principal)
+            .filter(|p| p.may(Action::Link))
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    ApiError::new(crate::error::Code::LinkInvalid, "the link is not valid")
+                        .detail("its principal is gone or may no longer issue links"),
+                    true,
+                )
+            })?;
+        return Ok(Identity {
+            principal,
+            method: AuthMethod::Link,
+            link: Some(grant),
+        });
+    }
+    if has_header {
+        let token = bearer(req.headers()).map_err(|e| (e, true))?;
+        let result = match &state.jwt {
+            Some(jwt) if looks_like_jwt(token) => jwt.authenticate(token),
+            _ => state.keys.authenticate_key(token),
+        };
+        return result.map_err(|e| (e, true));
+    }
+    if let Some(subject) = req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.client_subject.as_deref())
+    {
+        return state
+            .subjects
+            .get(subject)
+            .map(|p| Identity {
+                principal: p.clone(),
+                method: AuthMethod::Mtls,
+                link: None,
+            })
+            .ok_or_else(|| {
+                (
+                    ApiError::unauthenticated(
+                        "the client certificate is not mapped to a principal",
+                        false,
+                    ),
+                    true,
+                )
+            });
+    }
+    Err((
+        ApiError::unauthenticated("an Authorization: Bearer header is required", false),
+        false,
+    ))
 }
 
 /// The permits a request holds; they are moved onto its response body at the end.

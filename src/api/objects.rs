@@ -12,7 +12,7 @@ use crate::Body;
 use crate::error::{ApiError, Code};
 use bytes::{Bytes, BytesMut};
 
-use crate::auth::Identity;
+use crate::auth::{Identity, is_link_query};
 use crate::limits::{
     BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, Throttled, expected_digests,
     media_type, sniff,
@@ -21,13 +21,16 @@ use crate::obs::note;
 use crate::policy::{Action, ObjectKey};
 use crate::relay::{Fetched, ReadConditions, Upload, WriteCondition};
 
-/// Resolves the key (the one decode), records it, and refuses query strings: an object
-/// route is exactly one S3 operation, and no `?acl`, `?versionId`, `?uploads` or
-/// `?response-*` can turn it into another.
+/// Resolves the key (the one decode), records it, and refuses query strings other than a
+/// signed link's (whose parameters the link check accepts one by one): an object route is
+/// exactly one S3 operation, and no `?acl`, `?versionId`, `?uploads` or `?response-*` can
+/// turn it into another.
 fn resolve(req: &Request<Body>, encoded_key: &str) -> Result<ObjectKey, ApiError> {
-    if req.uri().query().is_some() {
+    if let Some(q) = req.uri().query()
+        && !is_link_query(q)
+    {
         return Err(ApiError::bad_request(
-            "object routes take no query parameters",
+            "object routes take no query parameters (other than a signed link's)",
         ));
     }
     let key = ObjectKey::from_path(encoded_key).map_err(ApiError::invalid_key)?;
@@ -40,10 +43,11 @@ pub(super) async fn put(
     req: Request<Body>,
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
+    let identity = authenticate(state, &req, Some(&key))?;
     identity.principal.authorize(Action::Put, &key)?;
-    let limits = &identity.principal.limits;
+    let limits = &identity.limits();
+    let link = identity.link.as_ref();
     let headers = req.headers();
 
     // Everything that can be refused from the head is refused before a byte of the body is
@@ -76,6 +80,22 @@ pub(super) async fn put(
                 .to_owned(),
         ),
     };
+    // A link made for one content type takes only that type (and lends it to an upload
+    // that declares none).
+    let declared = match link.and_then(|l| l.content_type.as_deref()) {
+        None => declared,
+        Some(required) => match declared {
+            None => Some(required.to_owned()),
+            Some(d) if media_type(&d) == media_type(required) => Some(d),
+            Some(d) => {
+                return Err(ApiError::new(
+                    Code::UnsupportedMediaType,
+                    format!("this link only takes `{required}` uploads"),
+                )
+                .detail(format_args!("declared {d}")));
+            }
+        },
+    };
     let declared_essence = declared.as_deref().and_then(media_type);
     if let Some(essence) = &declared_essence {
         limits.check_type(essence)?;
@@ -84,7 +104,19 @@ pub(super) async fn put(
         limits.check_length(length)?;
         state.backend.admits(length)?;
     }
-    let condition = write_condition(headers)?;
+    let mut condition = write_condition(headers)?;
+    if link.is_some_and(|l| l.create_only) {
+        match condition {
+            WriteCondition::None | WriteCondition::IfNoneMatchAny => {
+                condition = WriteCondition::IfNoneMatchAny;
+            }
+            WriteCondition::IfMatch(_) => {
+                return Err(ApiError::bad_request(
+                    "this link only creates; it cannot be used with If-Match",
+                ));
+            }
+        }
+    }
     let digests = expected_digests(headers)?;
     let create_only = condition == WriteCondition::IfNoneMatchAny;
 
@@ -225,8 +257,8 @@ pub(super) async fn get(
     encoded_key: &str,
     with_body: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
+    let identity = authenticate(state, &req, Some(&key))?;
     identity.principal.authorize(Action::Get, &key)?;
     let headers = req.headers();
     let range = match header_str(headers, header::RANGE)? {
@@ -368,8 +400,8 @@ pub(super) async fn delete(
     req: Request<Body>,
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req)?;
     let key = resolve(&req, encoded_key)?;
+    let identity = authenticate(state, &req, Some(&key))?;
     identity.principal.authorize(Action::Delete, &key)?;
     timed(&req, "delete", state.backend.delete(&key)).await?;
     let mut resp = Response::new(respond::empty());

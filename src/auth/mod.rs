@@ -1,9 +1,15 @@
-//! Authentication: who is calling. Today bearer API keys; JWTs, signed links and mTLS slot
-//! in beside them as further [`AuthMethod`]s producing the same [`Identity`].
+//! Authentication: who is calling. Bearer API keys (here), bearer JWTs ([`jwt`]), signed
+//! links ([`links`]) and TLS client certificates all produce the same [`Identity`].
 //!
 //! API keys are stored only as SHA-256 hashes. The presented key is hashed and compared in
 //! constant time against every configured hash, so neither the time taken nor the log
 //! reveals which one matched or how close a guess came.
+
+mod jwt;
+mod links;
+
+pub use jwt::{JwtVerifier, LEEWAY_SECS, looks_like_jwt};
+pub use links::{LinkGrant, LinkSigner, MIN_SECRET_BYTES, is_link_query, unix_now};
 
 use std::sync::Arc;
 
@@ -13,7 +19,9 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::units::Size;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::policy::Principal;
 
 /// How a request was authenticated (the access log's `auth` field).
@@ -43,6 +51,22 @@ impl AuthMethod {
 pub struct Identity {
     pub principal: Arc<Principal>,
     pub method: AuthMethod,
+    /// When the credential is a signed link: what it allows, which narrows the principal.
+    pub link: Option<LinkGrant>,
+}
+
+impl Identity {
+    /// The principal's limits, narrowed by a link's `max_size`.
+    pub fn limits(&self) -> std::borrow::Cow<'_, Limits> {
+        match self.link.as_ref().and_then(|l| l.max_size) {
+            Some(max) if max < self.principal.limits.max_object_size.bytes() => {
+                let mut narrowed = self.principal.limits.clone();
+                narrowed.max_object_size = Size(max);
+                std::borrow::Cow::Owned(narrowed)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.principal.limits),
+        }
+    }
 }
 
 /// The configured API key hashes, each with its principal.
@@ -65,28 +89,16 @@ impl KeyTable {
 
     /// Authenticates a request from its headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
-        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthenticated(
-                "an Authorization: Bearer header is required",
-                false,
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthenticated("the Authorization header must be `Bearer <key>`", true)
-            })?;
+        self.authenticate_key(bearer(headers)?)
+    }
+
+    /// Authenticates a bearer token as an API key.
+    pub fn authenticate_key(&self, token: &str) -> Result<Identity, ApiError> {
         self.lookup(token)
             .map(|principal| Identity {
                 principal,
                 method: AuthMethod::ApiKey,
+                link: None,
             })
             .ok_or_else(|| ApiError::unauthenticated("the key is not valid", true))
     }
@@ -102,6 +114,28 @@ impl KeyTable {
         }
         found
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Err(ApiError::unauthenticated(
+            "an Authorization: Bearer header is required",
+            false,
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be `Bearer <key>`", true)
+        })
 }
 
 /// Parses a configured `sha256:<64 hex>` key hash.
@@ -136,8 +170,6 @@ pub fn hash_key(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::units::Size;
-    use crate::limits::Limits;
 
     #[test]
     fn keys_authenticate_by_hash() {

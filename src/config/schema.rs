@@ -32,7 +32,8 @@ pub struct ServerConfig {
     pub listen: String,
     /// Base URL that makes signed links absolute. Default: none (links are relative).
     pub public_url: Option<String>,
-    /// TLS with rustls (not in this build yet: refused at validation).
+    /// TLS with rustls: PEM certificate and key, `h2` and `http/1.1` by ALPN. Default: plain
+    /// HTTP (behind a TLS-terminating load balancer).
     pub tls: Option<TlsConfig>,
     /// Time a client has to send the request head. Default `10s`.
     pub header_read_timeout: Span,
@@ -65,9 +66,26 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// PEM CA certificates that client certificates must chain to (mTLS). Default: none.
+    #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `"optional"` (default; a client without a certificate uses a key,
+    /// a JWT or a link) or `"required"` (the handshake fails without a valid certificate).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a client certificate is required when `client_ca` is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
 }
 
 /// `[admin]`: the listener for `/metrics`, `/healthz` and `/readyz`.
@@ -234,20 +252,45 @@ impl Default for RateLimitConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
+    /// Origins allowed to call from a browser, like `https://app.example.com`, or `"*"`.
     pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer. Default `50m`.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: Span,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies, TLS client certificates).
+    /// Not needed for bearer keys. Refused with `"*"`. Default `false`.
     #[serde(default)]
-    pub max_age: Option<Span>,
+    pub allow_credentials: bool,
+}
+
+fn default_cors_max_age() -> Span {
+    Span::secs(50 * 60)
 }
 
 /// `[links]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinksConfig {
+    /// Environment variables holding the HMAC secrets (at least 32 bytes each): the first
+    /// signs, all verify.
     pub secrets_env: Vec<String>,
-    #[serde(default)]
-    pub default_ttl: Option<Span>,
-    #[serde(default)]
-    pub max_ttl: Option<Span>,
+    /// Lifetime of a link when the request names none. Default `60s`.
+    #[serde(default = "default_link_ttl")]
+    pub default_ttl: Span,
+    /// Longest lifetime a link may ask for. Default `15m`.
+    #[serde(default = "default_link_max_ttl")]
+    pub max_ttl: Span,
+    /// Secrets given directly (`serve --dev` only; never read from a file).
+    #[serde(skip)]
+    pub secrets: Vec<String>,
+}
+
+fn default_link_ttl() -> Span {
+    Span::secs(60)
+}
+
+fn default_link_max_ttl() -> Span {
+    Span::secs(15 * 60)
 }
 
 /// Access-log format.
@@ -303,16 +346,28 @@ pub struct PrincipalConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
+    /// Required `iss`.
     pub issuer: String,
+    /// Required `aud`.
     pub audience: String,
+    /// JWKS document with the identity provider's RS256/ES256 public keys.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// Environment variable holding an HS256 secret (at least 32 bytes).
     #[serde(default)]
     pub hs256_secret_env: Option<String>,
-    #[serde(default)]
-    pub principal_claim: Option<String>,
+    /// The claim that names the principal. Default `sub`.
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+    /// The principal's prefix, `{claim}` replaced by the claim's value, like `users/{sub}/`.
+    /// Required (`""` grants the whole bucket).
     #[serde(default)]
     pub prefix_template: Option<String>,
+    /// Actions of every JWT principal (`link` is not among them: see the README).
     #[serde(default)]
     pub allow: Vec<Action>,
+}
+
+fn default_principal_claim() -> String {
+    "sub".into()
 }

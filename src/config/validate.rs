@@ -54,13 +54,25 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             format!("`{url}` must start with https:// or http://"),
         );
     }
-    if c.server.tls.is_some() {
-        bad(
-            "server.tls",
-            "TLS termination is not in this build yet; terminate TLS at a load balancer and \
-             remove this line (the gateway will not serve plain HTTP when TLS was asked for)"
-                .into(),
-        );
+    match &c.server.tls {
+        Some(tls) => {
+            if let Err(reason) = crate::server::tls::server_config(tls) {
+                bad("server.tls", reason);
+            }
+        }
+        None => {
+            if let Ok(addr) = c.server.listen.parse::<SocketAddr>()
+                && !addr.ip().is_loopback()
+            {
+                w.push(Warning {
+                    field: "server.tls".into(),
+                    message: format!(
+                        "not set: plain HTTP on {addr}; keys and tokens cross the network in \
+                         clear unless a TLS-terminating load balancer is in front"
+                    ),
+                });
+            }
+        }
     }
     for (field, span) in [
         ("server.header_read_timeout", c.server.header_read_timeout),
@@ -182,24 +194,97 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         ));
     }
 
-    // Sections whose features come later: accepted so configs stay valid, never half-applied.
-    if c.cors.is_some() {
-        w.push(Warning {
-            field: "cors".into(),
-            message: "CORS is not in this build yet; no CORS headers are sent".into(),
-        });
+    // [cors]
+    if let Some(cors) = &c.cors {
+        if cors.allowed_origins.is_empty() {
+            p.push((
+                "cors.allowed_origins".into(),
+                "is empty: list origins like \"https://app.example.com\" or remove [cors]".into(),
+            ));
+        }
+        for (i, origin) in cors.allowed_origins.iter().enumerate() {
+            let field = format!("cors.allowed_origins[{i}]");
+            if origin == "*" {
+                if cors.allow_credentials {
+                    p.push((
+                        field,
+                        "\"*\" with allow_credentials = true would let any site act with the \
+                         caller's credentials; list the origins"
+                            .into(),
+                    ));
+                } else if cors.allowed_origins.len() > 1 {
+                    p.push((field, "\"*\" must be the only origin when used".into()));
+                }
+            } else if let Err(reason) = check_origin(origin) {
+                p.push((field, reason));
+            }
+        }
     }
-    if c.links.is_some() {
-        w.push(Warning {
-            field: "links".into(),
-            message: "signed links are not in this build yet".into(),
-        });
+
+    // [links]
+    if let Some(links) = &c.links {
+        if let Err(reason) = crate::auth::LinkSigner::from_config(links) {
+            p.push(("links.secrets_env".into(), reason));
+        }
+        for name in links.secrets_env.iter().skip(1) {
+            if std::env::var_os(name).is_none() {
+                w.push(Warning {
+                    field: "links.secrets_env".into(),
+                    message: format!("${name} is not set; links signed with it no longer verify"),
+                });
+            }
+        }
+        if links.default_ttl.get().is_zero() || links.max_ttl.get().is_zero() {
+            p.push((
+                "links".into(),
+                "default_ttl and max_ttl must be more than zero".into(),
+            ));
+        }
+        if links.default_ttl > links.max_ttl {
+            p.push((
+                "links.default_ttl".into(),
+                format!(
+                    "{} is above links.max_ttl ({})",
+                    links.default_ttl, links.max_ttl
+                ),
+            ));
+        }
     }
-    if c.jwt.is_some() {
-        w.push(Warning {
-            field: "jwt".into(),
-            message: "JWT bearer tokens are not in this build yet; they are refused".into(),
-        });
+
+    // [jwt]
+    if let Some(jwt) = &c.jwt {
+        let defaults = crate::limits::Limits::from_config(&c.limits);
+        if let Err(reason) = crate::auth::JwtVerifier::from_config(jwt, &defaults, &c.rate_limit) {
+            p.push(("jwt".into(), reason));
+        }
+        for (field, value) in [("jwt.issuer", &jwt.issuer), ("jwt.audience", &jwt.audience)] {
+            if value.is_empty() {
+                p.push((field.into(), "must not be empty".into()));
+            }
+        }
+        match &jwt.prefix_template {
+            None => p.push((
+                "jwt.prefix_template".into(),
+                "is required: like \"users/{sub}/\" (or \"\" to give every token holder the \
+                 whole bucket)"
+                    .into(),
+            )),
+            Some(t) => {
+                // With every `{claim}` as a plain name, the result must be a valid prefix.
+                let sample = t.replace(['{', '}'], "");
+                if let Err(reason) = validate_prefix(&sample) {
+                    p.push(("jwt.prefix_template".into(), reason));
+                }
+            }
+        }
+        if jwt.allow.contains(&crate::policy::Action::Link) {
+            p.push((
+                "jwt.allow".into(),
+                "\"link\" is not allowed for JWT principals: a link must die with its \
+                 principal, and a token's principal cannot be removed"
+                    .into(),
+            ));
+        }
     }
 
     // [log]
@@ -213,6 +298,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     // [[principals]]
     let mut names = HashSet::new();
     let mut hashes = HashSet::new();
+    let mut subjects = HashSet::new();
     for (i, pr) in c.principals.iter().enumerate() {
         let at = |f: &str| format!("principals[{i}].{f}");
         if pr.name.is_empty()
@@ -289,11 +375,25 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 &mut p,
             );
         }
-        if !pr.client_cert_subjects.is_empty() {
-            w.push(Warning {
-                field: at("client_cert_subjects"),
-                message: "mTLS is not in this build yet".into(),
-            });
+        if !pr.client_cert_subjects.is_empty()
+            && c.server
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_ca.as_ref())
+                .is_none()
+        {
+            p.push((
+                at("client_cert_subjects"),
+                "needs server.tls.client_ca: without it no client certificate is asked for".into(),
+            ));
+        }
+        for subject in &pr.client_cert_subjects {
+            if !subjects.insert(crate::server::tls::normalize_subject(subject)) {
+                p.push((
+                    at("client_cert_subjects"),
+                    format!("`{subject}` is listed twice"),
+                ));
+            }
         }
     }
     if c.principals.is_empty() {
@@ -323,6 +423,21 @@ fn check_patterns(field: &str, patterns: &[String], p: &mut Problems) -> Vec<Typ
             }
         })
         .collect()
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, nothing after.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{origin}` must start with https:// or http://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) || origin.ends_with('/') {
+        return Err(format!(
+            "`{origin}` must be scheme://host[:port], with no path or trailing `/`"
+        ));
+    }
+    http::HeaderValue::from_str(origin).map_err(|_| format!("`{origin}` is not a valid origin"))?;
+    Ok(())
 }
 
 fn check_rate(field: &str, rps: u32, burst: u32, p: &mut Problems) {

@@ -36,6 +36,9 @@ pub fn rate_limited(wait: Duration, message: &'static str) -> ApiError {
 /// One principal's request rate and concurrent-transfer cap.
 #[derive(Debug)]
 pub struct PrincipalGate {
+    /// What it was built from: a reload keeps a gate (and its state) whose settings did
+    /// not change.
+    settings: (u32, u32, usize, Option<u64>),
     rate: DefaultDirectRateLimiter,
     transfers: Arc<Semaphore>,
     /// `bytes_per_second`, shared by all of the principal's bodies.
@@ -45,6 +48,7 @@ pub struct PrincipalGate {
 impl PrincipalGate {
     pub fn new(rate: Rate, max_transfers: usize) -> Self {
         Self {
+            settings: (rate.requests_per_second, rate.burst, max_transfers, None),
             rate: DefaultDirectRateLimiter::direct(quota(rate)),
             transfers: Arc::new(Semaphore::new(max_transfers)),
             bytes: None,
@@ -54,7 +58,13 @@ impl PrincipalGate {
     /// With a byte rate for the principal's bodies.
     pub fn with_byte_rate(mut self, bytes_per_second: Option<u64>) -> Self {
         self.bytes = bytes_per_second.map(|b| Arc::new(super::ByteRate::new(b)));
+        self.settings.3 = bytes_per_second;
         self
+    }
+
+    /// Whether two gates were built from the same settings.
+    pub fn same_settings(&self, other: &PrincipalGate) -> bool {
+        self.settings == other.settings
     }
 
     /// Admits one request: within the rate and under the cap. The permit is held for the

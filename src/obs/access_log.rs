@@ -65,9 +65,11 @@ impl AccessLog {
 }
 
 /// The remote address of the connection a request came on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The subject of a verified TLS client certificate (mTLS).
+    pub client_subject: Option<std::sync::Arc<str>>,
 }
 
 /// The client's address: the peer, or the forwarded client behind a trusted proxy.

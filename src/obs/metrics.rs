@@ -66,6 +66,14 @@ fn describe() {
         "portcullis_connections_open",
         "Client connections open now."
     );
+    metrics::describe_counter!(
+        "portcullis_tls_handshake_failures_total",
+        "TLS handshakes that failed (bad or missing client certificate, protocol errors)."
+    );
+    metrics::describe_counter!(
+        "portcullis_config_reloads_total",
+        "SIGHUP reloads, by result (ok, refused)."
+    );
     metrics::describe_gauge!(
         "portcullis_backend_ready",
         "1 when the last bucket check succeeded."
@@ -130,4 +138,15 @@ pub(crate) fn backend_call(operation: &'static str, seconds: f64) {
 /// Whether the bucket answered the last readiness check.
 pub(crate) fn backend_ready(ready: bool) {
     gauge!("portcullis_backend_ready").set(if ready { 1.0 } else { 0.0 });
+}
+
+/// A TLS handshake failed.
+pub(crate) fn tls_handshake_failed() {
+    counter!("portcullis_tls_handshake_failures_total").increment(1);
+}
+
+/// A config reload was applied or refused.
+pub fn config_reload(ok: bool) {
+    counter!("portcullis_config_reloads_total", "result" => if ok { "ok" } else { "refused" })
+        .increment(1);
 }

@@ -88,6 +88,15 @@ impl Principal {
         }
     }
 
+    /// On reload: keeps `old`'s gate (its rate and in-flight state) when its settings did
+    /// not change, so a reload neither refills a bucket nor forgets running transfers.
+    pub fn keeping_gate_of(mut self, old: &Principal) -> Self {
+        if self.gate.same_settings(&old.gate) {
+            self.gate = old.gate.clone();
+        }
+        self
+    }
+
     /// Whether `action` is in the principal's `allow`.
     pub fn may(&self, action: Action) -> bool {
         self.allow & action.bit() != 0

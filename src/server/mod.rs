@@ -1,14 +1,17 @@
-//! The listener: accept loop, HTTP/1.1 and HTTP/2 (h2c) with hyper-util's auto builder,
-//! TCP_NODELAY on every connection, the header read deadline, and graceful shutdown.
+//! The listener: accept loop, TLS (rustls, optional), HTTP/1.1 and HTTP/2 with hyper-util's
+//! auto builder, TCP_NODELAY on every connection, the header read deadline, and graceful
+//! shutdown.
 
 mod client_ip;
 mod drain;
+pub mod tls;
 
 pub use client_ip::TrustedProxies;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -33,9 +36,21 @@ const H2_MAX_PENDING_RESETS: usize = 32;
 /// Streams the server may reset for a client's protocol errors.
 const H2_MAX_LOCAL_RESETS: usize = 256;
 
+/// Where each TLS handshake gets its config: the current one, swapped on reload.
+#[derive(Clone)]
+pub struct TlsSource(pub Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>);
+
+impl std::fmt::Debug for TlsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSource")
+    }
+}
+
 /// Deadlines of the listener.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// TLS on the listener; plain HTTP when `None`.
+    pub tls: Option<TlsSource>,
     /// A client that has not sent its request head by then is dropped (slowloris).
     pub header_read_timeout: Duration,
     /// After the shutdown signal, how long in-flight requests may run.
@@ -85,17 +100,46 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
-                let hyper_service = hyper::service::service_fn(move |req| to_gateway(&service, remote, req));
-                let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
-                let conn = graceful.watch(conn.into_owned());
-                crate::obs::metrics::connections(1.0);
-                tokio::spawn(async move {
-                    let result = conn.await;
-                    crate::obs::metrics::connections(-1.0);
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, %remote, "connection ended with an error");
+                match &opts.tls {
+                    None => {
+                        let info = ConnInfo { remote, client_subject: None };
+                        let conn = builder.serve_connection(TokioIo::new(stream), gateway_fn(service, info));
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(serve_conn(conn, remote));
                     }
-                });
+                    Some(tls) => {
+                        // The handshake runs in the connection's task, within the header
+                        // deadline, so a slow client never holds up the accept loop.
+                        let acceptor = tokio_rustls::TlsAcceptor::from((tls.0)());
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        let deadline = opts.header_read_timeout;
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    crate::obs::metrics::tls_handshake_failed();
+                                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%remote, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let client_subject = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(tls::subject_of)
+                                .map(Arc::from);
+                            let info = ConnInfo { remote, client_subject };
+                            let conn = builder.serve_connection(TokioIo::new(stream), gateway_fn(service, info));
+                            serve_conn(watcher.watch(conn.into_owned()), remote).await;
+                        });
+                    }
+                }
             }
             () = &mut shutdown => {
                 drop(listener);
@@ -110,14 +154,41 @@ pub async fn run(
     }
 }
 
+/// Runs one connection to its end, counted in the metrics.
+async fn serve_conn<F, E>(conn: F, remote: SocketAddr)
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    crate::obs::metrics::connections(1.0);
+    let result = conn.await;
+    crate::obs::metrics::connections(-1.0);
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %remote, "connection ended with an error");
+    }
+}
+
+/// The hyper service of one connection.
+fn gateway_fn(
+    service: HttpService,
+    info: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = BoxFuture<'static, Result<Response<Body>, Infallible>>,
+> + Clone {
+    hyper::service::service_fn(move |req| to_gateway(&service, &info, req))
+}
+
 /// Hands a hyper request to the gateway, with the connection's details.
 fn to_gateway(
     service: &HttpService,
-    remote: SocketAddr,
+    info: &ConnInfo,
     req: Request<Incoming>,
 ) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
     let (mut parts, body) = req.into_parts();
-    parts.extensions.insert(ConnInfo { remote });
+    parts.extensions.insert(info.clone());
     let expects_continue = parts
         .headers
         .get(http::header::EXPECT)

@@ -24,6 +24,10 @@ pub const READER: &str = "reader-key-0123456789";
 
 pub struct TestGateway {
     pub url: String,
+    /// The running gateway, for in-process reloads.
+    pub gateway: Arc<portcullis::Portcullis>,
+    /// The config it started with.
+    pub config: portcullis::config::Config,
     pub addr: std::net::SocketAddr,
     pub http: reqwest::Client,
     /// Straight to the bucket, to look at what the gateway left there.
@@ -129,7 +133,7 @@ prefix = "users/alice/"
             portcullis::relay::connect(&config, settings).await
         }
     };
-    let state = Arc::new(portcullis::build_state(&config, relay.clone()));
+    let gateway = portcullis::Portcullis::new(&config, relay.clone()).unwrap();
     let log = Arc::new(AccessLog::open(&config.log.access_log).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -140,12 +144,19 @@ prefix = "users/alice/"
         async {
             let _ = stopped.await;
         },
-        state,
+        gateway.clone(),
         log,
         opts,
     ));
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     TestGateway {
-        url: format!("http://{addr}"),
+        url: format!("{scheme}://{addr}"),
+        gateway,
+        config,
         addr,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

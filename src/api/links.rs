@@ -1,0 +1,236 @@
+//! Issuing signed links: `POST /v1/links`, and the presigned-URL-shaped `POST /s3/upload-url`
+//! and `GET /s3/download-url` that return the same links.
+
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppState, authenticate, respond};
+use crate::Body;
+use crate::auth::{Identity, LinkGrant, LinkSigner, unix_now};
+use crate::error::{ApiError, Code};
+use crate::limits::media_type;
+use crate::policy::{Action, ObjectKey};
+
+/// Largest JSON body accepted by the link routes.
+const MAX_JSON: usize = 16 * 1024;
+
+/// `POST /v1/links`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkRequest {
+    key: String,
+    method: String,
+    expires_in: Option<u64>,
+    max_size: Option<u64>,
+    content_type: Option<String>,
+    #[serde(default)]
+    create_only: bool,
+}
+
+/// `POST /s3/upload-url`: the body a presigned-URL front end sends. Other fields it may
+/// carry (a file name, a size) are ignored.
+#[derive(Deserialize)]
+struct UploadUrlRequest {
+    key: String,
+    #[serde(alias = "contentType")]
+    content_type: Option<String>,
+    expires_in: Option<u64>,
+    max_size: Option<u64>,
+    #[serde(default)]
+    create_only: bool,
+}
+
+pub(super) async fn create(
+    state: &AppState,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let identity = authenticate(state, &req, None)?;
+    let r: LinkRequest = read_json(state, req).await?;
+    let method = match r.method.to_ascii_uppercase().as_str() {
+        "GET" => Method::GET,
+        "PUT" => Method::PUT,
+        _ => return Err(ApiError::bad_request("method must be GET or PUT")),
+    };
+    let (url, expires_at) = issue(
+        state,
+        &identity,
+        Wanted {
+            key: r.key,
+            method: method.clone(),
+            expires_in: r.expires_in,
+            max_size: r.max_size,
+            content_type: r.content_type,
+            create_only: r.create_only,
+        },
+    )?;
+    Ok(respond::json(
+        StatusCode::CREATED,
+        &json!({ "url": url, "method": method.as_str(), "expires_at": expires_at }),
+    ))
+}
+
+pub(super) async fn upload_url(
+    state: &AppState,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let identity = authenticate(state, &req, None)?;
+    let r: UploadUrlRequest = read_json(state, req).await?;
+    let (url, expires_at) = issue(
+        state,
+        &identity,
+        Wanted {
+            key: r.key,
+            method: Method::PUT,
+            expires_in: r.expires_in,
+            max_size: r.max_size,
+            content_type: r.content_type,
+            create_only: r.create_only,
+        },
+    )?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({ "url": url, "method": "PUT", "expires_at": expires_at }),
+    ))
+}
+
+pub(super) async fn download_url(
+    state: &AppState,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let identity = authenticate(state, &req, None)?;
+    let mut key = None;
+    let mut expires_in = None;
+    for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        let slot_taken = match &*name {
+            "key" => key.replace(value.into_owned()).is_some(),
+            "expires_in" => expires_in
+                .replace(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request("expires_in must be a whole number of seconds")
+                })?)
+                .is_some(),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{other}`; this route takes key and expires_in"
+                )));
+            }
+        };
+        if slot_taken {
+            return Err(ApiError::bad_request(format!("`{name}` is given twice")));
+        }
+    }
+    let key = key.ok_or_else(|| ApiError::bad_request("key is required"))?;
+    let (url, expires_at) = issue(
+        state,
+        &identity,
+        Wanted {
+            key,
+            method: Method::GET,
+            expires_in,
+            max_size: None,
+            content_type: None,
+            create_only: false,
+        },
+    )?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({ "url": url, "method": "GET", "expires_at": expires_at }),
+    ))
+}
+
+/// What the caller asked a link to allow.
+struct Wanted {
+    key: String,
+    method: Method,
+    expires_in: Option<u64>,
+    max_size: Option<u64>,
+    content_type: Option<String>,
+    create_only: bool,
+}
+
+/// Checks that the principal may link and may itself do what the link would, and signs it.
+/// Returns the URL and its expiry (RFC 3339).
+fn issue(state: &AppState, identity: &Identity, w: Wanted) -> Result<(String, String), ApiError> {
+    let signer: &LinkSigner = state.links.as_ref().ok_or_else(|| {
+        ApiError::new(
+            Code::NotFound,
+            "signed links are not enabled on this gateway",
+        )
+    })?;
+    let key = ObjectKey::parse(w.key).map_err(ApiError::invalid_key)?;
+    let principal = &identity.principal;
+    let action = if w.method == Method::PUT {
+        Action::Put
+    } else {
+        Action::Get
+    };
+    if !principal.may(Action::Link) {
+        return Err(ApiError::forbidden());
+    }
+    principal.authorize(action, &key)?;
+    if w.method == Method::GET
+        && (w.max_size.is_some() || w.content_type.is_some() || w.create_only)
+    {
+        return Err(ApiError::bad_request(
+            "max_size, content_type and create_only apply to PUT links only",
+        ));
+    }
+    if let Some(t) = &w.content_type {
+        let essence = media_type(t).ok_or_else(|| {
+            ApiError::bad_request("content_type is not a media type like `image/png`")
+        })?;
+        principal.limits.check_type(&essence)?;
+    }
+    if w.max_size == Some(0) {
+        return Err(ApiError::bad_request("max_size must be at least 1 byte"));
+    }
+    let ttl = signer.ttl(w.expires_in)?;
+    let expires = unix_now() + ttl.as_secs();
+    let grant = LinkGrant {
+        method: w.method,
+        key,
+        expires,
+        principal: principal.name.clone(),
+        max_size: w.max_size,
+        content_type: w.content_type,
+        create_only: w.create_only,
+    };
+    let path = signer.sign(&grant);
+    let url = match &state.public_url {
+        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => path,
+    };
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(expires);
+    Ok((url, humantime::format_rfc3339_seconds(at).to_string()))
+}
+
+/// Reads a small JSON body, within `MAX_JSON` bytes and the body idle timeout.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: Request<Body>,
+) -> Result<T, ApiError> {
+    let mut body = req.into_body();
+    let mut bytes = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(state.body_idle_timeout, body.frame())
+            .await
+            .map_err(|_| ApiError::new(Code::BodyTimeout, "the request body stalled"))?;
+        match frame {
+            None => break,
+            Some(Err(_)) => return Err(ApiError::bad_request("the JSON body was cut off")),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > MAX_JSON {
+                        return Err(ApiError::bad_request("the JSON body is over 16 KiB"));
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
+}
