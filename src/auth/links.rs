@@ -230,9 +230,10 @@ impl LinkSigner {
     }
 }
 
-/// Whether a query string is a signed link's (it carries a `sig`).
+/// Whether a query string is meant as a signed link's (it carries any of a link's
+/// parameters); whether it is a valid one is [`LinkSigner::verify`]'s question.
 pub fn is_link_query(query: &str) -> bool {
-    form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "sig")
+    form_urlencoded::parse(query.as_bytes()).any(|(name, _)| PARAMS.contains(&&*name))
 }
 
 /// Now, in Unix seconds.

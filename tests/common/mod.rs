@@ -63,6 +63,37 @@ pub enum Relay {
 /// Like [`gateway`], but the relay may reach S3 another way; the embedded server still runs,
 /// so the test can look into the bucket.
 pub async fn gateway_with(extra: &str, relay: Relay) -> TestGateway {
+    gateway_tweaked(extra, relay, |_| {}).await
+}
+
+/// Link secrets of the test gateways with links (`[links]` with secrets given directly, as
+/// `serve --dev` does, since tests cannot set environment variables).
+pub const LINK_SECRET: &str = "test-link-secret-0123456789-abcdefghij";
+
+/// A gateway with signed links on (secret [`LINK_SECRET`], default 60 s, max 15 min).
+pub async fn gateway_with_links(extra: &str) -> TestGateway {
+    gateway_tweaked(extra, Relay::Direct, |c| {
+        c.links = Some(links_config(&[LINK_SECRET]))
+    })
+    .await
+}
+
+/// `[links]` with these secrets (the first signs).
+pub fn links_config(secrets: &[&str]) -> portcullis::config::LinksConfig {
+    portcullis::config::LinksConfig {
+        secrets_env: Vec::new(),
+        default_ttl: portcullis::config::units::Span::secs(60),
+        max_ttl: portcullis::config::units::Span::secs(900),
+        secrets: secrets.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Like [`gateway_with`], with the parsed config changed by `tweak` before it starts.
+pub async fn gateway_tweaked(
+    extra: &str,
+    relay: Relay,
+    tweak: impl FnOnce(&mut portcullis::config::Config),
+) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let access_log = dir.path().join("access.log");
     let toml = format!(
@@ -103,9 +134,10 @@ prefix = "users/alice/"
     );
     let toml = merge_toml(&toml, extra);
     portcullis::obs::metrics::install();
-    let config = portcullis::config::parse(&toml, None)
+    let mut config = portcullis::config::parse(&toml, None)
         .unwrap_or_else(|e| panic!("{e}"))
         .config;
+    tweak(&mut config);
     let backend = portcullis::start_backend(&config).await.unwrap();
     backend.backend.ping().await.unwrap();
     let s3 = backend.backend.client().clone();
@@ -261,6 +293,21 @@ impl TestGateway {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Issues a signed link as `auth` (`POST /v1/links`); returns the absolute URL.
+    pub async fn link(&self, auth: &str, body: serde_json::Value) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/v1/links", self.url))
+            .header("authorization", bearer(auth))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::CREATED, "issuing {body}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        format!("{}{}", self.url, v["url"].as_str().unwrap())
     }
 
     pub fn access_log_lines(&self) -> Vec<serde_json::Value> {
@@ -563,4 +610,110 @@ impl DevGateway {
 /// Sends a request and returns its status.
 pub async fn status_of(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
     request.send().await.unwrap().status()
+}
+
+/// A test PKI: a CA, a server certificate for 127.0.0.1 and localhost, and client
+/// certificates, written as PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub ca_file: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Portcullis Test CA");
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let ca = rcgen::Issuer::new(params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let mut sp =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        sp.distinguished_name.push(DnType::CommonName, "localhost");
+        let server_cert = sp.signed_by(&server_key, &ca).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Self {
+            ca_pem: ca_cert.pem(),
+            ca_file: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert.pem()),
+            server_key: write("server.key", &server_key.serialize_pem()),
+            dir,
+            ca,
+        }
+    }
+
+    /// `[server] tls = {...}` for this PKI, with `client_ca` when `mtls`.
+    pub fn toml(&self, mtls: Option<&str>) -> String {
+        let mut t = format!(
+            "[server]\ntls = {{ cert = \"{}\", key = \"{}\"",
+            self.server_cert.display(),
+            self.server_key.display()
+        );
+        if let Some(client_auth) = mtls {
+            t.push_str(&format!(
+                ", client_ca = \"{}\", client_auth = \"{client_auth}\"",
+                self.ca_file.display()
+            ));
+        }
+        t.push_str(" }\n");
+        t
+    }
+
+    /// A client certificate and key (PEM, concatenated) with subject `CN=<cn>,O=Example`,
+    /// signed by this CA.
+    pub fn client_pem(&self, cn: &str) -> String {
+        Self::client_pem_from(&self.ca, cn)
+    }
+
+    fn client_pem_from(ca: &rcgen::Issuer<'_, rcgen::KeyPair>, cn: &str) -> String {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name.push(DnType::OrganizationName, "Example");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, ca).unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
+    /// A reqwest client that trusts this CA, optionally presenting a client certificate.
+    pub fn client(&self, identity_pem: Option<&str>, http1_only: bool) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(30));
+        if let Some(pem) = identity_pem {
+            b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        if http1_only {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+}
+
+/// A client certificate from a CA the gateway does not trust.
+pub fn stranger_client_pem(cn: &str) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "Stranger CA");
+    let ca = rcgen::Issuer::new(params, key);
+    Pki::client_pem_from(&ca, cn)
 }
