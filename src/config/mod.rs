@@ -215,6 +215,34 @@ mod tests {
     }
 
     #[test]
+    fn identity_sections_are_checked_at_load() {
+        let base = "[backend]\nkind = \"embedded\"\n";
+        let fields = |extra: &str| -> Vec<String> {
+            errors(&format!("{base}{extra}"))
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        // A links secret variable that is not set.
+        let f = fields("[links]\nsecrets_env = [\"PORTCULLIS_SURELY_UNSET_VARIABLE\"]\n");
+        assert!(f.contains(&"links.secrets_env".to_string()), "{f:?}");
+        // JWT: no key, no prefix template, `link` in allow.
+        let f = fields("[jwt]\nissuer = \"i\"\naudience = \"a\"\nallow = [\"link\"]\n");
+        assert!(f.contains(&"jwt".to_string()), "{f:?}");
+        assert!(f.contains(&"jwt.prefix_template".to_string()), "{f:?}");
+        assert!(f.contains(&"jwt.allow".to_string()), "{f:?}");
+        // CORS origins must be bare origins.
+        let f = fields("[cors]\nallowed_origins = [\"https://a.example/path\", \"a.example\"]\n");
+        assert!(f.contains(&"cors.allowed_origins[0]".to_string()), "{f:?}");
+        assert!(f.contains(&"cors.allowed_origins[1]".to_string()), "{f:?}");
+        // Client certificate subjects need a client CA; TLS files must load.
+        let f = fields("[[principals]]\nname = \"d\"\nclient_cert_subjects = [\"CN=d\"]\n");
+        assert!(f.contains(&"principals[0].client_cert_subjects".to_string()), "{f:?}");
+        let f = fields("[server]\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n");
+        assert!(f.contains(&"server.tls".to_string()), "{f:?}");
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let e = &errors("[server\nlisten = 1\n")[0];
         assert_eq!(e.line, Some(1), "{e}");
