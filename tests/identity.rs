@@ -189,17 +189,38 @@ async fn every_bad_jwt_is_refused() {
     let (head, rest) = valid.split_once('.').unwrap();
     let (_, sig) = rest.split_once('.').unwrap();
     let cases: Vec<(&str, String)> = vec![
-        ("expired", idp.rs256(&with(good.clone(), "exp", json!(now() - 120)))),
-        ("not yet valid", idp.rs256(&with(good.clone(), "nbf", json!(now() + 300)))),
-        ("wrong audience", idp.rs256(&with(good.clone(), "aud", json!("other")))),
-        ("wrong issuer", idp.rs256(&with(good.clone(), "iss", json!("https://evil.test/")))),
+        (
+            "expired",
+            idp.rs256(&with(good.clone(), "exp", json!(now() - 120))),
+        ),
+        (
+            "not yet valid",
+            idp.rs256(&with(good.clone(), "nbf", json!(now() + 300))),
+        ),
+        (
+            "wrong audience",
+            idp.rs256(&with(good.clone(), "aud", json!("other"))),
+        ),
+        (
+            "wrong issuer",
+            idp.rs256(&with(good.clone(), "iss", json!("https://evil.test/"))),
+        ),
         ("no exp", idp.rs256(&without(good.clone(), "exp"))),
         ("no aud", idp.rs256(&without(good.clone(), "aud"))),
         ("no iss", idp.rs256(&without(good.clone(), "iss"))),
         ("no sub", idp.rs256(&without(good.clone(), "sub"))),
-        ("a sub that climbs out", idp.rs256(&with(good.clone(), "sub", json!("../alice")))),
-        ("alg none", unsigned_token(json!({"alg": "none", "typ": "JWT"}), &good)),
-        ("alg None", unsigned_token(json!({"alg": "None", "kid": "rsa1"}), &good)),
+        (
+            "a sub that climbs out",
+            idp.rs256(&with(good.clone(), "sub", json!("../alice"))),
+        ),
+        (
+            "alg none",
+            unsigned_token(json!({"alg": "none", "typ": "JWT"}), &good),
+        ),
+        (
+            "alg None",
+            unsigned_token(json!({"alg": "None", "kid": "rsa1"}), &good),
+        ),
         (
             "HS256 signed with the RSA public key",
             jsonwebtoken::encode(
@@ -263,7 +284,10 @@ async fn tls_serves_h2_and_http1_by_alpn() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), Version::HTTP_11);
-    assert_eq!(resp.bytes().await.unwrap().to_vec(), random_bytes(300_000, 9));
+    assert_eq!(
+        resp.bytes().await.unwrap().to_vec(),
+        random_bytes(300_000, 9)
+    );
     // Plain HTTP to the TLS listener gets nothing useful.
     let plain = reqwest::Client::new()
         .get(format!("http://{}/v1/objects/users/alice/t.bin", g.addr))
@@ -303,7 +327,11 @@ async fn client_certificates_identify_principals() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     // A trusted certificate that maps to no principal is not enough.
     let erin = pki.client(Some(&pki.client_pem("erin")), false);
-    let resp = erin.get(g.object_url("users/dave/d.txt")).send().await.unwrap();
+    let resp = erin
+        .get(g.object_url("users/dave/d.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // A certificate from a CA the gateway does not trust fails the handshake.
     let stranger = pki.client(Some(&stranger_client_pem("dave")), false);
@@ -372,14 +400,17 @@ async fn cors_answers_listed_origins_only() {
     let resp = preflight("https://app.example.com").await.unwrap();
     assert!(resp.status().is_success());
     let h = resp.headers();
-    assert_eq!(
-        h["access-control-allow-origin"],
-        "https://app.example.com"
-    );
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
     assert_eq!(h["access-control-max-age"], "600");
     let methods = h["access-control-allow-methods"].to_str().unwrap();
-    assert!(methods.contains("PUT") && methods.contains("DELETE"), "{methods}");
-    let allowed = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(
+        methods.contains("PUT") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
     assert!(allowed.contains("authorization") && allowed.contains("content-type"));
     assert!(!h.contains_key("access-control-allow-credentials"));
 
@@ -426,7 +457,9 @@ async fn cors_answers_listed_origins_only() {
 #[test]
 fn cors_star_with_credentials_is_refused_at_load() {
     let toml = "[backend]\nkind = \"embedded\"\n[cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n";
-    let err = portcullis::config::parse(toml, None).unwrap_err().to_string();
+    let err = portcullis::config::parse(toml, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cors.allowed_origins"), "{err}");
     assert!(err.contains("allow_credentials"), "{err}");
     let ok = "[backend]\nkind = \"embedded\"\n[cors]\nallowed_origins = [\"*\"]\n";

@@ -20,7 +20,10 @@ async fn a_link_does_its_one_method_on_its_one_key() {
     let g = gateway_with_links("").await;
     let key = "users/alice/report (final) #1+2.txt";
     let put = g
-        .link(ADMIN, json!({"key": key, "method": "PUT", "expires_in": 60}))
+        .link(
+            ADMIN,
+            json!({"key": key, "method": "PUT", "expires_in": 60}),
+        )
         .await;
     // No Authorization header: the link is the credential.
     let resp = g.http.put(&put).body("hello").send().await.unwrap();
@@ -164,7 +167,10 @@ async fn a_put_link_enforces_its_size_and_type_while_streaming() {
     // Over max_size: declared, and chunked (cut while streaming).
     let big = [PNG, &random_bytes(8192, 1)].concat();
     let (s, code) = error_code(g.http.put(&link).body(big.clone()).send().await.unwrap()).await;
-    assert_eq!((s, code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    assert_eq!(
+        (s, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
     let resp = g
         .http
         .put(&link)
@@ -206,12 +212,18 @@ async fn a_create_only_link_cannot_be_replayed_to_overwrite() {
     let g = gateway_with_links("").await;
     let key = "users/alice/once.txt";
     let link = g
-        .link(ADMIN, json!({"key": key, "method": "PUT", "create_only": true}))
+        .link(
+            ADMIN,
+            json!({"key": key, "method": "PUT", "create_only": true}),
+        )
         .await;
     let resp = g.http.put(&link).body("first").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     let (s, code) = error_code(g.http.put(&link).body("second").send().await.unwrap()).await;
-    assert_eq!((s, code.as_str()), (StatusCode::PRECONDITION_FAILED, "precondition_failed"));
+    assert_eq!(
+        (s, code.as_str()),
+        (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+    );
     assert_eq!(g.bucket_object(key).await.unwrap(), b"first");
 }
 
@@ -228,7 +240,10 @@ async fn issuing_is_bounded_by_the_principal_and_max_ttl() {
     // alice may not link; nobody links outside their prefix or beyond max_ttl.
     let alice = post(ALICE, json!({"key": "users/alice/a", "method": "GET"}));
     assert_eq!(alice.await.unwrap().status(), StatusCode::FORBIDDEN);
-    let long = post(ADMIN, json!({"key": "a", "method": "GET", "expires_in": 901}));
+    let long = post(
+        ADMIN,
+        json!({"key": "a", "method": "GET", "expires_in": 901}),
+    );
     assert_eq!(long.await.unwrap().status(), StatusCode::BAD_REQUEST);
     let odd = post(ADMIN, json!({"key": "a", "method": "DELETE"}));
     assert_eq!(odd.await.unwrap().status(), StatusCode::BAD_REQUEST);
@@ -256,9 +271,12 @@ async fn issuing_is_bounded_by_the_principal_and_max_ttl() {
         .await
         .unwrap();
     assert_eq!(both.status(), StatusCode::BAD_REQUEST);
-    let resp = post(ADMIN, json!({"key": "a", "method": "GET", "expires_in": 900}))
-        .await
-        .unwrap();
+    let resp = post(
+        ADMIN,
+        json!({"key": "a", "method": "GET", "expires_in": 900}),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["method"], "GET");
@@ -284,7 +302,12 @@ async fn rotation_and_revocation() {
         g.gateway.reload(&c).unwrap();
     };
     // Rotation: a new signing secret, the old one still listed: old links verify.
-    reload(&|c| c.links = Some(links_config(&["new-secret-0123456789-0123456789-xyz", LINK_SECRET])));
+    reload(&|c| {
+        c.links = Some(links_config(&[
+            "new-secret-0123456789-0123456789-xyz",
+            LINK_SECRET,
+        ]))
+    });
     assert_eq!(status_of(g.http.get(&old)).await, StatusCode::OK);
     let new = g
         .link(ADMIN, json!({"key": "users/alice/r.txt", "method": "GET"}))
@@ -298,7 +321,9 @@ async fn rotation_and_revocation() {
     // The issuing principal loses `link`: every link it issued dies with it.
     reload(&|c| {
         c.links = Some(links_config(&["new-secret-0123456789-0123456789-xyz"]));
-        c.principals[0].allow.retain(|a| *a != portcullis::policy::Action::Link);
+        c.principals[0]
+            .allow
+            .retain(|a| *a != portcullis::policy::Action::Link);
     });
     let (s, code) = error_code(g.http.get(&new).send().await.unwrap()).await;
     assert_eq!((s, code.as_str()), (StatusCode::FORBIDDEN, "link_invalid"));
@@ -343,7 +368,15 @@ async fn presigned_url_routes_return_links() {
     assert_eq!(resp.status(), StatusCode::OK);
     let v: Value = resp.json().await.unwrap();
     let url = format!("{}{}", g.url, v["url"].as_str().unwrap());
-    let got = g.http.get(&url).send().await.unwrap().bytes().await.unwrap();
+    let got = g
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(got.to_vec(), data);
 
     // The reader may get but not link; nobody gets a download link outside their prefix.

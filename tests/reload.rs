@@ -62,7 +62,11 @@ impl Served {
             if let Some(addr) = found {
                 break format!("http://{addr}");
             }
-            assert!(Instant::now() < deadline, "no start: {:?}", lines.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "no start: {:?}",
+                lines.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         Self {
@@ -229,7 +233,11 @@ async fn sighup_swaps_the_config_under_steady_traffic_without_a_failed_request()
     assert_eq!(status(&http, &url, NEW).await, StatusCode::UNAUTHORIZED);
 
     // 1. A key added.
-    served.rewrite(&format!("{}{}", principal("old", OLD), principal("new", NEW)));
+    served.rewrite(&format!(
+        "{}{}",
+        principal("old", OLD),
+        principal("new", NEW)
+    ));
     served.sighup();
     eventually("the new key works", || async {
         status(&http, &url, NEW).await == StatusCode::OK
@@ -247,7 +255,11 @@ async fn sighup_swaps_the_config_under_steady_traffic_without_a_failed_request()
     assert_eq!(status(&http, &url, NEW).await, StatusCode::OK);
 
     // 3. A config that fails validation: refused, logged, the running one keeps serving.
-    std::fs::write(&served.config, "[server]\nlisten = \"nonsense\"\nbogus = 1\n").unwrap();
+    std::fs::write(
+        &served.config,
+        "[server]\nlisten = \"nonsense\"\nbogus = 1\n",
+    )
+    .unwrap();
     served.sighup();
     eventually("the refusal is logged", || async {
         served.logged("reload refused") >= 1
@@ -272,7 +284,8 @@ async fn sighup_swaps_the_config_under_steady_traffic_without_a_failed_request()
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-0123456789-0123456789").unwrap(),
+        &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-0123456789-0123456789")
+            .unwrap(),
     )
     .unwrap();
     let get_zoe = |token: &str| {
@@ -280,7 +293,10 @@ async fn sighup_swaps_the_config_under_steady_traffic_without_a_failed_request()
             .header("authorization", bearer(token))
             .send()
     };
-    assert_eq!(get_zoe(&good).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_zoe(&good).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         get_zoe(&forged).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
@@ -299,7 +315,10 @@ async fn sighup_swaps_the_config_under_steady_traffic_without_a_failed_request()
         w.await.unwrap();
     }
     let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert_eq!(failed, 0, "requests failed during reloads ({done} succeeded)");
+    assert_eq!(
+        failed, 0,
+        "requests failed during reloads ({done} succeeded)"
+    );
     assert!(done > 50, "the steady stream ran ({done} requests)");
 }
 

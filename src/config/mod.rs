@@ -237,8 +237,12 @@ mod tests {
         assert!(f.contains(&"cors.allowed_origins[1]".to_string()), "{f:?}");
         // Client certificate subjects need a client CA; TLS files must load.
         let f = fields("[[principals]]\nname = \"d\"\nclient_cert_subjects = [\"CN=d\"]\n");
-        assert!(f.contains(&"principals[0].client_cert_subjects".to_string()), "{f:?}");
-        let f = fields("[server]\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n");
+        assert!(
+            f.contains(&"principals[0].client_cert_subjects".to_string()),
+            "{f:?}"
+        );
+        let f =
+            fields("[server]\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n");
         assert!(f.contains(&"server.tls".to_string()), "{f:?}");
     }
 

@@ -305,7 +305,11 @@ impl TestGateway {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), reqwest::StatusCode::CREATED, "issuing {body}");
+        assert_eq!(
+            resp.status(),
+            reqwest::StatusCode::CREATED,
+            "issuing {body}"
+        );
         let v: serde_json::Value = resp.json().await.unwrap();
         format!("{}{}", self.url, v["url"].as_str().unwrap())
     }
@@ -637,8 +641,7 @@ impl Pki {
         let ca = rcgen::Issuer::new(params, ca_key);
         let server_key = KeyPair::generate().unwrap();
         let mut sp =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         sp.distinguished_name.push(DnType::CommonName, "localhost");
         let server_cert = sp.signed_by(&server_key, &ca).unwrap();
         let write = |name: &str, text: &str| {
@@ -684,7 +687,8 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.distinguished_name.push(DnType::OrganizationName, "Example");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Example");
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = p.signed_by(&key, ca).unwrap();
         format!("{}{}", cert.pem(), key.serialize_pem())
@@ -713,7 +717,9 @@ pub fn stranger_client_pem(cn: &str) -> String {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "Stranger CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Stranger CA");
     let ca = rcgen::Issuer::new(params, key);
     Pki::client_pem_from(&ca, cn)
 }
