@@ -11,7 +11,7 @@
 //! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3).
 //! - [`embedded`]: an S3 protocol server in the process, for `serve --dev`.
 //!
-//! [`load`] is the `portcullis load` generator. [`audit`] checks the bucket's security posture. [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
+//! [`console`] is the upload page at `GET /`. [`load`] is the `portcullis load` generator. [`audit`] checks the bucket's security posture. [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
 //! holds the schema, units and validation; [`error`] the one error type.
 
 pub mod admin;
@@ -19,6 +19,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod limits;

@@ -302,6 +302,7 @@ async fn serve(
         eprintln!();
         eprintln!("  Portcullis dev gateway on http://{local}  (embedded S3 storing under {root})");
         eprintln!("  API key (shown once): {key}");
+        eprintln!("  Console (upload and download in a browser): http://{local}/");
         eprintln!("  Admin (healthz, readyz, metrics): http://{admin_local}");
         eprintln!();
         eprintln!("  Try:  echo hello > hello.txt");

@@ -140,6 +140,24 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
             _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
         };
     }
+    if crate::console::is_asset(path) {
+        note(&req, |n| n.route = "console");
+        return match *req.method() {
+            Method::GET | Method::HEAD => {
+                let with_body = req.method() == Method::GET;
+                Ok(crate::console::serve(path, req.headers(), with_body)
+                    .expect("is_asset said it is one"))
+            }
+            _ => Err(ApiError::method_not_allowed("GET, HEAD")),
+        };
+    }
+    if path == "/v1/me" {
+        note(&req, |n| n.route = "me");
+        return match *req.method() {
+            Method::GET => me(state, req),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        };
+    }
     if path == "/v1/links" || path == "/s3/upload-url" || path == "/s3/download-url" {
         note(&req, |n| n.route = "link");
         return match (path, req.method()) {
@@ -158,6 +176,35 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
         };
     }
     Err(ApiError::new(crate::error::Code::NotFound, "no such route"))
+}
+
+/// `GET /v1/me`: who the credential is and what it may do, for the console (and any client
+/// that wants to know its prefix before it uploads).
+fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
+    let identity = authenticate(state, &req, None)?;
+    let p = &identity.principal;
+    let allow: Vec<&str> = [
+        Action::Get,
+        Action::Put,
+        Action::Delete,
+        Action::List,
+        Action::Link,
+    ]
+    .into_iter()
+    .filter(|a| p.may(*a))
+    .map(Action::as_str)
+    .collect();
+    Ok(respond::json(
+        http::StatusCode::OK,
+        &serde_json::json!({
+            "principal": p.name,
+            "auth": identity.method.as_str(),
+            "prefix": p.prefix,
+            "allow": allow,
+            "max_object_size": p.limits.max_object_size.bytes(),
+            "links": state.links.is_some() && p.may(Action::Link),
+        }),
+    ))
 }
 
 /// Runs a relay call and records its time in the access log and the metrics.

@@ -1,0 +1,183 @@
+//! The console at `GET /`: its headers, and an end-to-end run in a real headless Chromium
+//! (Debian's `chromium`, driven by `playwright-core` from `tests/browser/`), against a
+//! gateway on the embedded backend.
+//!
+//! The browser run needs `/usr/bin/chromium` and `tests/browser/node_modules`; `.ci/run`
+//! installs both and sets `PORTCULLIS_BROWSER_TESTS=1`, which makes their absence a failure.
+//! Without that variable, a machine without them skips the browser run and says so.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use portcullis::auth::hash_key;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const CAROL: &str = "carol-console-key-0123456789";
+
+fn console_principal() -> String {
+    format!(
+        "[[principals]]\nname = \"carol\"\napi_keys = [\"{}\"]\n\
+         allow = [\"get\", \"put\", \"delete\", \"list\", \"link\"]\n\
+         prefix = \"users/carol/\"\nmax_object_size = \"1MiB\"\n",
+        hash_key(CAROL)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_with_strict_headers() {
+    let g = gateway("").await;
+    let resp = g.http.get(format!("{}/", g.url)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers().clone();
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["cache-control"], "no-cache");
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("/console.js") && html.contains("/console.css"));
+    // Revalidation is a 304; the script and style are served the same way.
+    let resp = g
+        .http
+        .get(format!("{}/", g.url))
+        .header("if-none-match", h["etag"].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    for (path, ty) in [
+        ("/console.js", "text/javascript"),
+        ("/console.css", "text/css"),
+    ] {
+        let resp = g.http.get(format!("{}{path}", g.url)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(ty)
+        );
+    }
+    let resp = g.http.post(format!("{}/", g.url)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_says_who_the_key_is() {
+    let g = gateway_with_links(&console_principal()).await;
+    let resp = g
+        .http
+        .get(format!("{}/v1/me", g.url))
+        .header("authorization", bearer(CAROL))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["principal"], "carol");
+    assert_eq!(v["prefix"], "users/carol/");
+    assert_eq!(v["max_object_size"], 1024 * 1024);
+    assert_eq!(v["links"], true);
+    assert_eq!(v["allow"].as_array().unwrap().len(), 5);
+    let resp = g.http.get(format!("{}/v1/me", g.url)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// What the browser run needs, or why it cannot run here.
+fn browser_tools() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/chromium"));
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !chromium.exists() {
+        return Err(format!(
+            "{} is missing (apt-get install chromium)",
+            chromium.display()
+        ));
+    }
+    if !browser_dir.join("node_modules/playwright-core").exists() {
+        return Err("tests/browser/node_modules is missing (npm ci --prefix tests/browser)".into());
+    }
+    Ok((chromium, browser_dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_end_to_end_in_headless_chromium() {
+    let (chromium, browser_dir) = match browser_tools() {
+        Ok(t) => t,
+        Err(why) if std::env::var_os("PORTCULLIS_BROWSER_TESTS").is_none() => {
+            eprintln!("SKIPPED the browser run: {why}; .ci/run installs what it needs");
+            return;
+        }
+        Err(why) => panic!("PORTCULLIS_BROWSER_TESTS is set but {why}"),
+    };
+    let g = gateway_with_links(&console_principal()).await;
+    let files = tempfile::tempdir().unwrap();
+    let small = files.path().join("holiday photo.bin");
+    let small_bytes = random_bytes(300 * 1024, 21);
+    std::fs::write(&small, &small_bytes).unwrap();
+    let big = files.path().join("too big.bin");
+    std::fs::write(&big, random_bytes(2 * 1024 * 1024, 22)).unwrap();
+    let downloads = files.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png");
+
+    let run = tokio::process::Command::new("node")
+        .arg(browser_dir.join("console.mjs"))
+        .current_dir(&browser_dir)
+        .env("GATEWAY_URL", &g.url)
+        .env("CONSOLE_KEY", CAROL)
+        .env("PREFIX", "users/carol/")
+        .env("SMALL_FILE", &small)
+        .env("BIG_FILE", &big)
+        .env("DOWNLOAD_DIR", &downloads)
+        .env("SCREENSHOT", &screenshot)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the browser run finishes within 3 minutes")
+        .expect("node runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser run failed:\n{stderr}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let seen: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+
+    assert_eq!(seen["errors"], Value::Array(vec![]), "no console errors");
+    assert_eq!(seen["progress"], 100, "the progress bar reached 100%");
+    assert!(seen["uploadText"].as_str().unwrap().starts_with("Uploaded"));
+    let downloaded = std::fs::read(seen["downloaded"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sha256(&downloaded),
+        sha256(&small_bytes),
+        "downloaded bytes"
+    );
+    let too_large = seen["tooLargeText"].as_str().unwrap();
+    assert!(too_large.contains("too large"), "{too_large}");
+    assert_eq!(seen["shareStatus"], 200);
+    assert_eq!(seen["shareSha256"], sha256(&small_bytes));
+    assert!(
+        seen["shareUrl"].as_str().unwrap().starts_with(&g.url),
+        "an absolute link on the gateway"
+    );
+    assert!(
+        screenshot.exists(),
+        "screenshot at {}",
+        screenshot.display()
+    );
+    eprintln!("console screenshot: {}", screenshot.display());
+    // Deleted through the page; the over-limit file never stored.
+    assert!(
+        g.bucket_keys().await.is_empty(),
+        "{:?}",
+        g.bucket_keys().await
+    );
+    assert!(g.settle_uploads().await.is_empty());
+}
