@@ -10,8 +10,7 @@
 //! nothing. Writes a Markdown table to `target/bench-transfer.md`.
 
 use std::convert::Infallible;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -20,7 +19,11 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use portcullis::config::units::Size;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+#[path = "support/mod.rs"]
+mod support;
+
+use support::Proc as Gateway;
+
 const KEY: &str = "bench-key-0123456789";
 const BUCKET: &str = "bench";
 const BLOCK: usize = 1024 * 1024;
@@ -70,11 +73,7 @@ async fn run(size: u64) {
     .await;
     let direct = direct.client().clone();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,
@@ -87,7 +86,7 @@ async fn run(size: u64) {
         ),
     )
     .unwrap();
-    let mut gateway = Gateway::start(&config, port, &s3.access_key, &s3.secret_key, dir.path());
+    let mut gateway = Gateway::gateway(&config, port, &s3.access_key, &s3.secret_key, dir.path());
     let url = format!("http://127.0.0.1:{port}/v1/objects");
     let http = reqwest::Client::new();
     let mut block = vec![0u8; BLOCK];
@@ -281,83 +280,4 @@ fn body_of(
     impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static,
 > {
     StreamBody::new(stream_of(block, size).map(|r| r.map(Frame::data)))
-}
-
-/// The gateway as its own process.
-struct Gateway {
-    child: Child,
-}
-
-impl Gateway {
-    fn start(
-        config: &std::path::Path,
-        port: u16,
-        access_key: &str,
-        secret_key: &str,
-        dir: &std::path::Path,
-    ) -> Self {
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("AWS_ACCESS_KEY_ID", access_key)
-            .env("AWS_SECRET_ACCESS_KEY", secret_key)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("gateway.err")).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not start; see gateway.err"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// utime + stime of the process, in seconds.
-    fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / 100.0
-    }
-
-    /// VmHWM: the process's peak resident set so far.
-    fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kb / 1024.0
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
 }

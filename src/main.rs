@@ -89,6 +89,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run only the embedded S3 server (s3s-fs), on 127.0.0.1, and print its endpoint and
+    /// generated credentials as one JSON line: a backend in its own process, for benchmarks.
+    #[command(hide = true)]
+    S3Server {
+        /// Data folder.
+        #[arg(long)]
+        root: PathBuf,
+        /// The bucket to create.
+        #[arg(long, default_value = "portcullis")]
+        bucket: String,
+    },
     /// Check the bucket's security posture and print a report (exit 1 if a check failed).
     Audit {
         #[arg(long)]
@@ -146,6 +157,8 @@ fn main() -> ExitCode {
                 requests,
                 prefix,
                 progress: !json,
+                presigned: None,
+                prepared: false,
             };
             match runtime.block_on(portcullis::load::run(opts)) {
                 Ok(summary) => {
@@ -177,6 +190,31 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::S3Server { root, bucket } => {
+            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                return ExitCode::FAILURE;
+            };
+            runtime.block_on(async {
+                let server = match portcullis::embedded::start(&root, &bucket).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("portcullis: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "endpoint": server.endpoint,
+                        "access_key": server.access_key,
+                        "secret_key": server.secret_key,
+                        "bucket": bucket,
+                    })
+                );
+                wait_for_signal().await;
+                ExitCode::SUCCESS
+            })
         }
         Command::Health { admin, path } => {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -240,6 +278,13 @@ async fn serve(
     };
     overrides.apply(&mut config);
     init_tracing(config.log.format);
+    // Every connection is a descriptor: take all the process may have (as nginx's
+    // worker_rlimit_nofile would), so a burst of clients meets max_concurrent_requests, not
+    // EMFILE.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     portcullis::obs::metrics::install();
     for w in warnings {
         tracing::warn!(field = %w.field, "{}", w.message);

@@ -45,6 +45,11 @@ pub struct LoadOptions {
     pub prefix: String,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
+    /// Instead of the gateway's API: ready-made URLs per worker, `(GET, PUT)`, sent without
+    /// an `Authorization` header (presigned S3 URLs, for a side-by-side comparison).
+    pub presigned: Option<Arc<Vec<(String, String)>>>,
+    /// The objects GETs read exist already: skip the PUT of each worker's object first.
+    pub prepared: bool,
 }
 
 /// The outcome of a run.
@@ -78,6 +83,7 @@ struct Shared {
     done: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
+    /// Each worker's latencies and statuses, merged at the end (no lock per request).
     histogram: Mutex<Histogram<u64>>,
     statuses: Mutex<BTreeMap<String, u64>>,
 }
@@ -100,7 +106,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Summary> {
     let opts = Arc::new(opts);
 
     // GETs need something to fetch: each worker stores its object first.
-    if opts.op != Op::Put {
+    if opts.op != Op::Put && !opts.prepared {
         for w in 0..opts.concurrency {
             let status = send(&client, &opts, Method::PUT, w, body.clone()).await?.0;
             anyhow::ensure!(
@@ -133,6 +139,9 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Summary> {
         );
         workers.push(tokio::spawn(async move {
             let mut n = 0u64;
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+                .expect("static bounds are valid");
+            let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
             while Instant::now() < deadline {
                 if let Some(max) = opts.requests
                     && issued.fetch_add(1, Ordering::Relaxed) >= max
@@ -162,9 +171,14 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Summary> {
                         "error".to_owned()
                     }
                 };
-                let _ = shared.histogram.lock().await.record(micros.max(1));
-                *shared.statuses.lock().await.entry(label).or_default() += 1;
+                let _ = histogram.record(micros.max(1));
+                *statuses.entry(label).or_default() += 1;
                 shared.done.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = shared.histogram.lock().await.add(&histogram);
+            let mut all = shared.statuses.lock().await;
+            for (label, count) in statuses {
+                *all.entry(label).or_default() += count;
             }
         }));
     }
@@ -236,25 +250,32 @@ async fn send(
     worker: usize,
     body: Bytes,
 ) -> anyhow::Result<(StatusCode, u64)> {
-    let url = format!(
-        "{}/v1/objects/{}{worker}",
-        opts.url.trim_end_matches('/'),
-        opts.prefix
-    );
     let sent = if method == Method::PUT {
         body.len() as u64
     } else {
         0
     };
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", opts.key))
-        .body(if sent > 0 {
-            Full::new(body)
-        } else {
-            Full::new(Bytes::new())
-        })?;
+    let builder = match &opts.presigned {
+        Some(urls) => {
+            let (get, put) = &urls[worker % urls.len()];
+            Request::builder()
+                .method(method.clone())
+                .uri(if method == Method::PUT { put } else { get })
+        }
+        None => Request::builder()
+            .method(method)
+            .uri(format!(
+                "{}/v1/objects/{}{worker}",
+                opts.url.trim_end_matches('/'),
+                opts.prefix
+            ))
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", opts.key)),
+    };
+    let req = builder.body(if sent > 0 {
+        Full::new(body)
+    } else {
+        Full::new(Bytes::new())
+    })?;
     let resp = client.request(req).await?;
     let status = resp.status();
     let mut body = resp.into_body();

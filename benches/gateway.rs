@@ -1,0 +1,313 @@
+//! The gateway next to the direct path, in one run: GET and PUT of 1 KiB, 1 MiB and 64 MiB
+//! objects at several concurrencies, directly against the S3 server with presigned (SigV4
+//! query-signed) URLs — what a client would otherwise do — and through the gateway with a
+//! bearer key. Both use the same client (`portcullis load`'s engine) on keep-alive
+//! connections. Then 10,000 idle keep-alive connections held by the gateway.
+//!
+//!     cargo bench --bench gateway
+//!     PORTCULLIS_BENCH_SECS=5 PORTCULLIS_BENCH_IDLE=10000 cargo bench --bench gateway
+//!
+//! The S3 server (s3s-fs, `portcullis s3-server`) and the gateway are separate processes;
+//! the gateway's CPU time comes from /proc/PID/stat and its peak RSS from VmHWM, reset before
+//! each cell. Every cell is bounded by time and by a request count. Writes a Markdown table
+//! to `target/bench-gateway.md`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use portcullis::load::{LoadOptions, Op, Summary};
+use support::{BIN, Proc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEY: &str = "bench-key-0123456789";
+const BUCKET: &str = "bench";
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// (size, concurrencies) of the matrix.
+const CELLS: [(u64, &[usize]); 3] = [
+    (KIB, &[1, 16, 64]),
+    (MIB, &[1, 16, 64]),
+    (64 * MIB, &[1, 4]),
+];
+
+struct Row {
+    op: Op,
+    size: u64,
+    concurrency: usize,
+    direct: Summary,
+    gateway: Summary,
+    cpu_secs: f64,
+    peak_rss_mib: f64,
+}
+
+fn main() {
+    let secs: f64 = std::env::var("PORTCULLIS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let idle: usize = std::env::var("PORTCULLIS_BENCH_IDLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    // 10,000 client sockets need the descriptors.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(Duration::from_secs_f64(secs), idle));
+}
+
+async fn run(cell: Duration, idle: usize) {
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let dir = tempfile::tempdir_in(&target).unwrap();
+
+    // The S3 server, in its own process.
+    let mut s3 = Command::new(BIN)
+        .args(["s3-server", "--bucket", BUCKET, "--root"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s3.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let s3_info: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let s3_proc = Proc { child: s3 };
+    let endpoint = s3_info["endpoint"].as_str().unwrap().to_owned();
+    let access = s3_info["access_key"].as_str().unwrap().to_owned();
+    let secret = s3_info["secret_key"].as_str().unwrap().to_owned();
+
+    // The gateway, in its own process; the principal is not rate limited in practice.
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{endpoint}\"\n\
+             force_path_style = true\naudit = \"off\"\n\n\
+             [server]\nmax_concurrent_requests = 20000\n\n\
+             [rate_limit]\nmax_concurrent_per_principal = 20000\n\n\
+             [log]\naccess_log = \"{}\"\n\n\
+             [[principals]]\nname = \"bench\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\"]\n\
+             rate_limit = {{ requests_per_second = 1000000, burst = 1000000 }}\n",
+            dir.path().join("access.log").display(),
+            portcullis::auth::hash_key(KEY)
+        ),
+    )
+    .unwrap();
+    let port = support::free_port();
+    let mut gateway = Proc::gateway(&config, port, &access, &secret, dir.path());
+    let url = format!("http://127.0.0.1:{port}");
+
+    // The direct path's client: presigned URLs from aws-sdk-s3.
+    let mut direct_cfg = portcullis::config::Config::default();
+    direct_cfg.backend.bucket = BUCKET.into();
+    direct_cfg.backend.force_path_style = true;
+    let sdk = portcullis::relay::connect(
+        &direct_cfg,
+        portcullis::relay::BackendSettings {
+            endpoint: Some(endpoint.clone()),
+            credentials: Some((access.clone(), secret.clone())),
+        },
+    )
+    .await
+    .client()
+    .clone();
+    let presign = PresigningConfig::expires_in(Duration::from_secs(3600)).unwrap();
+
+    println!(
+        "gateway pid {}, s3 server pid {}; {:.1} s per cell",
+        gateway.pid(),
+        s3_proc.pid(),
+        cell.as_secs_f64()
+    );
+    let mut rows = Vec::new();
+    for op in [Op::Put, Op::Get] {
+        for (size, concurrencies) in CELLS {
+            for &concurrency in concurrencies {
+                let prefix = format!("bench/{size}/");
+                let mut urls = Vec::new();
+                for w in 0..concurrency {
+                    let key = format!("{prefix}{w}");
+                    let get = sdk
+                        .get_object()
+                        .bucket(BUCKET)
+                        .key(&key)
+                        .presigned(presign.clone())
+                        .await
+                        .unwrap();
+                    let put = sdk
+                        .put_object()
+                        .bucket(BUCKET)
+                        .key(&key)
+                        .presigned(presign.clone())
+                        .await
+                        .unwrap();
+                    urls.push((get.uri().to_owned(), put.uri().to_owned()));
+                }
+                // Large objects: fewer requests, same time bound.
+                let cap = (4 * 1024 * MIB / size).clamp(32, 200_000);
+                let opts =
+                    |presigned: Option<Arc<Vec<(String, String)>>>, prepared: bool| LoadOptions {
+                        url: url.clone(),
+                        key: KEY.into(),
+                        op,
+                        size,
+                        concurrency,
+                        duration: cell,
+                        requests: Some(cap),
+                        prefix: prefix.clone(),
+                        progress: false,
+                        presigned,
+                        prepared,
+                    };
+                // Direct first: for GETs it also stores the objects both paths then read.
+                let direct = portcullis::load::run(opts(Some(Arc::new(urls)), false))
+                    .await
+                    .unwrap();
+                gateway.reset_peak();
+                let cpu0 = gateway.cpu_secs();
+                let via = portcullis::load::run(opts(None, true)).await.unwrap();
+                let cpu_secs = gateway.cpu_secs() - cpu0;
+                let row = Row {
+                    op,
+                    size,
+                    concurrency,
+                    direct,
+                    gateway: via,
+                    cpu_secs,
+                    peak_rss_mib: gateway.peak_rss_mib(),
+                };
+                println!("{}", row.line());
+                rows.push(row);
+            }
+        }
+    }
+
+    let idle_line = idle_connections(&url, port, idle, &gateway).await;
+    println!("{idle_line}");
+    gateway.stop();
+
+    let mut table = String::from(
+        "Gateway vs direct (presigned SigV4 URLs) to the same s3s-fs server, same client, same run.\n\
+         Ratio = gateway throughput / direct throughput. CPU and RSS are the gateway process's.\n\n\
+         | op | size | conc | direct req/s | gateway req/s | ratio | gateway MiB/s | gateway CPU µs/req | gateway CPU s/GiB | gateway peak RSS MiB | errors (direct/gateway) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        table.push_str(&r.line());
+        table.push('\n');
+    }
+    table.push('\n');
+    table.push_str(&idle_line);
+    table.push('\n');
+    println!("\n{table}");
+    std::fs::write(target.join("bench-gateway.md"), &table).unwrap();
+}
+
+impl Row {
+    fn line(&self) -> String {
+        let gib = self.gateway.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
+        format!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2}x | {:.1} | {:.0} | {} | {:.1} | {}/{} |",
+            match self.op {
+                Op::Get => "GET",
+                Op::Put => "PUT",
+                Op::Mixed => "mixed",
+            },
+            human(self.size),
+            self.concurrency,
+            self.direct.requests_per_second,
+            self.gateway.requests_per_second,
+            self.gateway.requests_per_second / self.direct.requests_per_second,
+            self.gateway.megabytes_per_second * 1e6 / MIB as f64,
+            self.cpu_secs * 1e6 / self.gateway.requests.max(1) as f64,
+            if self.size >= MIB {
+                format!("{:.2}", self.cpu_secs / gib)
+            } else {
+                "-".into()
+            },
+            self.peak_rss_mib,
+            self.direct.errors,
+            self.gateway.errors,
+        )
+    }
+}
+
+fn human(size: u64) -> String {
+    if size >= MIB {
+        format!("{} MiB", size / MIB)
+    } else {
+        format!("{} KiB", size / KIB)
+    }
+}
+
+/// Opens `n` connections, makes one GET on each, and leaves them idle (keep-alive); returns
+/// the gateway's resident set with them open.
+async fn idle_connections(url: &str, port: u16, n: usize, gateway: &Proc) -> String {
+    let _ = url;
+    let before = gateway.rss_mib();
+    let request = format!(
+        "GET /v1/objects/bench/1024/0 HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    );
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    for batch in (0..n).collect::<Vec<_>>().chunks(256) {
+        let mut tasks = Vec::new();
+        for _ in batch {
+            let request = request.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                s.write_all(request.as_bytes()).await?;
+                // Read the whole response (headers and the 1 KiB body).
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let k = s.read(&mut buf).await?;
+                    if k == 0 {
+                        return Err(std::io::Error::other("closed"));
+                    }
+                    got.extend_from_slice(&buf[..k]);
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                        && got.len() >= end + 4 + 1024
+                    {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(s)
+            }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(s) => open.push(s),
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    let opening = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let with = gateway.rss_mib();
+    let line = format!(
+        "Idle keep-alive connections: {} open ({} failed) in {:.1} s; gateway RSS {:.1} MiB before, \
+         {:.1} MiB with them open ({:.1} KiB per connection)",
+        open.len(),
+        failed,
+        opening.as_secs_f64(),
+        before,
+        with,
+        (with - before) * 1024.0 / open.len().max(1) as f64
+    );
+    drop(open);
+    line
+}
