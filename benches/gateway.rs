@@ -298,12 +298,21 @@ async fn idle_connections(url: &str, port: u16, n: usize, gateway: &Proc) -> Str
     let opening = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let with = gateway.rss_mib();
+    // Still open? A closed one reads end-of-stream at once; an open idle one would block.
+    let still_open = open
+        .iter()
+        .filter(|s| {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
     let line = format!(
-        "Idle keep-alive connections: {} open ({} failed) in {:.1} s; gateway RSS {:.1} MiB before, \
-         {:.1} MiB with them open ({:.1} KiB per connection)",
+        "Idle keep-alive connections: {} opened ({} failed) in {:.1} s, {} still open when measured; \
+         gateway RSS {:.1} MiB before, {:.1} MiB with them open ({:.1} KiB per connection)",
         open.len(),
         failed,
         opening.as_secs_f64(),
+        still_open,
         before,
         with,
         (with - before) * 1024.0 / open.len().max(1) as f64

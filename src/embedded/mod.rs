@@ -146,7 +146,13 @@ impl S3 for Embedded {
             let head = self.head_of(&req, i.bucket.clone(), i.key.clone()).await?;
             cond.evaluate(&head)?;
         }
-        self.fs.get_object(req).await
+        let mut resp = self.fs.get_object(req).await?;
+        resp.output.body = resp
+            .output
+            .body
+            .take()
+            .map(|b| StreamingBlob::new(Coalesce::new(b)));
+        Ok(resp)
     }
 
     async fn head_object(
@@ -261,3 +267,68 @@ impl Embedded {
         Ok(out)
     }
 }
+
+/// s3s-fs reads a file 4 KiB at a time, each read a trip through tokio's blocking pool, and
+/// sends each piece as it comes: with TCP_NODELAY, a 4 KiB segment each, and a wake-up for
+/// every one of them at the reader. This gathers pieces into chunks of up to
+/// [`COALESCE_BYTES`] before sending them (bounded memory per download, fewer segments).
+struct Coalesce {
+    inner: StreamingBlob,
+    buf: bytes::BytesMut,
+    done: bool,
+}
+
+const COALESCE_BYTES: usize = 128 * 1024;
+
+impl Coalesce {
+    fn new(inner: StreamingBlob) -> Self {
+        Self {
+            inner,
+            buf: bytes::BytesMut::new(),
+            done: false,
+        }
+    }
+}
+
+impl futures_util::Stream for Coalesce {
+    type Item = Result<bytes::Bytes, s3s::StdError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    if this.buf.is_empty() && bytes.len() >= COALESCE_BYTES {
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    this.buf.extend_from_slice(&bytes);
+                    if this.buf.len() >= COALESCE_BYTES {
+                        return Poll::Ready(Some(Ok(this.buf.split().freeze())));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if this.buf.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(this.buf.split().freeze())));
+                }
+                // The inner stream wakes us when its next piece is read.
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl s3s::stream::ByteStream for Coalesce {}
