@@ -47,7 +47,7 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         // Only the connect timeout applies to every call: a streamed upload or download may
         // rightly take hours. Calls without a streamed request body also get an attempt
-        // timeout (see `Backend::bounded`).
+        // timeout (the `bounded` client below).
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(cfg.connect_timeout.get())
@@ -65,8 +65,16 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
     if let Some(endpoint) = settings.endpoint.or_else(|| cfg.endpoint.clone()) {
         s3 = s3.endpoint_url(endpoint);
     }
+    // Both clients share the HTTP connection pool and the credentials cache of `shared`.
+    let bounded = s3.clone().timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(cfg.connect_timeout.get())
+            .operation_attempt_timeout(cfg.first_byte_timeout.get())
+            .build(),
+    );
     Backend {
         client: aws_sdk_s3::Client::from_conf(s3.build()),
+        bounded: aws_sdk_s3::Client::from_conf(bounded.build()),
         bucket: Arc::from(cfg.bucket.as_str()),
         sse: cfg.sse,
         kms_key_id: if cfg.sse == Some(Sse::AwsKms) {
@@ -75,6 +83,5 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
             None
         },
         part_size: cfg.part_size.bytes() as usize,
-        first_byte_timeout: cfg.first_byte_timeout.get(),
     }
 }

@@ -38,13 +38,16 @@ pub const MAX_PARTS: i32 = 10_000;
 /// A handle on the bucket. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Backend {
+    /// For calls with a streamed request body (PutObject): only the connect timeout.
     client: Client,
+    /// The same client with an attempt timeout (`backend.first_byte_timeout`), for every call
+    /// without a streamed request body. A second client rather than a per-call config
+    /// override, which the SDK rebuilds on every request.
+    bounded: Client,
     bucket: Arc<str>,
     sse: Option<Sse>,
     kms_key_id: Option<String>,
     part_size: usize,
-    /// Attempt timeout of calls without a streamed request body.
-    first_byte_timeout: std::time::Duration,
 }
 
 /// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
@@ -148,15 +151,6 @@ impl Backend {
         }
     }
 
-    /// A config override that bounds one attempt of a call without a streamed request body
-    /// (the time until S3's response headers, for GetObject).
-    fn bounded(&self) -> aws_sdk_s3::config::Builder {
-        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-            .operation_attempt_timeout(self.first_byte_timeout)
-            .build();
-        aws_sdk_s3::config::Builder::default().timeout_config(timeouts)
-    }
-
     /// The bucket name (for logs and the audit; never sent to clients).
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -169,11 +163,9 @@ impl Backend {
 
     /// Is the bucket reachable with our credentials?
     pub async fn ping(&self) -> Result<(), ApiError> {
-        self.client
+        self.bounded
             .head_bucket()
             .bucket(&*self.bucket)
-            .customize()
-            .config_override(self.bounded())
             .send()
             .await
             .map_err(translate)?;
@@ -272,7 +264,7 @@ impl Backend {
         }
 
         let request = self
-            .client
+            .bounded
             .create_multipart_upload()
             .bucket(&*self.bucket)
             .key(key.as_str())
@@ -281,12 +273,7 @@ impl Backend {
         let request = request
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key_id);
-        let created = request
-            .customize()
-            .config_override(self.bounded())
-            .send()
-            .await
-            .map_err(translate)?;
+        let created = request.send().await.map_err(translate)?;
         let upload_id = created.upload_id.ok_or_else(|| {
             ApiError::new(Code::BackendError, "the backend failed")
                 .detail("no UploadId in CreateMultipartUpload")
@@ -297,13 +284,11 @@ impl Backend {
             .await;
         if result.is_err() {
             let abort = self
-                .client
+                .bounded
                 .abort_multipart_upload()
                 .bucket(&*self.bucket)
                 .key(key.as_str())
                 .upload_id(&upload_id)
-                .customize()
-                .config_override(self.bounded())
                 .send()
                 .await;
             if let Err(e) = abort {
@@ -391,13 +376,11 @@ impl Backend {
         let (mut key_marker, mut id_marker) = (None, None);
         loop {
             let page = self
-                .client
+                .bounded
                 .list_multipart_uploads()
                 .bucket(&*self.bucket)
                 .set_key_marker(key_marker.take())
                 .set_upload_id_marker(id_marker.take())
-                .customize()
-                .config_override(self.bounded())
                 .send()
                 .await
                 .map_err(translate)?;
@@ -413,13 +396,11 @@ impl Backend {
                 if initiated > cutoff {
                     continue;
                 }
-                self.client
+                self.bounded
                     .abort_multipart_upload()
                     .bucket(&*self.bucket)
                     .key(key)
                     .upload_id(id)
-                    .customize()
-                    .config_override(self.bounded())
                     .send()
                     .await
                     .map_err(translate)?;
@@ -447,7 +428,7 @@ impl Backend {
     ) -> Result<Fetched, ApiError> {
         if with_body {
             let out = self
-                .client
+                .bounded
                 .get_object()
                 .bucket(&*self.bucket)
                 .key(key.as_str())
@@ -456,8 +437,6 @@ impl Backend {
                 .set_if_modified_since(cond.if_modified_since.map(Into::into))
                 .set_if_match(cond.if_match.clone())
                 .set_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
-                .customize()
-                .config_override(self.bounded())
                 .send()
                 .await;
             let out = match out {
@@ -478,7 +457,7 @@ impl Backend {
             })
         } else {
             let out = self
-                .client
+                .bounded
                 .head_object()
                 .bucket(&*self.bucket)
                 .key(key.as_str())
@@ -487,8 +466,6 @@ impl Backend {
                 .set_if_modified_since(cond.if_modified_since.map(Into::into))
                 .set_if_match(cond.if_match.clone())
                 .set_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
-                .customize()
-                .config_override(self.bounded())
                 .send()
                 .await;
             let out = match out {
@@ -512,12 +489,10 @@ impl Backend {
     /// Deletes an object. Deleting a key that does not exist succeeds, as on S3.
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), ApiError> {
         match self
-            .client
+            .bounded
             .delete_object()
             .bucket(&*self.bucket)
             .key(key.as_str())
-            .customize()
-            .config_override(self.bounded())
             .send()
             .await
         {
@@ -537,14 +512,12 @@ impl Backend {
         start_after: Option<String>,
     ) -> Result<Listing, ApiError> {
         let out = self
-            .client
+            .bounded
             .list_objects_v2()
             .bucket(&*self.bucket)
             .prefix(prefix)
             .max_keys(limit)
             .set_start_after(start_after)
-            .customize()
-            .config_override(self.bounded())
             .send()
             .await
             .map_err(translate)?;
