@@ -225,8 +225,7 @@ impl Portcullis {
         );
         unchanged(
             "rate_limit.unauthenticated_per_ip",
-            format!("{:?}", old.rate_limit.unauthenticated_per_ip)
-                == format!("{:?}", config.rate_limit.unauthenticated_per_ip),
+            old.rate_limit.unauthenticated_per_ip == config.rate_limit.unauthenticated_per_ip,
         );
         unchanged(
             "server.trusted_proxies and deadlines",

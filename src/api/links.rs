@@ -55,22 +55,19 @@ pub(super) async fn create(
         "PUT" => Method::PUT,
         _ => return Err(ApiError::bad_request("method must be GET or PUT")),
     };
-    let (url, expires_at) = issue(
+    issue(
         state,
         &identity,
         Wanted {
             key: r.key,
-            method: method.clone(),
+            method,
             expires_in: r.expires_in,
             max_size: r.max_size,
             content_type: r.content_type,
             create_only: r.create_only,
         },
-    )?;
-    Ok(respond::json(
         StatusCode::CREATED,
-        &json!({ "url": url, "method": method.as_str(), "expires_at": expires_at }),
-    ))
+    )
 }
 
 pub(super) async fn upload_url(
@@ -79,7 +76,7 @@ pub(super) async fn upload_url(
 ) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req, None)?;
     let r: UploadUrlRequest = read_json(state, req).await?;
-    let (url, expires_at) = issue(
+    issue(
         state,
         &identity,
         Wanted {
@@ -90,11 +87,8 @@ pub(super) async fn upload_url(
             content_type: r.content_type,
             create_only: r.create_only,
         },
-    )?;
-    Ok(respond::json(
         StatusCode::OK,
-        &json!({ "url": url, "method": "PUT", "expires_at": expires_at }),
-    ))
+    )
 }
 
 pub(super) async fn download_url(
@@ -123,7 +117,7 @@ pub(super) async fn download_url(
         }
     }
     let key = key.ok_or_else(|| ApiError::bad_request("key is required"))?;
-    let (url, expires_at) = issue(
+    issue(
         state,
         &identity,
         Wanted {
@@ -134,11 +128,8 @@ pub(super) async fn download_url(
             content_type: None,
             create_only: false,
         },
-    )?;
-    Ok(respond::json(
         StatusCode::OK,
-        &json!({ "url": url, "method": "GET", "expires_at": expires_at }),
-    ))
+    )
 }
 
 /// What the caller asked a link to allow.
@@ -151,9 +142,14 @@ struct Wanted {
     create_only: bool,
 }
 
-/// Checks that the principal may link and may itself do what the link would, and signs it.
-/// Returns the URL and its expiry (RFC 3339).
-fn issue(state: &AppState, identity: &Identity, w: Wanted) -> Result<(String, String), ApiError> {
+/// Checks that the principal may link and may itself do what the link would, signs it, and
+/// answers `{"url","method","expires_at"}` (expiry in RFC 3339) with `status`.
+fn issue(
+    state: &AppState,
+    identity: &Identity,
+    w: Wanted,
+    status: StatusCode,
+) -> Result<Response<Body>, ApiError> {
     let signer: &LinkSigner = state.links.as_ref().ok_or_else(|| {
         ApiError::new(
             Code::NotFound,
@@ -204,7 +200,14 @@ fn issue(state: &AppState, identity: &Identity, w: Wanted) -> Result<(String, St
         None => path,
     };
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(expires);
-    Ok((url, humantime::format_rfc3339_seconds(at).to_string()))
+    Ok(respond::json(
+        status,
+        &json!({
+            "url": url,
+            "method": grant.method.as_str(),
+            "expires_at": humantime::format_rfc3339_seconds(at).to_string(),
+        }),
+    ))
 }
 
 /// Reads a small JSON body, within `MAX_JSON` bytes and the body idle timeout.

@@ -30,6 +30,8 @@ struct JwtKey {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
+    /// The checks for tokens of this key, built once.
+    validation: Validation,
 }
 
 /// Verifies tokens and turns their claims into principals.
@@ -89,7 +91,12 @@ impl JwtVerifier {
                 };
                 let key = DecodingKey::from_jwk(jwk)
                     .map_err(|e| format!("{}: key {name}: {e}", path.display()))?;
-                keys.push(JwtKey { kid, alg, key });
+                keys.push(JwtKey {
+                    kid,
+                    alg,
+                    key,
+                    validation: validation(alg, c),
+                });
             }
         }
         if let Some(var) = &c.hs256_secret_env {
@@ -104,6 +111,7 @@ impl JwtVerifier {
                 alg: Algorithm::HS256,
                 key: DecodingKey::from_secret(secret.as_bytes())
                     .map_err(|e| format!("${var}: {e}"))?,
+                validation: validation(Algorithm::HS256, c),
             });
         }
         if keys.is_empty() {
@@ -143,19 +151,17 @@ impl JwtVerifier {
             }
         }
         .ok_or_else(|| refuse(&"no configured key for its kid and algorithm"))?;
-        let mut v = Validation::new(key.alg);
-        v.leeway = LEEWAY_SECS;
-        v.validate_nbf = true;
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.audience]);
-        v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, &v)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    ApiError::unauthenticated("the token has expired", true)
-                }
-                _ => refuse(&e),
-            })?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(
+            token,
+            &key.key,
+            &key.validation,
+        )
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                ApiError::unauthenticated("the token has expired", true)
+            }
+            _ => refuse(&e),
+        })?;
         let claims = data.claims;
         let name = claim_str(&claims, &self.claim)
             .ok_or_else(|| refuse(&format_args!("no usable `{}` claim", self.claim)))?;
@@ -206,6 +212,18 @@ impl JwtVerifier {
         known.insert(id, p.clone());
         p
     }
+}
+
+/// What every token of one key must pass: only that key's algorithm, `exp`, `iss` and `aud`
+/// present, `nbf` when present, all with [`LEEWAY_SECS`] of clock skew.
+fn validation(alg: Algorithm, c: &JwtConfig) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = LEEWAY_SECS;
+    v.validate_nbf = true;
+    v.set_issuer(&[&c.issuer]);
+    v.set_audience(&[&c.audience]);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v
 }
 
 /// Whether a bearer token has the shape of a JWT (three base64url parts, a JSON header).

@@ -135,7 +135,7 @@ pub enum AuditMode {
 }
 
 /// `[backend]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
     /// `"s3"` (default) or `"embedded"`.
@@ -210,7 +210,7 @@ impl Default for LimitsConfig {
 }
 
 /// A GCRA rate: sustained requests per second and burst.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     pub requests_per_second: u32,
@@ -303,7 +303,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Format of the application log (stderr). Default `"json"`.
