@@ -15,14 +15,12 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use portcullis::load::{LoadOptions, Op, Summary};
-use support::{BIN, Proc};
+use support::{Proc, S3Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "bench-key-0123456789";
@@ -71,22 +69,8 @@ async fn run(cell: Duration, idle: usize) {
     let dir = tempfile::tempdir_in(&target).unwrap();
 
     // The S3 server, in its own process.
-    let mut s3 = Command::new(BIN)
-        .args(["s3-server", "--bucket", BUCKET, "--root"])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(s3.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let s3_info: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let s3_proc = Proc { child: s3 };
-    let endpoint = s3_info["endpoint"].as_str().unwrap().to_owned();
-    let access = s3_info["access_key"].as_str().unwrap().to_owned();
-    let secret = s3_info["secret_key"].as_str().unwrap().to_owned();
+    let s3 = S3Server::start(&dir.path().join("data"), BUCKET);
+    let (endpoint, access, secret) = (&s3.endpoint, &s3.access_key, &s3.secret_key);
 
     // The gateway, in its own process; the principal is not rate limited in practice. An idle
     // keep-alive connection is closed after `header_read_timeout` (hyper starts that clock
@@ -109,29 +93,17 @@ async fn run(cell: Duration, idle: usize) {
     )
     .unwrap();
     let port = support::free_port();
-    let mut gateway = Proc::gateway(&config, port, &access, &secret, dir.path());
+    let mut gateway = Proc::gateway(&config, port, access, secret, dir.path());
     let url = format!("http://127.0.0.1:{port}");
 
     // The direct path's client: presigned URLs from aws-sdk-s3.
-    let mut direct_cfg = portcullis::config::Config::default();
-    direct_cfg.backend.bucket = BUCKET.into();
-    direct_cfg.backend.force_path_style = true;
-    let sdk = portcullis::relay::connect(
-        &direct_cfg,
-        portcullis::relay::BackendSettings {
-            endpoint: Some(endpoint.clone()),
-            credentials: Some((access.clone(), secret.clone())),
-        },
-    )
-    .await
-    .client()
-    .clone();
+    let sdk = s3.client(BUCKET).await;
     let presign = PresigningConfig::expires_in(Duration::from_secs(3600)).unwrap();
 
     println!(
         "gateway pid {}, s3 server pid {}; {:.1} s per cell",
         gateway.pid(),
-        s3_proc.pid(),
+        s3.proc.pid(),
         cell.as_secs_f64()
     );
     let mut rows = Vec::new();

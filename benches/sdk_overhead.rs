@@ -8,8 +8,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use support::{BIN, Proc};
+use support::{S3Server, cpu_secs_of};
 
 const BUCKET: &str = "bench";
 const REQUESTS: usize = 20_000;
@@ -33,49 +31,10 @@ fn main() {
     rt.block_on(run());
 }
 
-/// utime + stime of this process, in seconds.
-fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
-}
-
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s3 = Command::new(BIN)
-        .args(["s3-server", "--bucket", BUCKET, "--root"])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(s3.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _s3 = Proc { child: s3 };
-    let info: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let mut cfg = portcullis::config::Config::default();
-    cfg.backend.bucket = BUCKET.into();
-    cfg.backend.force_path_style = true;
-    let sdk = portcullis::relay::connect(
-        &cfg,
-        portcullis::relay::BackendSettings {
-            endpoint: Some(info["endpoint"].as_str().unwrap().into()),
-            credentials: Some((
-                info["access_key"].as_str().unwrap().into(),
-                info["secret_key"].as_str().unwrap().into(),
-            )),
-        },
-    )
-    .await
-    .client()
-    .clone();
+    let s3 = S3Server::start(&dir.path().join("data"), BUCKET);
+    let sdk = s3.client(BUCKET).await;
     sdk.put_object()
         .bucket(BUCKET)
         .key("small")
@@ -104,7 +63,7 @@ async fn run() {
     for round in 0..3 {
         for way in ["aws-sdk-s3 GetObject", "hyper + presigned URL"] {
             let n = if round == 0 { 2_000 } else { REQUESTS };
-            let (cpu0, t0) = (own_cpu(), Instant::now());
+            let (cpu0, t0) = (cpu_secs_of("self"), Instant::now());
             let mut tasks = Vec::new();
             for w in 0..CONCURRENCY {
                 let (sdk, url, hyper) = (sdk.clone(), url.clone(), hyper.clone());
@@ -130,7 +89,7 @@ async fn run() {
                 t.await.unwrap();
             }
             if round > 0 {
-                let cpu = own_cpu() - cpu0;
+                let cpu = cpu_secs_of("self") - cpu0;
                 results.push((
                     way,
                     cpu * 1e6 / n as f64,

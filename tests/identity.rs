@@ -123,28 +123,28 @@ async fn jwts_from_the_identity_provider_are_principals_with_their_own_prefix() 
     let idp = Idp::new();
     let g = gateway(&idp.toml()).await;
     let rs = idp.rs256(&claims("carol"));
-    let resp = g
-        .call(Method::PUT, "users/carol/notes.txt", &rs)
-        .body("mine")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(
+            g.call(Method::PUT, "users/carol/notes.txt", &rs)
+                .body("mine")
+        )
+        .await,
+        StatusCode::OK
+    );
     // Confined to users/carol/.
-    let resp = g
-        .call(Method::PUT, "users/alice/notes.txt", &rs)
-        .body("theirs")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        status_of(
+            g.call(Method::PUT, "users/alice/notes.txt", &rs)
+                .body("theirs")
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
     // Only the allowed actions.
-    let resp = g
-        .call(Method::DELETE, "users/carol/notes.txt", &rs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        status_of(g.call(Method::DELETE, "users/carol/notes.txt", &rs)).await,
+        StatusCode::FORBIDDEN
+    );
     // ES256 from the same JWKS; within the clock-skew allowance a just-expired token passes.
     let es = idp.es256(&with(claims("carol"), "exp", json!(now() - 10)));
     assert_eq!(g.fetch("users/carol/notes.txt", &es).await, b"mine");
@@ -311,28 +311,20 @@ async fn client_certificates_identify_principals() {
     let pki = Pki::new();
     let g = gateway(&format!("{}{DAVE}", pki.toml(Some("optional")))).await;
     let dave = pki.client(Some(&pki.client_pem("dave")), false);
-    let resp = dave
-        .put(g.object_url("users/dave/d.txt"))
-        .body("by cert")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let resp = dave
-        .put(g.object_url("users/alice/d.txt"))
-        .body("no")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        status_of(dave.put(g.object_url("users/dave/d.txt")).body("by cert")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_of(dave.put(g.object_url("users/alice/d.txt")).body("no")).await,
+        StatusCode::FORBIDDEN
+    );
     // A trusted certificate that maps to no principal is not enough.
     let erin = pki.client(Some(&pki.client_pem("erin")), false);
-    let resp = erin
-        .get(g.object_url("users/dave/d.txt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(erin.get(g.object_url("users/dave/d.txt"))).await,
+        StatusCode::UNAUTHORIZED
+    );
     // A certificate from a CA the gateway does not trust fails the handshake.
     let stranger = pki.client(Some(&stranger_client_pem("dave")), false);
     assert!(
@@ -344,13 +336,15 @@ async fn client_certificates_identify_principals() {
     );
     // Optional: a client without a certificate still uses a key.
     let anonymous = pki.client(None, false);
-    let resp = anonymous
-        .get(g.object_url("users/dave/d.txt"))
-        .header("authorization", bearer(ADMIN))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(
+            anonymous
+                .get(g.object_url("users/dave/d.txt"))
+                .header("authorization", bearer(ADMIN))
+        )
+        .await,
+        StatusCode::OK
+    );
     eventually("the mTLS request is logged", || async {
         g.access_log_lines()
             .iter()
@@ -373,13 +367,10 @@ async fn a_required_client_certificate_refuses_clients_without_one() {
             .is_err()
     );
     let dave = pki.client(Some(&pki.client_pem("dave")), true);
-    let resp = dave
-        .put(g.object_url("users/dave/d.txt"))
-        .body("by cert")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(dave.put(g.object_url("users/dave/d.txt")).body("by cert")).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,15 +130,16 @@ async fn changing_any_field_invalidates_the_link() {
         );
     }
     assert!(g.bucket_keys().await.is_empty());
-    let resp = g
-        .http
-        .put(rebuild(&fields))
-        .header("content-type", "text/plain")
-        .body("ok")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        status_of(
+            g.http
+                .put(rebuild(&fields))
+                .header("content-type", "text/plain")
+                .body("ok")
+        )
+        .await,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,33 +172,31 @@ async fn a_put_link_enforces_its_size_and_type_while_streaming() {
         (s, code.as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
     );
-    let resp = g
-        .http
-        .put(&link)
-        .body(chunked_body(big, 1024))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        status_of(g.http.put(&link).body(chunked_body(big, 1024))).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     // The wrong declared type, and a lie the sniffer catches.
-    let resp = g
-        .http
-        .put(&link)
-        .header("content-type", "text/plain")
-        .body("text")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let resp = g
-        .http
-        .put(&link)
-        .header("content-type", "image/png")
-        .body(ELF.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        status_of(
+            g.http
+                .put(&link)
+                .header("content-type", "text/plain")
+                .body("text")
+        )
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(
+        status_of(
+            g.http
+                .put(&link)
+                .header("content-type", "image/png")
+                .body(ELF.to_vec())
+        )
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
     assert!(g.bucket_keys().await.is_empty());
     assert!(g.settle_uploads().await.is_empty());
     // Within the limits, and without a Content-Type: the link's type is used.
@@ -344,15 +343,16 @@ async fn presigned_url_routes_return_links() {
     let v: Value = resp.json().await.unwrap();
     let url = format!("{}{}", g.url, v["url"].as_str().unwrap());
     let data = random_bytes(100_000, 4);
-    let resp = g
-        .http
-        .put(&url)
-        .header("content-type", "application/octet-stream")
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(
+            g.http
+                .put(&url)
+                .header("content-type", "application/octet-stream")
+                .body(data.clone())
+        )
+        .await,
+        StatusCode::OK
+    );
 
     let resp = g
         .http
@@ -380,14 +380,15 @@ async fn presigned_url_routes_return_links() {
     assert_eq!(got.to_vec(), data);
 
     // The reader may get but not link; nobody gets a download link outside their prefix.
-    let resp = g
-        .http
-        .get(format!("{}/s3/download-url?key=users/alice/x", g.url))
-        .header("authorization", bearer(READER))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        status_of(
+            g.http
+                .get(format!("{}/s3/download-url?key=users/alice/x", g.url))
+                .header("authorization", bearer(READER))
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

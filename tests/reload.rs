@@ -327,13 +327,15 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
     let first = Pki::new();
     let g = gateway(&first.toml(None)).await;
     let trusts_first = first.client(None, true);
-    let resp = trusts_first
-        .get(g.object_url("users/alice/none"))
-        .header("authorization", bearer(ALICE))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        status_of(
+            trusts_first
+                .get(g.object_url("users/alice/none"))
+                .header("authorization", bearer(ALICE))
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
 
     let second = Pki::new();
     let mut c = g.config.clone();
@@ -342,13 +344,15 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
     tls.key = second.server_key.clone();
     g.gateway.reload(&c).unwrap();
     let trusts_second = second.client(None, true);
-    let resp = trusts_second
-        .get(g.object_url("users/alice/none"))
-        .header("authorization", bearer(ALICE))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        status_of(
+            trusts_second
+                .get(g.object_url("users/alice/none"))
+                .header("authorization", bearer(ALICE))
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
     let fresh_first = first.client(None, true);
     assert!(
         fresh_first
@@ -365,12 +369,14 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
     let mut broken = c.clone();
     broken.server.tls.as_mut().unwrap().cert = "/nonexistent.pem".into();
     assert!(g.gateway.reload(&broken).is_err());
-    let resp = second
-        .client(None, true)
-        .get(g.object_url("users/alice/none"))
-        .header("authorization", bearer(ALICE))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        status_of(
+            second
+                .client(None, true)
+                .get(g.object_url("users/alice/none"))
+                .header("authorization", bearer(ALICE))
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
 }

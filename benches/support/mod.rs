@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,15 +53,7 @@ impl Proc {
 
     /// utime + stime of the process (all its threads, living and ended), in seconds.
     pub fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / 100.0
+        cpu_secs_of(&self.pid().to_string())
     }
 
     fn status_kib(&self, field: &str) -> f64 {
@@ -111,4 +104,67 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// utime + stime of `/proc/<who>` (a pid, or `self`), in seconds.
+pub fn cpu_secs_of(who: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// `portcullis s3-server`: the embedded S3 server in its own process, with the endpoint and
+/// generated credentials it printed.
+pub struct S3Server {
+    pub proc: Proc,
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Server {
+    pub fn start(root: &std::path::Path, bucket: &str) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["s3-server", "--bucket", bucket, "--root"])
+            .arg(root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let field = |name: &str| info[name].as_str().unwrap().to_owned();
+        Self {
+            endpoint: field("endpoint"),
+            access_key: field("access_key"),
+            secret_key: field("secret_key"),
+            proc: Proc { child },
+        }
+    }
+
+    /// An aws-sdk-s3 client for it, built the way the gateway builds its own.
+    pub async fn client(&self, bucket: &str) -> aws_sdk_s3::Client {
+        let mut config = portcullis::config::Config::default();
+        config.backend.bucket = bucket.into();
+        config.backend.force_path_style = true;
+        portcullis::relay::connect(
+            &config,
+            portcullis::relay::BackendSettings {
+                endpoint: Some(self.endpoint.clone()),
+                credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+            },
+        )
+        .await
+        .client()
+        .clone()
+    }
 }
