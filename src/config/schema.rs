@@ -165,6 +165,10 @@ pub struct BackendConfig {
     pub abandoned_upload_age: Span,
     /// Data folder of the embedded backend. Default `./data`.
     pub root: PathBuf,
+    /// GET and HEAD of objects signed and sent by the gateway itself (SigV4 on a plain HTTP
+    /// client) instead of through aws-sdk-s3, with the SDK's endpoint, credentials, timeouts,
+    /// retries and error mapping. `false`: every call through the SDK. Default `true`.
+    pub light_reads: bool,
 }
 
 impl Default for BackendConfig {
@@ -183,6 +187,7 @@ impl Default for BackendConfig {
             first_byte_timeout: Span::secs(30),
             abandoned_upload_age: Span::secs(24 * 3600),
             root: PathBuf::from("./data"),
+            light_reads: true,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Building the aws-sdk-s3 client. The same code path for AWS, an S3-compatible endpoint and
-//! the embedded server: only the endpoint and where the credentials come from differ.
+//! Building the aws-sdk-s3 client and the light read path beside it. The same code path for
+//! AWS, an S3-compatible endpoint and the embedded server: only the endpoint and where the
+//! credentials come from differ.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use aws_sdk_s3::config::{
     RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
 
-use super::Backend;
+use super::{Backend, signed};
 use crate::config::{Config, Sse};
 
 /// What the relay needs to know beyond the config file.
@@ -38,8 +39,11 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
         ));
     }
     let shared = loader.load().await;
+    let force_path_style = cfg.force_path_style || settings.endpoint.is_some();
+    let endpoint = settings.endpoint.or_else(|| cfg.endpoint.clone());
+    let stall_grace = config.server.body_idle_timeout.get() * 2;
     let mut s3 = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(cfg.force_path_style || settings.endpoint.is_some())
+        .force_path_style(force_path_style)
         // Checksums only where S3 requires them: the SDK would otherwise wrap every streamed
         // upload in aws-chunked encoding with a trailer, which not every S3-compatible server
         // accepts, and validate every download at the end of the stream.
@@ -59,10 +63,10 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
         // polled, so a slow reader's backpressure is not a stall.
         .stalled_stream_protection(
             StalledStreamProtectionConfig::enabled()
-                .grace_period(config.server.body_idle_timeout.get() * 2)
+                .grace_period(stall_grace)
                 .build(),
         );
-    if let Some(endpoint) = settings.endpoint.or_else(|| cfg.endpoint.clone()) {
+    if let Some(endpoint) = &endpoint {
         s3 = s3.endpoint_url(endpoint);
     }
     // Both clients share the HTTP connection pool and the credentials cache of `shared`.
@@ -72,6 +76,30 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
             .operation_attempt_timeout(cfg.first_byte_timeout.get())
             .build(),
     );
+    let reader = match (cfg.light_reads, shared.credentials_provider()) {
+        (true, Some(credentials)) => {
+            let setup = signed::ReaderSetup {
+                bucket: &cfg.bucket,
+                region: &cfg.region,
+                endpoint: endpoint.as_deref(),
+                force_path_style,
+                use_fips: shared.use_fips().unwrap_or(false),
+                use_dual_stack: shared.use_dual_stack().unwrap_or(false),
+                credentials,
+                connect_timeout: cfg.connect_timeout.get(),
+                first_byte_timeout: cfg.first_byte_timeout.get(),
+                stall_grace,
+            };
+            match signed::Reader::new(setup).await {
+                Ok(reader) => Some(Arc::new(reader)),
+                Err(why) => {
+                    tracing::info!(reason = %why, "light reads do not apply to this backend; every call goes through the SDK");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     Backend {
         client: aws_sdk_s3::Client::from_conf(s3.build()),
         bounded: aws_sdk_s3::Client::from_conf(bounded.build()),
@@ -83,5 +111,6 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
             None
         },
         part_size: cfg.part_size.bytes() as usize,
+        reader,
     }
 }

@@ -13,39 +13,10 @@ where
 {
     let detail = describe(&err);
     let api = match &err {
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            let code = service.err().code().unwrap_or("");
-            match (status, code) {
-                // The bucket itself is gone: the gateway's problem, not the client's.
-                (_, "NoSuchBucket") => ApiError::new(Code::BackendError, "the backend failed"),
-                (404, _) | (_, "NoSuchKey" | "NotFound") => ApiError::not_found(),
-                (412, _) | (_, "PreconditionFailed") => ApiError::new(
-                    Code::PreconditionFailed,
-                    "the object's state does not match the request's condition",
-                ),
-                // A concurrent conditional write won the race; to this client, the condition failed.
-                (409, "ConditionalRequestConflict") => ApiError::new(
-                    Code::PreconditionFailed,
-                    "a concurrent write changed the object; retry",
-                ),
-                (416, _) | (_, "InvalidRange") => {
-                    ApiError::new(Code::RangeNotSatisfiable, "the range is outside the object")
-                }
-                (400, "EntityTooLarge") => ApiError::new(
-                    Code::PayloadTooLarge,
-                    "the object is too large for the backend",
-                ),
-                (400, "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch") => {
-                    ApiError::new(Code::BadDigest, "the body does not match its digest")
-                }
-                (503, _) | (_, "SlowDown") => ApiError::new(
-                    Code::BackendUnavailable,
-                    "the backend is unavailable; retry later",
-                ),
-                _ => ApiError::new(Code::BackendError, "the backend failed"),
-            }
-        }
+        SdkError::ServiceError(service) => classify(
+            service.raw().status().as_u16(),
+            service.err().code().unwrap_or(""),
+        ),
         SdkError::TimeoutError(_) => {
             ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
         }
@@ -63,6 +34,50 @@ where
     api.detail(detail)
 }
 
+/// Maps S3's status and error code to the gateway's error. Shared by both read paths.
+pub(super) fn classify(status: u16, code: &str) -> ApiError {
+    match (status, code) {
+        // The bucket itself is gone: the gateway's problem, not the client's.
+        (_, "NoSuchBucket") => ApiError::new(Code::BackendError, "the backend failed"),
+        (404, _) | (_, "NoSuchKey" | "NotFound") => ApiError::not_found(),
+        (412, _) | (_, "PreconditionFailed") => ApiError::new(
+            Code::PreconditionFailed,
+            "the object's state does not match the request's condition",
+        ),
+        // A concurrent conditional write won the race; to this client, the condition failed.
+        (409, "ConditionalRequestConflict") => ApiError::new(
+            Code::PreconditionFailed,
+            "a concurrent write changed the object; retry",
+        ),
+        (416, _) | (_, "InvalidRange") => {
+            ApiError::new(Code::RangeNotSatisfiable, "the range is outside the object")
+        }
+        (400, "EntityTooLarge") => ApiError::new(
+            Code::PayloadTooLarge,
+            "the object is too large for the backend",
+        ),
+        (400, "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch") => {
+            ApiError::new(Code::BadDigest, "the body does not match its digest")
+        }
+        (503, _) | (_, "SlowDown") => ApiError::new(
+            Code::BackendUnavailable,
+            "the backend is unavailable; retry later",
+        ),
+        _ => ApiError::new(Code::BackendError, "the backend failed"),
+    }
+}
+
+/// The log line of a failure S3 answered.
+pub(super) fn describe_answer(
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    id_2: &str,
+) -> String {
+    format!("S3 {status} {code}: {message} (request id {request_id}, extended id {id_2})")
+}
+
 /// Everything worth logging about a backend failure, AWS request ids included.
 fn describe<E>(err: &SdkError<E, Response>) -> String
 where
@@ -72,8 +87,7 @@ where
         SdkError::ServiceError(s) => {
             let raw = s.raw();
             let meta = s.err().meta();
-            format!(
-                "S3 {} {}: {} (request id {}, extended id {})",
+            describe_answer(
                 raw.status().as_u16(),
                 meta.code().unwrap_or("-"),
                 meta.message().unwrap_or("-"),

@@ -1,5 +1,9 @@
-//! The relay: the only module that speaks to S3 (through aws-sdk-s3), and the one place where
-//! an `SdkError` becomes an [`ApiError`].
+//! The relay: the only module that speaks to S3, and the one place where a backend failure
+//! becomes an [`ApiError`].
+//!
+//! GET and HEAD of objects take a lighter path when they can: signed by the gateway and sent
+//! on a plain hyper client (`signed.rs`), with the SDK's endpoint, credentials, timeouts,
+//! retries and error mapping, for a fraction of the SDK's CPU per call.
 //!
 //! Uploads stream: a body of known length (up to S3's 5 GiB single-request limit) goes as one
 //! `PutObject`; any other body goes as a multipart upload, one `part_size` buffer at a time,
@@ -10,6 +14,7 @@
 mod client;
 mod errors;
 mod posture;
+mod signed;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -48,6 +53,9 @@ pub struct Backend {
     sse: Option<Sse>,
     kms_key_id: Option<String>,
     part_size: usize,
+    /// The light signed path for GET and HEAD, when `backend.light_reads` is on and the
+    /// endpoint allows it.
+    reader: Option<Arc<signed::Reader>>,
 }
 
 /// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
@@ -159,6 +167,11 @@ impl Backend {
     /// The underlying client, for start-up checks and tests of the backend itself.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Do GET and HEAD take the light signed path?
+    pub fn light_reads(&self) -> bool {
+        self.reader.is_some()
     }
 
     /// Is the bucket reachable with our credentials?
@@ -426,6 +439,9 @@ impl Backend {
         cond: &ReadConditions,
         with_body: bool,
     ) -> Result<Fetched, ApiError> {
+        if let Some(reader) = &self.reader {
+            return reader.fetch(key, range, cond, with_body).await;
+        }
         if with_body {
             let out = self
                 .bounded

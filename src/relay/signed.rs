@@ -1,0 +1,738 @@
+//! The light signed path for reads: GET and HEAD of an object go out on a plain hyper client,
+//! signed with `aws-sigv4`, instead of through the aws-sdk-s3 orchestrator, whose per-call
+//! work costs about 90 µs of CPU (`cargo bench --bench sdk_overhead`): as much as the rest of
+//! a small GET put together.
+//!
+//! It behaves as the SDK path does, and the tests hold it to that (tests/relay.rs compares
+//! the two): the endpoint is resolved once by the SDK's own endpoint rules, credentials come
+//! from the same provider (cached until shortly before they expire), and the attempt timeout,
+//! the retries (the SDK's standard mode: 3 attempts, exponential backoff with jitter, the same
+//! transient statuses and error codes, a retry quota) and the error mapping
+//! ([`super::errors::classify`]) are the SDK's. `backend.light_reads = false` turns it off.
+//! It is used only where it applies unchanged: an endpoint signed with plain SigV4 and no
+//! extra endpoint headers; anything else (S3 Express, multi-region access points) stays on
+//! the SDK.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode, sign,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::Document;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::errors::{classify, describe_answer};
+use super::{Fetched, ObjectMeta, ReadConditions};
+use crate::BoxError;
+use crate::error::{ApiError, Code};
+use crate::policy::ObjectKey;
+
+/// The SDK's standard retry mode: attempts per call, backoff, and the retry quota.
+const MAX_ATTEMPTS: u32 = 3;
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
+const RETRY_QUOTA: i64 = 500;
+const RETRY_COST: i64 = 5;
+const TIMEOUT_RETRY_COST: i64 = 10;
+/// Statuses and S3 error codes the SDK retries.
+const TRANSIENT_STATUSES: &[u16] = &[500, 502, 503, 504];
+const TRANSIENT_CODES: &[&str] = &["RequestTimeout", "RequestTimeoutException"];
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
+/// Credentials are refreshed this long before they expire.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
+/// Most of an error answer read for its code and message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// How the SDK encodes an object key in the path: everything but unreserved characters and
+/// `/` (a "greedy" label).
+const KEY_ENCODING: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// What the light path needs from the backend's setup.
+pub(super) struct ReaderSetup<'a> {
+    pub(super) bucket: &'a str,
+    pub(super) region: &'a str,
+    pub(super) endpoint: Option<&'a str>,
+    pub(super) force_path_style: bool,
+    pub(super) use_fips: bool,
+    pub(super) use_dual_stack: bool,
+    pub(super) credentials: SharedCredentialsProvider,
+    pub(super) connect_timeout: Duration,
+    pub(super) first_byte_timeout: Duration,
+    /// A download that sends nothing for this long while it is read fails.
+    pub(super) stall_grace: Duration,
+}
+
+/// Signs and sends GET and HEAD of objects.
+pub(super) struct Reader {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Scheme, authority and path up to the key, e.g. `http://127.0.0.1:9000/bucket/`.
+    base: String,
+    host: HeaderValue,
+    signing_region: String,
+    signing_name: String,
+    credentials: Credentials,
+    first_byte_timeout: Duration,
+    stall_grace: Duration,
+    retry_quota: AtomicI64,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("base", &self.base).finish()
+    }
+}
+
+impl Reader {
+    /// Resolves the bucket's endpoint with the SDK's rules. `Err` says why the light path
+    /// does not apply (the SDK path is used instead).
+    pub(super) async fn new(setup: ReaderSetup<'_>) -> Result<Reader, String> {
+        let target = Target::resolve(&setup).await?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(setup.connect_timeout));
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = if target.https {
+            builder.with_tls_config(tls_config()?)
+        } else {
+            // Plain HTTP endpoint: no certificates to load; the connector never uses TLS.
+            builder.with_tls_config(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+        };
+        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Reader {
+            client,
+            base: target.base,
+            host: target.host,
+            signing_region: target.signing_region,
+            signing_name: target.signing_name,
+            credentials: Credentials::new(setup.credentials),
+            first_byte_timeout: setup.first_byte_timeout,
+            stall_grace: setup.stall_grace,
+            retry_quota: AtomicI64::new(RETRY_QUOTA),
+        })
+    }
+
+    /// GET (with `body`) or HEAD (without), as [`super::Backend::fetch`].
+    pub(super) async fn fetch(
+        &self,
+        key: &ObjectKey,
+        range: Option<&str>,
+        cond: &ReadConditions,
+        with_body: bool,
+    ) -> Result<Fetched, ApiError> {
+        let uri = format!(
+            "{}{}",
+            self.base,
+            utf8_percent_encode(key.as_str(), KEY_ENCODING)
+        );
+        let method = if with_body { Method::GET } else { Method::HEAD };
+        let mut attempt = 1;
+        let mut retried = false;
+        loop {
+            let failure = match self.attempt(&method, &uri, range, cond).await {
+                Ok(resp) => {
+                    self.succeeded(retried);
+                    return self.answer(resp, with_body);
+                }
+                Err(failure) => failure,
+            };
+            let cost = match failure.retry {
+                Retry::No => return Err(failure.error),
+                Retry::Transient => RETRY_COST,
+                Retry::Timeout => TIMEOUT_RETRY_COST,
+            };
+            if attempt >= MAX_ATTEMPTS || !self.take_retry(cost) {
+                return Err(failure.error);
+            }
+            tracing::debug!(attempt, error = %failure.error, "retrying a backend read");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            retried = true;
+        }
+    }
+
+    /// One signed request, up to S3's answer. A response that is not the object or a 304 is
+    /// read for its error code and returned as a failure.
+    async fn attempt(
+        &self,
+        method: &Method,
+        uri: &str,
+        range: Option<&str>,
+        cond: &ReadConditions,
+    ) -> Result<Response<Incoming>, Failure> {
+        let identity = self.credentials.get().await.map_err(|e| Failure {
+            error: ApiError::new(Code::BackendError, "the backend failed")
+                .detail(format!("no backend credentials: {e}")),
+            retry: Retry::No,
+        })?;
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(Empty::new())
+            .map_err(|e| Failure {
+                error: ApiError::internal("could not build the backend request").detail(e),
+                retry: Retry::No,
+            })?;
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
+        let text = |s: &str| HeaderValue::from_str(s);
+        let conditions = [
+            (header::RANGE, range.map(text)),
+            (
+                header::IF_NONE_MATCH,
+                cond.if_none_match.as_deref().map(text),
+            ),
+            (header::IF_MATCH, cond.if_match.as_deref().map(text)),
+            (
+                header::IF_MODIFIED_SINCE,
+                cond.if_modified_since
+                    .map(|t| text(&httpdate::fmt_http_date(t))),
+            ),
+            (
+                header::IF_UNMODIFIED_SINCE,
+                cond.if_unmodified_since
+                    .map(|t| text(&httpdate::fmt_http_date(t))),
+            ),
+        ];
+        for (name, value) in conditions {
+            if let Some(value) = value {
+                let value = value.map_err(|e| Failure {
+                    error: ApiError::internal("could not build the backend request").detail(e),
+                    retry: Retry::No,
+                })?;
+                h.insert(name, value);
+            }
+        }
+        self.sign(&mut req, &identity).map_err(|e| Failure {
+            error: ApiError::internal("could not sign the backend request").detail(e),
+            retry: Retry::No,
+        })?;
+
+        let resp =
+            match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
+                Err(_) => {
+                    return Err(Failure {
+                        error: ApiError::new(
+                            Code::BackendTimeout,
+                            "the backend did not answer in time",
+                        )
+                        .detail(format!(
+                            "no answer within first_byte_timeout ({:?})",
+                            self.first_byte_timeout
+                        )),
+                        retry: Retry::Timeout,
+                    });
+                }
+                Ok(Err(e)) => return Err(transport_failure(&e)),
+                Ok(Ok(resp)) => resp,
+            };
+        match resp.status() {
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => Ok(resp),
+            _ => Err(self.refusal(resp).await),
+        }
+    }
+
+    fn sign(&self, req: &mut Request<Empty<Bytes>>, identity: &Identity) -> Result<(), BoxError> {
+        let mut settings = SigningSettings::default();
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        let params = v4::SigningParams::builder()
+            .identity(identity)
+            .region(&self.signing_region)
+            .name(&self.signing_name)
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()?
+            .into();
+        let uri = req.uri().to_string();
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| Ok((k.as_str(), v.to_str()?)))
+            .collect::<Result<Vec<_>, http::header::ToStrError>>()?;
+        let signable = SignableRequest::new(
+            req.method().as_str(),
+            uri,
+            headers.into_iter(),
+            SignableBody::Bytes(&[]),
+        )?;
+        let (instructions, _) = sign(signable, &params)?.into_parts();
+        instructions.apply_to_request_http1x(req);
+        Ok(())
+    }
+
+    /// S3's refusal, read (bounded, within the attempt timeout) for its code and message.
+    async fn refusal(&self, resp: Response<Incoming>) -> Failure {
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let (request_id, id_2) = (header("x-amz-request-id"), header("x-amz-id-2"));
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ERROR_BODY).collect();
+        let body = match tokio::time::timeout(self.first_byte_timeout, body).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            _ => Bytes::new(),
+        };
+        let text = String::from_utf8_lossy(&body);
+        // A HEAD answer has no body: the status alone decides, as in the SDK ("NotFound").
+        let code = xml_text(&text, "Code").unwrap_or(if status == 404 { "NotFound" } else { "" });
+        let message = xml_text(&text, "Message").unwrap_or("-");
+        let retry = if TRANSIENT_STATUSES.contains(&status)
+            || TRANSIENT_CODES.contains(&code)
+            || THROTTLING_CODES.contains(&code)
+        {
+            Retry::Transient
+        } else {
+            Retry::No
+        };
+        let code_text = if code.is_empty() { "-" } else { code };
+        Failure {
+            error: classify(status, code).detail(describe_answer(
+                status,
+                code_text,
+                message,
+                &request_id,
+                &id_2,
+            )),
+            retry,
+        }
+    }
+
+    /// The object (or a 304) from S3's answer.
+    fn answer(&self, resp: Response<Incoming>, with_body: bool) -> Result<Fetched, ApiError> {
+        let (parts, body) = resp.into_parts();
+        let h = &parts.headers;
+        if parts.status == StatusCode::NOT_MODIFIED {
+            return Ok(Fetched::NotModified {
+                etag: header_text(h, header::ETAG),
+                last_modified: header_text(h, header::LAST_MODIFIED),
+            });
+        }
+        let meta = ObjectMeta {
+            size: header_text(h, header::CONTENT_LENGTH)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            etag: header_text(h, header::ETAG),
+            content_type: header_text(h, header::CONTENT_TYPE),
+            last_modified: header_text(h, header::LAST_MODIFIED)
+                .and_then(|v| httpdate::parse_http_date(&v).ok()),
+        };
+        let body = with_body.then(|| StallGuard::new(body, self.stall_grace).boxed());
+        Ok(Fetched::Object {
+            meta,
+            content_range: header_text(h, header::CONTENT_RANGE),
+            body,
+        })
+    }
+
+    fn take_retry(&self, cost: i64) -> bool {
+        self.retry_quota
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q >= cost).then_some(q - cost)
+            })
+            .is_ok()
+    }
+
+    /// A success refills the quota: by the cost of a retry when it took one, else by one.
+    fn succeeded(&self, retried: bool) {
+        let refund = if retried { RETRY_COST } else { 1 };
+        let _ = self
+            .retry_quota
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q < RETRY_QUOTA).then(|| (q + refund).min(RETRY_QUOTA))
+            });
+    }
+}
+
+/// Where and how reads are sent: the bucket's endpoint as the SDK's rules resolve it.
+#[derive(Debug)]
+struct Target {
+    /// Scheme, authority and path up to the key, e.g. `http://127.0.0.1:9000/bucket/`.
+    base: String,
+    host: HeaderValue,
+    https: bool,
+    signing_name: String,
+    signing_region: String,
+}
+
+impl Target {
+    async fn resolve(setup: &ReaderSetup<'_>) -> Result<Target, String> {
+        let params = Params::builder()
+            .bucket(setup.bucket)
+            .region(setup.region)
+            .set_endpoint(setup.endpoint.map(str::to_owned))
+            .force_path_style(setup.force_path_style)
+            .use_fips(setup.use_fips)
+            .use_dual_stack(setup.use_dual_stack)
+            .build()
+            .map_err(|e| format!("endpoint parameters: {e}"))?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| format!("endpoint rules: {e}"))?;
+        if endpoint.headers().next().is_some() {
+            return Err("the endpoint needs extra headers".into());
+        }
+        let (signing_name, signing_region) = sigv4_scheme(endpoint.properties(), setup.region)?;
+        let url: http::Uri = endpoint
+            .url()
+            .parse()
+            .map_err(|e| format!("endpoint URL {}: {e}", endpoint.url()))?;
+        let authority = url.authority().ok_or("the endpoint URL has no host")?;
+        let https = match url.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            other => return Err(format!("endpoint scheme {other:?}")),
+        };
+        let scheme = if https { "https" } else { "http" };
+        let mut base = format!("{scheme}://{authority}{}", url.path());
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        Ok(Target {
+            host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
+            base,
+            https,
+            signing_name,
+            signing_region,
+        })
+    }
+}
+
+/// The signing name and region of the endpoint's auth scheme, if it is plain SigV4.
+fn sigv4_scheme(
+    properties: &std::collections::HashMap<std::borrow::Cow<'static, str>, Document>,
+    region: &str,
+) -> Result<(String, String), String> {
+    let Some(Document::Array(schemes)) = properties.get("authSchemes") else {
+        // No scheme listed: the service's default, SigV4 for "s3" in the client's region.
+        return Ok(("s3".into(), region.into()));
+    };
+    let Some(Document::Object(first)) = schemes.first() else {
+        return Err("the endpoint lists no auth scheme".into());
+    };
+    let text = |k: &str| match first.get(k) {
+        Some(Document::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    match text("name").as_deref() {
+        Some("sigv4") => Ok((
+            text("signingName").unwrap_or_else(|| "s3".into()),
+            text("signingRegion").unwrap_or_else(|| region.into()),
+        )),
+        other => Err(format!("the endpoint is signed with {other:?}, not SigV4")),
+    }
+}
+
+/// The trust roots the SDK's own HTTPS client uses: the platform's.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "no trusted root certificates found: {:?}",
+            found.errors
+        ));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// Why an attempt failed, and whether the SDK would try again.
+struct Failure {
+    error: ApiError,
+    retry: Retry,
+}
+
+enum Retry {
+    No,
+    Transient,
+    Timeout,
+}
+
+/// The SDK's mapping of a failure to send: cannot connect or the connection broke ->
+/// unavailable (and retried); anything else (a malformed answer) -> backend error.
+fn transport_failure(e: &hyper_util::client::legacy::Error) -> Failure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut io = e.is_connect();
+    while let Some(s) = source {
+        io |= s.is::<std::io::Error>();
+        source = s.source();
+    }
+    let detail = error_chain(e);
+    if io {
+        Failure {
+            error: ApiError::new(Code::BackendUnavailable, "the backend cannot be reached")
+                .detail(detail),
+            retry: Retry::Transient,
+        }
+    } else {
+        Failure {
+            error: ApiError::new(Code::BackendError, "the backend failed").detail(detail),
+            retry: Retry::No,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The SDK's backoff before retry number `attempt`: a random share of 1 s, 2 s, 4 s...
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = INITIAL_BACKOFF
+        .saturating_mul(2u32.saturating_pow(attempt - 1))
+        .min(MAX_BACKOFF);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+fn header_text(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    h.get(name)?.to_str().ok().map(str::to_owned)
+}
+
+/// The text of the first `<tag>` in an S3 error document.
+fn xml_text<'a>(doc: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = doc.find(&open)? + open.len();
+    let len = doc[start..].find(&format!("</{tag}>"))?;
+    Some(&doc[start..start + len])
+}
+
+/// Credentials from the provider, kept until shortly before they expire. Concurrent
+/// requests that find them stale wait for one refresh.
+struct Credentials {
+    provider: SharedCredentialsProvider,
+    current: ArcSwapOption<Identity>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Credentials {
+    fn new(provider: SharedCredentialsProvider) -> Self {
+        Credentials {
+            provider,
+            current: ArcSwapOption::empty(),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn get(&self) -> Result<Arc<Identity>, BoxError> {
+        if let Some(identity) = self.fresh() {
+            return Ok(identity);
+        }
+        let _one_refresh = self.refresh.lock().await;
+        if let Some(identity) = self.fresh() {
+            return Ok(identity);
+        }
+        let credentials = self.provider.provide_credentials().await?;
+        let identity = Arc::new(Identity::from(credentials));
+        self.current.store(Some(identity.clone()));
+        Ok(identity)
+    }
+
+    fn fresh(&self) -> Option<Arc<Identity>> {
+        let identity = self.current.load_full()?;
+        match identity.expiration() {
+            Some(expiry) if expiry <= SystemTime::now() + REFRESH_BEFORE_EXPIRY => None,
+            _ => Some(identity),
+        }
+    }
+}
+
+/// A download body that fails when S3 sends nothing for `grace` while it is being read (the
+/// SDK's stalled-stream protection). Time the reader spends not asking (backpressure) does
+/// not count: the clock starts when a read finds nothing ready.
+struct StallGuard {
+    inner: Incoming,
+    grace: Duration,
+    stalled_at: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(inner: Incoming, grace: Duration) -> Self {
+        StallGuard {
+            inner,
+            grace,
+            stalled_at: None,
+        }
+    }
+}
+
+impl HttpBody for StallGuard {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.stalled_at = None;
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let grace = this.grace;
+                let timer = this
+                    .stalled_at
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(format!(
+                    "the backend sent nothing for {grace:?} during a download"
+                )
+                .into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_encoded_as_the_sdk_does() {
+        let enc = |k: &str| utf8_percent_encode(k, KEY_ENCODING).to_string();
+        assert_eq!(enc("a/b c/ü+%.txt"), "a/b%20c/%C3%BC%2B%25.txt");
+        assert_eq!(enc("x~y_z-1"), "x~y_z-1");
+    }
+
+    #[test]
+    fn error_documents_give_code_and_message() {
+        let doc =
+            "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
+        assert_eq!(xml_text(doc, "Code"), Some("NoSuchKey"));
+        assert_eq!(xml_text(doc, "Message"), Some("gone"));
+        assert_eq!(xml_text(doc, "RequestId"), None);
+        assert_eq!(xml_text("<Code>unclosed", "Code"), None);
+    }
+
+    #[test]
+    fn backoff_is_bounded_by_the_sdk_schedule() {
+        for _ in 0..100 {
+            assert!(backoff(1) <= Duration::from_secs(1));
+            assert!(backoff(2) <= Duration::from_secs(2));
+            assert!(backoff(40) <= MAX_BACKOFF);
+        }
+    }
+
+    #[tokio::test]
+    async fn resolves_path_style_and_aws_endpoints() {
+        let provider = SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "a", "b", None, None, "test",
+        ));
+        let setup = |endpoint: Option<&'static str>, path_style: bool| ReaderSetup {
+            bucket: "my-bucket",
+            region: "eu-west-1",
+            endpoint,
+            force_path_style: path_style,
+            use_fips: false,
+            use_dual_stack: false,
+            credentials: provider.clone(),
+            connect_timeout: Duration::from_secs(1),
+            first_byte_timeout: Duration::from_secs(1),
+            stall_grace: Duration::from_secs(1),
+        };
+        let t = Target::resolve(&setup(Some("http://127.0.0.1:9000"), true))
+            .await
+            .unwrap();
+        assert_eq!(t.base, "http://127.0.0.1:9000/my-bucket/");
+        assert_eq!(t.host, "127.0.0.1:9000");
+        assert_eq!(
+            (t.signing_name.as_str(), t.signing_region.as_str()),
+            ("s3", "eu-west-1")
+        );
+        assert!(!t.https);
+        let t = Target::resolve(&setup(Some("http://minio.local:9000"), false))
+            .await
+            .unwrap();
+        assert_eq!(t.base, "http://my-bucket.minio.local:9000/");
+        let t = Target::resolve(&setup(None, false)).await.unwrap();
+        assert_eq!(t.base, "https://my-bucket.s3.eu-west-1.amazonaws.com/");
+        assert_eq!(t.host, "my-bucket.s3.eu-west-1.amazonaws.com");
+        assert!(t.https);
+        // A bucket name that cannot be a host name goes path-style, as in the SDK.
+        let mut dotted = setup(None, false);
+        dotted.bucket = "my.bucket";
+        let t = Target::resolve(&dotted).await.unwrap();
+        assert!(t.base.ends_with("/my.bucket/"), "{}", t.base);
+    }
+}

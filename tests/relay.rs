@@ -1,0 +1,417 @@
+//! The light signed read path against the SDK path: the same reads, through two relays on the
+//! same S3 server, must give the same answers (objects, ranges, conditions, errors, retries,
+//! timeouts, a stalled download).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use http_body_util::BodyExt;
+use portcullis::policy::ObjectKey;
+use portcullis::relay::{Backend, BackendSettings, Fetched, ReadConditions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Two relays to `endpoint` (default: the test gateway's S3 server): light reads, SDK reads.
+async fn relays(
+    g: &TestGateway,
+    endpoint: Option<String>,
+    extra: impl Fn(&mut portcullis::config::Config),
+) -> (Backend, Backend) {
+    let endpoint = endpoint.unwrap_or_else(|| format!("http://{}", g.s3_addr));
+    let mut both = Vec::new();
+    for light in [true, false] {
+        let mut config = g.config.clone();
+        config.backend.light_reads = light;
+        extra(&mut config);
+        let settings = BackendSettings {
+            endpoint: Some(endpoint.clone()),
+            credentials: Some(g.s3_credentials.clone()),
+        };
+        let backend = portcullis::relay::connect(&config, settings).await;
+        assert_eq!(backend.light_reads(), light);
+        both.push(backend);
+    }
+    let sdk = both.pop().unwrap();
+    (both.pop().unwrap(), sdk)
+}
+
+/// Everything a read's answer carries to the client, in one comparable line.
+async fn summary(result: Result<Fetched, portcullis::error::ApiError>) -> String {
+    match result {
+        Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+        Ok(Fetched::NotModified {
+            etag,
+            last_modified,
+        }) => {
+            format!("304 etag={etag:?} last_modified={last_modified:?}")
+        }
+        Ok(Fetched::Object {
+            meta,
+            content_range,
+            body,
+        }) => {
+            let body = match body {
+                None => "none".to_string(),
+                Some(b) => match b.collect().await {
+                    Ok(c) => {
+                        let bytes = c.to_bytes();
+                        format!("{} bytes {}", bytes.len(), hex_of(&bytes))
+                    }
+                    Err(e) => format!("failed: {e}"),
+                },
+            };
+            format!(
+                "object size={} etag={:?} type={:?} modified={:?} range={content_range:?} body={body}",
+                meta.size, meta.etag, meta.content_type, meta.last_modified
+            )
+        }
+    }
+}
+
+fn hex_of(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+async fn read(
+    b: &Backend,
+    key: &str,
+    range: Option<&str>,
+    cond: &ReadConditions,
+    with_body: bool,
+) -> String {
+    let key = ObjectKey::parse(key.to_owned()).unwrap();
+    summary(b.fetch(&key, range, cond, with_body).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_reads_answer_as_the_sdk_does() {
+    let g = gateway("").await;
+    let data = random_bytes(300_000, 7);
+    let keys = [
+        "plain.bin",
+        "users/alice/a file with spaces.txt",
+        "ünïcødé/ключ/鍵.bin",
+        "odd+chars%20=&;,$@!'()*~_-.x",
+        "deep/a/b/c/d/e/f/g.bin",
+        "empty",
+    ];
+    for key in keys {
+        let body = if key == "empty" {
+            Vec::new()
+        } else {
+            data.clone()
+        };
+        g.s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .content_type("application/x-test; charset=utf-8")
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let head =
+        g.s3.head_object()
+            .bucket(BUCKET)
+            .key("plain.bin")
+            .send()
+            .await
+            .unwrap();
+    let etag = head.e_tag().unwrap().to_owned();
+    let modified = SystemTime::try_from(*head.last_modified().unwrap()).unwrap();
+    let (light, sdk) = relays(&g, None, |_| {}).await;
+
+    let none = ReadConditions::default();
+    let cond = |f: fn(&mut ReadConditions, &str, SystemTime)| {
+        let mut c = ReadConditions::default();
+        f(&mut c, &etag, modified);
+        c
+    };
+    let conditions = [
+        ("none", none.clone()),
+        (
+            "if-none-match same",
+            cond(|c, e, _| c.if_none_match = Some(e.into())),
+        ),
+        (
+            "if-none-match *",
+            cond(|c, _, _| c.if_none_match = Some("*".into())),
+        ),
+        (
+            "if-none-match other",
+            cond(|c, _, _| c.if_none_match = Some("\"other\"".into())),
+        ),
+        ("if-match same", cond(|c, e, _| c.if_match = Some(e.into()))),
+        (
+            "if-match other",
+            cond(|c, _, _| c.if_match = Some("\"other\"".into())),
+        ),
+        (
+            "if-modified-since later",
+            cond(|c, _, t| c.if_modified_since = Some(t + Duration::from_secs(3600))),
+        ),
+        (
+            "if-modified-since earlier",
+            cond(|c, _, t| c.if_modified_since = Some(t - Duration::from_secs(3600))),
+        ),
+        (
+            "if-unmodified-since earlier",
+            cond(|c, _, t| c.if_unmodified_since = Some(t - Duration::from_secs(3600))),
+        ),
+        (
+            "if-unmodified-since later",
+            cond(|c, _, t| c.if_unmodified_since = Some(t + Duration::from_secs(3600))),
+        ),
+    ];
+    let ranges = [
+        None,
+        Some("bytes=0-9"),
+        Some("bytes=-5"),
+        Some("bytes=299990-"),
+        Some("bytes=1000-1999"),
+        Some("bytes=400000-"),
+    ];
+
+    let mut compared = 0;
+    let mut kinds = std::collections::BTreeSet::new();
+    for key in keys
+        .iter()
+        .chain(["missing/key", "users/alice/nope"].iter())
+    {
+        for with_body in [true, false] {
+            for range in ranges {
+                for (name, c) in &conditions {
+                    let a = read(&light, key, range, c, with_body).await;
+                    let b = read(&sdk, key, range, c, with_body).await;
+                    assert_eq!(
+                        a, b,
+                        "key {key:?}, body {with_body}, range {range:?}, {name}"
+                    );
+                    kinds.insert(a.split(' ').take(3).collect::<Vec<_>>().join(" "));
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 8 * 2 * 6 * 10);
+    // The comparison covered every kind of answer: objects, 304, and the errors.
+    let kinds = kinds.into_iter().collect::<Vec<_>>().join("\n");
+    for kind in [
+        "object size=",
+        "304",
+        "error NotFound",
+        "error PreconditionFailed",
+        "error RangeNotSatisfiable",
+    ] {
+        assert!(kinds.contains(kind), "{kind} never came up:\n{kinds}");
+    }
+
+    // A bucket that is gone is the gateway's problem on both paths.
+    g.s3.delete_objects()
+        .bucket(BUCKET)
+        .delete(
+            aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(
+                    keys.iter()
+                        .map(|k| {
+                            aws_sdk_s3::types::ObjectIdentifier::builder()
+                                .key(*k)
+                                .build()
+                                .unwrap()
+                        })
+                        .collect(),
+                ))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    g.s3.delete_bucket().bucket(BUCKET).send().await.unwrap();
+    for with_body in [true, false] {
+        let a = read(&light, "plain.bin", None, &none, with_body).await;
+        assert_eq!(a, read(&sdk, "plain.bin", None, &none, with_body).await);
+        assert!(a.starts_with("error "), "{a}");
+    }
+}
+
+/// A backend that answers every request with `status` and an S3 error document, counting
+/// the requests.
+async fn answering_backend(status: u16, code: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let is_head = buf.starts_with(b"HEAD ");
+                    buf.drain(..end);
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let doc = format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected</Message><RequestId>r1</RequestId></Error>"
+                    );
+                    let mut resp = format!(
+                        "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nx-amz-request-id: r1\r\nContent-Length: {}\r\n\r\n",
+                        doc.len()
+                    );
+                    if !is_head {
+                        resp.push_str(&doc);
+                    }
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_reads_retry_and_fail_as_the_sdk_does() {
+    let g = gateway("").await;
+    let none = ReadConditions::default();
+    // (status, code, attempts the SDK makes for GET and for HEAD: a HEAD answer has no body,
+    // so only its status can make it transient)
+    let cases = [
+        (500, "InternalError", 3, 3),
+        (503, "SlowDown", 3, 3),
+        (400, "RequestTimeout", 3, 1),
+        (429, "SlowDown", 3, 1),
+        (403, "AccessDenied", 1, 1),
+        (404, "NoSuchKey", 1, 1),
+        (400, "InvalidArgument", 1, 1),
+    ];
+    for (status, code, get_attempts, head_attempts) in cases {
+        for with_body in [true, false] {
+            let attempts = if with_body {
+                get_attempts
+            } else {
+                head_attempts
+            };
+            let mut answers = Vec::new();
+            let mut counts = Vec::new();
+            for light in [true, false] {
+                let (endpoint, count) = answering_backend(status, code).await;
+                let (l, s) = relays(&g, Some(endpoint), |_| {}).await;
+                let b = if light { l } else { s };
+                answers.push(read(&b, "k", None, &none, with_body).await);
+                counts.push(count.load(Ordering::SeqCst));
+            }
+            assert_eq!(answers[0], answers[1], "{status} {code} body={with_body}");
+            assert_eq!(
+                counts,
+                vec![attempts, attempts],
+                "{status} {code} body={with_body}"
+            );
+        }
+    }
+
+    // Nobody listening: unavailable on both, after the same retries.
+    let (_held, refusing) = refusing_addr();
+    let (l, s) = relays(&g, Some(format!("http://{refusing}")), |_| {}).await;
+    let a = read(&l, "k", None, &none, true).await;
+    assert_eq!(a, read(&s, "k", None, &none, true).await);
+    assert!(a.starts_with("error BackendUnavailable"), "{a}");
+
+    // Silent: the attempt timeout, on both.
+    let (l, s) = relays(&g, Some(silent_backend().await), |c| {
+        c.backend.first_byte_timeout = portcullis::config::units::Span::secs(1)
+    })
+    .await;
+    let started = Instant::now();
+    let a = read(&l, "k", None, &none, true).await;
+    let light_took = started.elapsed();
+    assert_eq!(a, read(&s, "k", None, &none, true).await);
+    assert!(a.starts_with("error BackendTimeout"), "{a}");
+    assert!(
+        light_took >= Duration::from_secs(1) && light_took < Duration::from_secs(15),
+        "{light_took:?}"
+    );
+}
+
+/// A proxy to `target` that passes everything up, and only the first `pass` bytes down, then
+/// holds the connection open without sending more.
+async fn stalling_proxy(target: std::net::SocketAddr, pass: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut sent = 0;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while sent < pass {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n.min(pass - sent),
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    _ = up => std::future::pending::<()>().await,
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_the_backend_stops_sending_fails_on_both_paths() {
+    let g = gateway("").await;
+    let data = random_bytes(4 * 1024 * 1024, 9);
+    g.s3.put_object()
+        .bucket(BUCKET)
+        .key("big")
+        .body(data.into())
+        .send()
+        .await
+        .unwrap();
+    let proxy = stalling_proxy(g.s3_addr, 1024 * 1024).await;
+    // Stall grace = 2 x body_idle_timeout = 2 s.
+    let (l, s) = relays(&g, Some(proxy), |c| {
+        c.server.body_idle_timeout = portcullis::config::units::Span::secs(1)
+    })
+    .await;
+    for b in [&l, &s] {
+        let started = Instant::now();
+        let a = read(b, "big", None, &ReadConditions::default(), true).await;
+        let took = started.elapsed();
+        assert!(a.contains("body=failed"), "light={}: {a}", b.light_reads());
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+            "light={}: {took:?}",
+            b.light_reads()
+        );
+    }
+}
