@@ -231,6 +231,7 @@ impl Portcullis {
             "server.trusted_proxies and deadlines",
             old.server.trusted_proxies == config.server.trusted_proxies
                 && old.server.header_read_timeout == config.server.header_read_timeout
+                && old.server.keep_alive_timeout == config.server.keep_alive_timeout
                 && old.server.shutdown_grace == config.server.shutdown_grace,
         );
         let live = Live::build(config, current.state.backend.clone(), Some(&current.state))?;
@@ -354,6 +355,7 @@ pub async fn run(
 pub fn server_options(config: &Config) -> ServerOptions {
     ServerOptions {
         header_read_timeout: config.server.header_read_timeout.get(),
+        keep_alive_timeout: config.server.keep_alive_timeout.get(),
         shutdown_grace: config.server.shutdown_grace.get(),
         tls: None,
         trusted_proxies: TrustedProxies(

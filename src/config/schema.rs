@@ -35,8 +35,10 @@ pub struct ServerConfig {
     /// TLS with rustls: PEM certificate and key, `h2` and `http/1.1` by ALPN. Default: plain
     /// HTTP (behind a TLS-terminating load balancer).
     pub tls: Option<TlsConfig>,
-    /// Time a client has to send the request head. Default `10s`.
+    /// Time a client has to send the request head, from its first byte. Default `10s`.
     pub header_read_timeout: Span,
+    /// An HTTP/1.1 connection idle between requests is closed after this. Default `75s`.
+    pub keep_alive_timeout: Span,
     /// Longest pause allowed inside a request body. Default `30s`.
     pub body_idle_timeout: Span,
     /// How long in-flight requests may run after SIGTERM. Default `30s`.
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             public_url: None,
             tls: None,
             header_read_timeout: Span::secs(10),
+            keep_alive_timeout: Span::secs(75),
             body_idle_timeout: Span::secs(30),
             shutdown_grace: Span::secs(30),
             max_concurrent_requests: 1024,

@@ -76,6 +76,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     }
     for (field, span) in [
         ("server.header_read_timeout", c.server.header_read_timeout),
+        ("server.keep_alive_timeout", c.server.keep_alive_timeout),
         ("server.body_idle_timeout", c.server.body_idle_timeout),
     ] {
         if span.get().is_zero() {

@@ -17,6 +17,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::conn::Half;
+
 /// Longest time spent draining one body.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// Longest wait for the next piece while draining.
@@ -28,13 +30,22 @@ const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) struct Lingering {
     inner: Option<Incoming>,
     linger: bool,
+    /// Completed when the body has been read to its end (HTTP/1.1 only).
+    half: Option<Half>,
 }
 
 impl Lingering {
-    pub(super) fn new(inner: Incoming, expects_continue: bool) -> Self {
+    pub(super) fn new(inner: Incoming, expects_continue: bool, half: Option<Half>) -> Self {
         Self {
             inner: Some(inner),
             linger: !expects_continue,
+            half,
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(half) = self.half.as_mut() {
+            half.complete();
         }
     }
 }
@@ -47,10 +58,14 @@ impl Body for Lingering {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_frame(cx),
             None => Poll::Ready(None),
+        };
+        if let Poll::Ready(None) = polled {
+            self.ended();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -70,9 +85,14 @@ impl Drop for Lingering {
         let Some(mut body) = self.inner.take() else {
             return;
         };
-        if !self.linger || body.is_end_stream() {
+        if body.is_end_stream() {
+            self.ended();
             return;
         }
+        if !self.linger {
+            return;
+        }
+        let mut half = self.half.take();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -83,6 +103,12 @@ impl Drop for Lingering {
                     match tokio::time::timeout(DRAIN_IDLE, body.frame()).await {
                         Ok(Some(Ok(frame))) => {
                             read += frame.data_ref().map_or(0, |d| d.len() as u64)
+                        }
+                        Ok(None) => {
+                            if let Some(half) = half.as_mut() {
+                                half.complete();
+                            }
+                            return;
                         }
                         _ => return,
                     }

@@ -1,8 +1,9 @@
-//! The listener: accept loop, TLS (rustls, optional), HTTP/1.1 and HTTP/2 with hyper-util's
-//! auto builder, TCP_NODELAY on every connection, the header read deadline, and graceful
-//! shutdown.
+//! The listener: accept loop, TLS (rustls, optional), HTTP/1.1 and HTTP/2 on hyper (the
+//! protocol and the parking of idle HTTP/1.1 connections in `conn.rs`), TCP_NODELAY on every
+//! connection, the header read deadline, and graceful shutdown.
 
 mod client_ip;
+mod conn;
 mod drain;
 pub mod tls;
 
@@ -10,18 +11,19 @@ pub use client_ip::TrustedProxies;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::obs::ConnInfo;
@@ -55,6 +57,8 @@ pub struct ServerOptions {
     pub tls: Option<TlsSource>,
     /// A client that has not sent its request head by then is dropped (slowloris).
     pub header_read_timeout: Duration,
+    /// An HTTP/1.1 connection idle between requests for this long is closed.
+    pub keep_alive_timeout: Duration,
     /// After the shutdown signal, how long in-flight requests may run.
     pub shutdown_grace: Duration,
     /// Whose `X-Forwarded-For` is believed.
@@ -69,27 +73,31 @@ pub async fn run(
     service: HttpService,
     opts: ServerOptions,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
     // A connection's read buffer grows with a fast upload up to this (hyper's default is
     // about 400 KiB): 64 uploads at once would hold 26 MiB in buffers alone. Reads of 64 KiB
     // cost no throughput here (see the README's performance section).
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(H1_MAX_BUF);
     // HTTP/2, set deliberately rather than left to defaults: a bounded number of streams per
     // connection and of header bytes per request, and a cap on streams a client opens and
     // resets before we answer (the "rapid reset" attack, CVE-2023-44487) and on streams we
     // must reset for its protocol errors; past either cap the connection is closed.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(conn::Protocols {
+        h1,
+        h2,
+        header_read_timeout: opts.header_read_timeout,
+        keep_alive_timeout: opts.keep_alive_timeout,
+        stop: CancellationToken::new(),
+    });
+    let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
@@ -106,21 +114,20 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
+                let protocols = protocols.clone();
                 match &opts.tls {
                     None => {
                         let info = ConnInfo { remote, client_subject: None };
-                        let conn = builder.serve_connection(TokioIo::new(stream), gateway_fn(service, info));
-                        let conn = graceful.watch(conn.into_owned());
-                        tokio::spawn(serve_conn(conn, remote));
+                        connections.spawn(counted(async move {
+                            protocols.serve_plain(stream, service, info).await;
+                        }));
                     }
                     Some(tls) => {
                         // The handshake runs in the connection's task, within the header
                         // deadline, so a slow client never holds up the accept loop.
                         let acceptor = tokio_rustls::TlsAcceptor::from((tls.0)());
-                        let builder = builder.clone();
-                        let watcher = graceful.watcher();
                         let deadline = opts.header_read_timeout;
-                        tokio::spawn(async move {
+                        connections.spawn(counted(async move {
                             let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
@@ -141,9 +148,8 @@ pub async fn run(
                                 .and_then(tls::subject_of)
                                 .map(Arc::from);
                             let info = ConnInfo { remote, client_subject };
-                            let conn = builder.serve_connection(TokioIo::new(stream), gateway_fn(service, info));
-                            serve_conn(watcher.watch(conn.into_owned()), remote).await;
-                        });
+                            protocols.serve_tls(stream, service, info).await;
+                        }));
                     }
                 }
             }
@@ -154,43 +160,41 @@ pub async fn run(
         }
     }
     tracing::info!(grace = ?opts.shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
+    protocols.stop.cancel();
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = connections.wait() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(opts.shutdown_grace) => tracing::warn!("shutdown grace ran out; closing the remaining connections"),
     }
 }
 
-/// Runs one connection to its end, counted in the metrics.
-async fn serve_conn<F, E>(conn: F, remote: SocketAddr)
-where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
+/// One connection, counted in the metrics while it is open.
+async fn counted(conn: impl Future<Output = ()>) {
     crate::obs::metrics::connections(1.0);
-    let result = conn.await;
+    conn.await;
     crate::obs::metrics::connections(-1.0);
-    if let Err(e) = result {
-        tracing::debug!(error = %e, %remote, "connection ended with an error");
-    }
 }
 
-/// The hyper service of one connection.
+/// The hyper service of one connection. On HTTP/1.1, `exchanges` learns when each exchange is
+/// complete, so the connection can be parked between requests.
 fn gateway_fn(
     service: HttpService,
     info: ConnInfo,
+    exchanges: Option<Arc<conn::Exchanges>>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
     Error = Infallible,
     Future = BoxFuture<'static, Result<Response<Body>, Infallible>>,
 > + Clone {
-    hyper::service::service_fn(move |req| to_gateway(&service, &info, req))
+    hyper::service::service_fn(move |req| to_gateway(&service, &info, exchanges.as_ref(), req))
 }
 
 /// Hands a hyper request to the gateway, with the connection's details.
 fn to_gateway(
     service: &HttpService,
     info: &ConnInfo,
+    exchanges: Option<&Arc<conn::Exchanges>>,
     req: Request<Incoming>,
 ) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
     let (mut parts, body) = req.into_parts();
@@ -199,9 +203,40 @@ fn to_gateway(
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let body = drain::Lingering::new(body, expects_continue);
+    let (request_half, response_half) = match exchanges {
+        Some(e) => {
+            let (a, b) = e.begin(client_closes(&parts));
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    };
+    let no_body = parts.method == http::Method::HEAD;
+    let body = drain::Lingering::new(body, expects_continue, request_half);
     let req = Request::from_parts(parts, body.map_err(box_hyper_error).boxed());
-    Box::pin(service.clone().oneshot(req))
+    let answer = service.clone().oneshot(req);
+    match response_half {
+        None => Box::pin(answer),
+        Some(half) => Box::pin(answer.map(move |resp| {
+            resp.map(|resp| resp.map(|b| conn::Finishing::new(b, half, no_body).boxed()))
+        })),
+    }
+}
+
+/// Does the client want the connection closed after this request?
+fn client_closes(parts: &http::request::Parts) -> bool {
+    let says = |token: &str| {
+        parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match parts.version {
+        http::Version::HTTP_10 => !says("keep-alive"),
+        _ => says("close"),
+    }
 }
 
 /// A named function, not a closure: a closure's `Box<dyn Error>` return type would get a

@@ -1,0 +1,392 @@
+//! One connection, from its first byte to its close: which protocol it speaks, and HTTP/1.1
+//! connections parked between requests.
+//!
+//! hyper keeps an 8 KiB read buffer and a write buffer per HTTP/1.1 connection from its first
+//! request on, and frees neither while the connection waits for the next one: with the rest of
+//! its state, 27 KiB per idle keep-alive connection. So an HTTP/1.1 connection is served by a
+//! hyper connection per burst of requests. Once every exchange on it is complete (request body
+//! read to its end, response body sent to its end), hyper is told to stop; it is idle, so it
+//! stops at once and hands back the socket with any bytes it read ahead. Then the socket waits
+//! for its next request holding nothing but its place in the reactor, and goes to a new hyper
+//! connection when bytes arrive, those read ahead first. A parked connection is closed after
+//! `server.keep_alive_timeout`; the header deadline runs from a request's first byte.
+//!
+//! HTTP/2 (ALPN `h2`, or the prior-knowledge preface on plain TCP) goes to hyper's HTTP/2
+//! server as it is: its streams come and go within one connection.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use http_body::Body as _;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{HttpService, gateway_fn};
+use crate::obs::ConnInfo;
+use crate::{Body, BoxError};
+
+/// The first bytes of every HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What every connection is served with.
+pub(super) struct Protocols {
+    pub(super) h1: http1::Builder,
+    pub(super) h2: http2::Builder<TokioExecutor>,
+    pub(super) header_read_timeout: Duration,
+    pub(super) keep_alive_timeout: Duration,
+    /// Cancelled when the server shuts down.
+    pub(super) stop: CancellationToken,
+}
+
+/// A socket a parked connection can wait on.
+pub(super) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when the peer has sent something (or closed).
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    /// Request bytes already received and decrypted, but not yet read.
+    fn buffered(&mut self) -> io::Result<usize>;
+}
+
+impl Parkable for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
+    }
+
+    fn buffered(&mut self) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.get_ref().0.readable()
+    }
+
+    fn buffered(&mut self) -> io::Result<usize> {
+        // Records rustls holds but has not decrypted yet count too.
+        let state = self
+            .get_mut()
+            .1
+            .process_new_packets()
+            .map_err(io::Error::other)?;
+        Ok(state.plaintext_bytes_to_read())
+    }
+}
+
+impl Protocols {
+    /// A plain TCP connection: HTTP/2 if it opens with the preface, else HTTP/1.1.
+    pub(super) async fn serve_plain(
+        &self,
+        mut stream: TcpStream,
+        service: HttpService,
+        info: ConnInfo,
+    ) {
+        let mut first = BytesMut::with_capacity(H2_PREFACE.len());
+        let sniff = async {
+            while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+                if stream.read_buf(&mut first).await? == 0 {
+                    break;
+                }
+            }
+            io::Result::Ok(())
+        };
+        match tokio::time::timeout(self.header_read_timeout, sniff).await {
+            Ok(Ok(())) if first.is_empty() => {}
+            Ok(Ok(())) if &first[..] == H2_PREFACE => {
+                self.serve_h2(stream, first.freeze(), service, info).await;
+            }
+            Ok(Ok(())) => self.serve_h1(stream, first.freeze(), service, info).await,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, remote = %info.remote, "connection failed before its first request")
+            }
+            Err(_) => {
+                tracing::debug!(remote = %info.remote, "no request head within header_read_timeout")
+            }
+        }
+    }
+
+    /// A TLS connection, by its ALPN protocol.
+    pub(super) async fn serve_tls(
+        &self,
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        service: HttpService,
+        info: ConnInfo,
+    ) {
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_h2(stream, Bytes::new(), service, info).await;
+        } else {
+            self.serve_h1(stream, Bytes::new(), service, info).await;
+        }
+    }
+
+    async fn serve_h2<T: Parkable>(
+        &self,
+        io: T,
+        first: Bytes,
+        service: HttpService,
+        info: ConnInfo,
+    ) {
+        let remote = info.remote;
+        let conn = self.h2.serve_connection(
+            TokioIo::new(Rewind::new(first, io)),
+            gateway_fn(service, info, None),
+        );
+        let mut conn = pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = self.stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, %remote, "connection ended with an error");
+        }
+    }
+
+    /// HTTP/1.1, parked between bursts of requests (see the module's text).
+    async fn serve_h1<T: Parkable>(
+        &self,
+        mut io: T,
+        mut ahead: Bytes,
+        service: HttpService,
+        info: ConnInfo,
+    ) {
+        let remote = info.remote;
+        loop {
+            let exchanges = Arc::new(Exchanges::default());
+            let svc = gateway_fn(service.clone(), info.clone(), Some(exchanges.clone()));
+            let mut conn = self
+                .h1
+                .serve_connection(TokioIo::new(Rewind::new(ahead, io)), svc);
+            let (mut parking, mut stopping) = (false, false);
+            let mut stop = pin!(self.stop.cancelled());
+            let served = poll_fn(|cx| {
+                loop {
+                    if !stopping && stop.as_mut().poll(cx).is_ready() {
+                        // Finish the exchange in flight, then close.
+                        stopping = true;
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                    exchanges.waker.register(cx.waker());
+                    match conn.poll_without_shutdown(cx) {
+                        Poll::Pending if !parking && !stopping && exchanges.idle() => {
+                            // hyper is between requests: it stops at once.
+                            parking = true;
+                            Pin::new(&mut conn).graceful_shutdown();
+                        }
+                        polled => return polled,
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+                return;
+            }
+            let parts = conn.into_parts();
+            let rewind = parts.io.into_inner();
+            io = rewind.inner;
+            if !parking || stopping || exchanges.closing.load(Ordering::Relaxed) {
+                let _ = io.shutdown().await;
+                return;
+            }
+            // What hyper read ahead, then what it never got to of what we handed it.
+            ahead = if rewind.first.is_empty() {
+                parts.read_buf
+            } else {
+                [parts.read_buf, rewind.first].concat().into()
+            };
+            if !ahead.is_empty() {
+                continue;
+            }
+            match io.buffered() {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, %remote, "connection ended with an error");
+                    return;
+                }
+            }
+            // Parked.
+            tokio::select! {
+                ready = io.readable() => {
+                    if ready.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(self.keep_alive_timeout) => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+                () = self.stop.cancelled() => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The exchanges of one hyper HTTP/1.1 connection: hyper is idle when at least one is
+/// complete and none is open.
+#[derive(Default)]
+pub(super) struct Exchanges {
+    /// Open halves: each exchange opens two (request body, response body).
+    open: AtomicUsize,
+    /// An exchange has completed.
+    completed: AtomicBool,
+    /// The client asked to close after this exchange (`Connection: close`, HTTP/1.0).
+    closing: AtomicBool,
+    /// The connection's task, woken when the last half completes.
+    waker: AtomicWaker,
+}
+
+impl Exchanges {
+    /// A new exchange: its request half and its response half.
+    pub(super) fn begin(self: &Arc<Self>, client_closes: bool) -> (Half, Half) {
+        if client_closes {
+            self.closing.store(true, Ordering::Relaxed);
+        }
+        self.open.fetch_add(2, Ordering::AcqRel);
+        (Half(Some(self.clone())), Half(Some(self.clone())))
+    }
+
+    fn idle(&self) -> bool {
+        self.completed.load(Ordering::Acquire) && self.open.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One half of an exchange. Completed explicitly when its body reached its end; a half
+/// dropped unfinished (a response cut off, a request body left unread) never completes, and
+/// that hyper connection is never parked: hyper closes it.
+pub(super) struct Half(Option<Arc<Exchanges>>);
+
+impl Half {
+    pub(super) fn complete(&mut self) {
+        if let Some(exchanges) = self.0.take() {
+            if exchanges.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+                exchanges.completed.store(true, Ordering::Release);
+                exchanges.waker.wake();
+            }
+        }
+    }
+}
+
+/// A socket with bytes already read from it in front.
+struct Rewind<T> {
+    first: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(first: Bytes, inner: T) -> Self {
+        Rewind { first, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that completes its exchange's half when it has been sent to its end. A
+/// response to HEAD has no body on the wire: it is complete when hyper lets it go.
+pub(super) struct Finishing {
+    inner: Body,
+    half: Half,
+    no_body: bool,
+}
+
+impl Finishing {
+    pub(super) fn new(inner: Body, half: Half, no_body: bool) -> Self {
+        Finishing {
+            inner,
+            half,
+            no_body,
+        }
+    }
+}
+
+impl http_body::Body for Finishing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.half.complete();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended.
+        if self.no_body || self.inner.is_end_stream() {
+            self.half.complete();
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! HTTP/1.1 connections over their life: kept alive across idle pauses (parked between
+//! requests), pipelined requests, heads in pieces, `Connection: close`, the keep-alive and
+//! header deadlines, an early answer to an unread body, and shutdown with parked connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw HTTP/1.1 client connection that reads responses one at a time.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One response: status, lowercased head, body.
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(g: &TestGateway) -> Raw {
+        Raw {
+            s: TcpStream::connect(g.addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one response with a `Content-Length` (within 10 s).
+    async fn answer(&mut self) -> Answer {
+        tokio::time::timeout(Duration::from_secs(10), self.read_answer())
+            .await
+            .expect("no answer within 10 s")
+    }
+
+    async fn read_answer(&mut self) -> Answer {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_lowercase();
+        let status = head[9..12].parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        while self.buf.len() < end + length {
+            self.fill().await;
+        }
+        let body = self.buf[end..end + length].to_vec();
+        self.buf.drain(..end + length);
+        Answer { status, head, body }
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-answer");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// True when the server closed the connection (EOF or reset) within `wait`.
+    async fn closed_within(&mut self, wait: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(wait, self.s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => panic!(
+                "unexpected bytes: {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(_) => false,
+        }
+    }
+}
+
+fn get(key: &str) -> Vec<u8> {
+    format!("GET /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\n\r\n")
+        .into_bytes()
+}
+
+async fn seed(g: &TestGateway, key: &str, len: usize) -> Vec<u8> {
+    let data = random_bytes(len, 3);
+    let resp = g
+        .call(reqwest::Method::PUT, key, ADMIN)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lives_across_idle_pauses_and_pipelined_requests() {
+    let g = gateway("[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"30s\"\n").await;
+    let small = seed(&g, "small", 1000).await;
+    let big = seed(&g, "big", 3 * 1024 * 1024).await;
+    let mut c = Raw::connect(&g).await;
+    for round in 0..3 {
+        c.send(&get("small")).await;
+        let a = c.answer().await;
+        assert_eq!((a.status, &a.body), (200, &small), "round {round}");
+        // Idle for longer than the header deadline: the connection waits parked, and the
+        // header deadline only runs once the next request's first byte arrives.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Two requests in one write, and a large answer between small ones.
+    let mut both = get("big");
+    both.extend(get("small"));
+    c.send(&both).await;
+    let a = c.answer().await;
+    assert_eq!((a.status, a.body == big), (200, true));
+    let a = c.answer().await;
+    assert_eq!((a.status, &a.body), (200, &small));
+    // A head in pieces, with pauses between them.
+    let request = get("small");
+    for piece in request.chunks(7) {
+        c.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = c.answer().await;
+    assert_eq!((a.status, &a.body), (200, &small));
+    // An error answer and a HEAD keep the connection too.
+    c.send(&get("missing")).await;
+    assert_eq!(c.answer().await.status, 404);
+    c.send(
+        format!(
+            "HEAD /v1/objects/small HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let a = tokio::time::timeout(Duration::from_secs(10), async {
+        // A HEAD answer has a Content-Length but no body.
+        loop {
+            if let Some(i) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&c.buf[..i]).to_lowercase();
+                c.buf.drain(..i + 4);
+                return head;
+            }
+            c.fill().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(a.starts_with("http/1.1 200"), "{a}");
+    assert!(a.contains("content-length: 1000"), "{a}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(&get("small")).await;
+    let a = c.answer().await;
+    assert_eq!((a.status, &a.body), (200, &small));
+    assert!(!a.head.contains("connection: close"), "{}", a.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_keep_alive_timeout_and_on_request() {
+    let g = gateway("[server]\nkeep_alive_timeout = \"1s\"\n").await;
+    seed(&g, "small", 10).await;
+    let mut c = Raw::connect(&g).await;
+    c.send(&get("small")).await;
+    assert_eq!(c.answer().await.status, 200);
+    let parked = Instant::now();
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    let after = parked.elapsed();
+    assert!(after >= Duration::from_millis(900), "{after:?}");
+
+    // Connection: close, and HTTP/1.0 without keep-alive: answered, then closed.
+    for request in [
+        format!(
+            "GET /v1/objects/small HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+        ),
+        format!("GET /v1/objects/small HTTP/1.0\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"),
+    ] {
+        let mut c = Raw::connect(&g).await;
+        c.send(request.as_bytes()).await;
+        assert_eq!(c.answer().await.status, 200);
+        assert!(
+            c.closed_within(Duration::from_millis(500)).await,
+            "{request}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_request_is_closed_at_the_header_deadline() {
+    let g = gateway("[server]\nheader_read_timeout = \"1s\"\n").await;
+    let mut c = Raw::connect(&g).await;
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    // Half a head, then nothing: closed too.
+    let mut c = Raw::connect(&g).await;
+    c.send(b"GET /v1/objects/x HTTP/1.1\r\nHo").await;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.s.read_to_end(&mut rest)).await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_an_unread_body_keeps_the_connection_usable() {
+    let g = gateway("").await;
+    let small = seed(&g, "users/alice/small", 100).await;
+    let mut c = Raw::connect(&g).await;
+    // Over alice's 6 MiB: refused from the declared length, the body is drained.
+    let body = vec![7u8; 7 * 1024 * 1024];
+    c.send(
+        format!(
+            "PUT /v1/objects/users/alice/too-big HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ALICE}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    // The answer comes before the body is read; the gateway drains the body meanwhile, so
+    // the whole of it can be sent before the answer is read.
+    c.s.write_all(&body).await.unwrap();
+    assert_eq!(c.answer().await.status, 413);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(
+        format!("GET /v1/objects/users/alice/small HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ALICE}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let a = c.answer().await;
+    assert_eq!((a.status, &a.body), (200, &small));
+    assert!(
+        g.bucket_keys()
+            .await
+            .iter()
+            .all(|k| !k.ends_with("too-big"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_idle_connections_are_all_still_served() {
+    let g = gateway("[rate_limit]\nrequests_per_second = 10000\nburst = 10000\nmax_concurrent_per_principal = 1000\n").await;
+    let small = seed(&g, "small", 64).await;
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        let mut c = Raw::connect(&g).await;
+        c.send(&get("small")).await;
+        assert_eq!(c.answer().await.status, 200);
+        conns.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for c in conns.iter_mut().rev() {
+        c.send(&get("small")).await;
+    }
+    for c in &mut conns {
+        let a = c.answer().await;
+        assert_eq!((a.status, &a.body), (200, &small));
+    }
+}
