@@ -273,11 +273,11 @@ pub(super) struct Half(Option<Arc<Exchanges>>);
 
 impl Half {
     pub(super) fn complete(&mut self) {
-        if let Some(exchanges) = self.0.take() {
-            if exchanges.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-                exchanges.completed.store(true, Ordering::Release);
-                exchanges.waker.wake();
-            }
+        if let Some(exchanges) = self.0.take()
+            && exchanges.open.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            exchanges.completed.store(true, Ordering::Release);
+            exchanges.waker.wake();
         }
     }
 }
