@@ -279,7 +279,11 @@ async fn idle_connections(port: u16, n: usize, gateway: &Proc) -> String {
         answered += results.iter().filter(|r| r.is_ok()).count();
     }
     let opening = started.elapsed();
+    // Once, 1 s after the last answer; then settled: idle connections are parked after
+    // 0.5 s, and the allocator hands freed memory back within 2 s.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let soon = gateway.rss_mib();
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let with = gateway.rss_mib();
     // Still open? A closed one reads end-of-stream at once; an open idle one would block.
     let still_open = open
@@ -292,7 +296,7 @@ async fn idle_connections(port: u16, n: usize, gateway: &Proc) -> String {
     let line = format!(
         "Idle keep-alive connections: {} opened ({} failed), {} answered a request, in {:.1} s; \
          {} still open when measured. Gateway RSS {:.1} MiB before, {:.1} MiB connected, \
-         {:.1} MiB after a request on each ({:.1} KiB per connection)",
+         {:.1} MiB 1 s after a request on each, {:.1} MiB 5 s after ({:.1} KiB per connection)",
         open.len(),
         failed,
         answered,
@@ -300,6 +304,7 @@ async fn idle_connections(port: u16, n: usize, gateway: &Proc) -> String {
         still_open,
         before,
         connected,
+        soon,
         with,
         (with - before) * 1024.0 / open.len().max(1) as f64
     );

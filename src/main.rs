@@ -110,6 +110,11 @@ enum Command {
     },
 }
 
+/// jemalloc rather than glibc's malloc: it returns freed pages to the system (glibc keeps
+/// them in its heaps, so memory freed by parked connections stayed resident).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

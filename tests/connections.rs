@@ -262,3 +262,38 @@ async fn many_idle_connections_are_all_still_served() {
         assert_eq!((a.status, &a.body), (200, &small));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_silent_connections_do_not_hold_up_a_shutdown() {
+    let mut gw = DevGateway::start();
+    let addr: std::net::SocketAddr = gw.url.trim_start_matches("http://").parse().unwrap();
+    // One that never sent a byte, one parked after a request.
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let mut parked = TcpStream::connect(addr).await.unwrap();
+    parked
+        .write_all(
+            format!(
+                "GET /v1/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+                gw.key
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.ends_with(b"}") {
+        let n = parked.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    gw.signal("-TERM");
+    // The header deadline is 10 s and the shutdown grace 30 s: neither is waited for.
+    let status = gw.wait(Duration::from_secs(5)).expect("exits at once");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop((silent, parked));
+}

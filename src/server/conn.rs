@@ -8,8 +8,10 @@
 //! read to its end, response body sent to its end), hyper is told to stop; it is idle, so it
 //! stops at once and hands back the socket with any bytes it read ahead. Then the socket waits
 //! for its next request holding nothing but its place in the reactor, and goes to a new hyper
-//! connection when bytes arrive, those read ahead first. A parked connection is closed after
-//! `server.keep_alive_timeout`; the header deadline runs from a request's first byte.
+//! connection when bytes arrive, those read ahead first. A connection is parked once it has
+//! been idle for a moment (`PARK_AFTER`), so one that sends request after request keeps its
+//! hyper connection. A parked connection is closed after `server.keep_alive_timeout`; the
+//! header deadline runs from a request's first byte.
 //!
 //! HTTP/2 (ALPN `h2`, or the prior-knowledge preface on plain TCP) goes to hyper's HTTP/2
 //! server as it is: its streams come and go within one connection.
@@ -44,6 +46,9 @@ pub(super) struct Protocols {
     pub(super) h2: http2::Builder<TokioExecutor>,
     pub(super) header_read_timeout: Duration,
     pub(super) keep_alive_timeout: Duration,
+    /// An HTTP/1.1 connection idle this long is parked (less than the header deadline, which
+    /// hyper runs while it waits).
+    pub(super) park_after: Duration,
     /// Cancelled when the server shuts down.
     pub(super) stop: CancellationToken,
 }
@@ -99,7 +104,12 @@ impl Protocols {
             }
             io::Result::Ok(())
         };
-        match tokio::time::timeout(self.header_read_timeout, sniff).await {
+        let sniffed = tokio::select! {
+            sniffed = tokio::time::timeout(self.header_read_timeout, sniff) => sniffed,
+            // A connection that has not sent a request yet does not hold up a shutdown.
+            () = self.stop.cancelled() => return,
+        };
+        match sniffed {
             Ok(Ok(())) if first.is_empty() => {}
             Ok(Ok(())) if &first[..] == H2_PREFACE => {
                 self.serve_h2(stream, first.freeze(), service, info).await;
@@ -163,49 +173,13 @@ impl Protocols {
     ) {
         let remote = info.remote;
         loop {
-            let exchanges = Arc::new(Exchanges::default());
-            let svc = gateway_fn(service.clone(), info.clone(), Some(exchanges.clone()));
-            let mut conn = self
-                .h1
-                .serve_connection(TokioIo::new(Rewind::new(ahead, io)), svc);
-            let (mut parking, mut stopping) = (false, false);
-            let mut stop = pin!(self.stop.cancelled());
-            let served = poll_fn(|cx| {
-                loop {
-                    if !stopping && stop.as_mut().poll(cx).is_ready() {
-                        // Finish the exchange in flight, then close.
-                        stopping = true;
-                        Pin::new(&mut conn).graceful_shutdown();
-                    }
-                    exchanges.waker.register(cx.waker());
-                    match conn.poll_without_shutdown(cx) {
-                        Poll::Pending if !parking && !stopping && exchanges.idle() => {
-                            // hyper is between requests: it stops at once.
-                            parking = true;
-                            Pin::new(&mut conn).graceful_shutdown();
-                        }
-                        polled => return polled,
-                    }
-                }
-            })
-            .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
-                return;
+            match self
+                .serve_burst(io, ahead, service.clone(), info.clone())
+                .await
+            {
+                Burst::Closed => return,
+                Burst::Idle(idle, unread) => (io, ahead) = (idle, unread),
             }
-            let parts = conn.into_parts();
-            let rewind = parts.io.into_inner();
-            io = rewind.inner;
-            if !parking || stopping || exchanges.closing.load(Ordering::Relaxed) {
-                let _ = io.shutdown().await;
-                return;
-            }
-            // What hyper read ahead, then what it never got to of what we handed it.
-            ahead = if rewind.first.is_empty() {
-                parts.read_buf
-            } else {
-                [parts.read_buf, rewind.first].concat().into()
-            };
             if !ahead.is_empty() {
                 continue;
             }
@@ -217,7 +191,8 @@ impl Protocols {
                     return;
                 }
             }
-            // Parked.
+            PARKED.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%remote, "connection parked");
             tokio::select! {
                 ready = io.readable() => {
                     if ready.is_err() {
@@ -235,6 +210,92 @@ impl Protocols {
             }
         }
     }
+
+    /// One hyper connection on `io`, until it has been idle for `park_after` (the socket and
+    /// the bytes read ahead are handed back; nothing else of it is kept) or it ends.
+    async fn serve_burst<T: Parkable>(
+        &self,
+        io: T,
+        ahead: Bytes,
+        service: HttpService,
+        info: ConnInfo,
+    ) -> Burst<T> {
+        let remote = info.remote;
+        let exchanges = Arc::new(Exchanges::default());
+        let svc = gateway_fn(service, info, Some(exchanges.clone()));
+        let mut conn = self
+            .h1
+            .serve_connection(TokioIo::new(Rewind::new(ahead, io)), svc);
+        let (mut parking, mut stopping) = (false, false);
+        let mut stop = pin!(self.stop.cancelled());
+        // Parked after `park_after` without a new request, so a client sending request after
+        // request never pays for a new hyper connection.
+        let mut idle_timer = pin!(tokio::time::sleep(self.park_after));
+        let mut idle_at: Option<usize> = None;
+        let served = poll_fn(|cx| {
+            loop {
+                if !stopping && stop.as_mut().poll(cx).is_ready() {
+                    // Finish the exchange in flight, then close.
+                    stopping = true;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+                exchanges.waker.register(cx.waker());
+                let polled = conn.poll_without_shutdown(cx);
+                if polled.is_ready() || parking || stopping || !exchanges.idle() {
+                    return polled;
+                }
+                // hyper is between requests.
+                let begun = exchanges.begun.load(Ordering::Acquire);
+                if idle_at != Some(begun) {
+                    idle_at = Some(begun);
+                    idle_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.park_after);
+                }
+                if idle_timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Idle, it stops at once.
+                parking = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        })
+        .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, %remote, "connection ended with an error");
+            return Burst::Closed;
+        }
+        let parts = conn.into_parts();
+        let Rewind { first, mut inner } = parts.io.into_inner();
+        if !parking || stopping || exchanges.closing.load(Ordering::Relaxed) {
+            let _ = inner.shutdown().await;
+            return Burst::Closed;
+        }
+        Burst::Idle(inner, unread(parts.read_buf, first))
+    }
+}
+
+/// How a hyper connection ended.
+enum Burst<T> {
+    /// The connection is closed.
+    Closed,
+    /// Idle: the socket, and the bytes read from it that are still to be served.
+    Idle(T, Bytes),
+}
+
+/// Connections parked so far (the allocator is asked to return memory after many).
+pub(super) static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// What hyper read ahead, then what it never got to of what it was handed. Takes both by
+/// value: an empty `read_ahead` may still hold hyper's whole read buffer (16 KiB), which must
+/// not stay alive while the connection is parked.
+fn unread(read_ahead: Bytes, first: Bytes) -> Bytes {
+    match (read_ahead.is_empty(), first.is_empty()) {
+        (true, true) => Bytes::new(),
+        (false, true) => read_ahead,
+        (true, false) => first,
+        (false, false) => [read_ahead, first].concat().into(),
+    }
 }
 
 /// The exchanges of one hyper HTTP/1.1 connection: hyper is idle when at least one is
@@ -243,6 +304,8 @@ impl Protocols {
 pub(super) struct Exchanges {
     /// Open halves: each exchange opens two (request body, response body).
     open: AtomicUsize,
+    /// Exchanges begun.
+    begun: AtomicUsize,
     /// An exchange has completed.
     completed: AtomicBool,
     /// The client asked to close after this exchange (`Connection: close`, HTTP/1.0).
@@ -258,6 +321,7 @@ impl Exchanges {
             self.closing.store(true, Ordering::Relaxed);
         }
         self.open.fetch_add(2, Ordering::AcqRel);
+        self.begun.fetch_add(1, Ordering::AcqRel);
         (Half(Some(self.clone())), Half(Some(self.clone())))
     }
 

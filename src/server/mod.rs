@@ -31,6 +31,8 @@ use crate::{Body, BoxError, HttpService};
 
 /// Largest HTTP/1.1 read buffer per connection.
 const H1_MAX_BUF: usize = 64 * 1024;
+/// An HTTP/1.1 connection idle this long is parked outside hyper (`conn.rs`).
+const PARK_AFTER: Duration = Duration::from_millis(500);
 /// Concurrent HTTP/2 streams per connection.
 const H2_MAX_STREAMS: u32 = 128;
 /// Header bytes per request (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
@@ -95,6 +97,7 @@ pub async fn run(
         h2,
         header_read_timeout: opts.header_read_timeout,
         keep_alive_timeout: opts.keep_alive_timeout,
+        park_after: PARK_AFTER.min(opts.header_read_timeout / 2),
         stop: CancellationToken::new(),
     });
     let connections = TaskTracker::new();
