@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use portcullis::load::{LoadOptions, Op, Summary};
-use support::{Proc, S3Server};
+use support::{Proc, S3Server, cpu_secs_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "bench-key-0123456789";
@@ -42,6 +42,10 @@ struct Row {
     direct: Summary,
     gateway: Summary,
     cpu_secs: f64,
+    /// CPU of everything on each path: client (this process) and S3 server, plus the
+    /// gateway on the gateway path. The three share the machine's cores.
+    direct_path_cpu_secs: f64,
+    gateway_path_cpu_secs: f64,
     peak_rss_mib: f64,
 }
 
@@ -147,13 +151,17 @@ async fn run(cell: Duration, idle: usize) {
                         prepared,
                     };
                 // Direct first: for GETs it also stores the objects both paths then read.
+                let others = || cpu_secs_of("self") + s3.proc.cpu_secs();
+                let before = others();
                 let direct = portcullis::load::run(opts(Some(Arc::new(urls)), false))
                     .await
                     .unwrap();
+                let direct_path_cpu_secs = others() - before;
                 gateway.reset_peak();
-                let cpu0 = gateway.cpu_secs();
+                let (cpu0, before) = (gateway.cpu_secs(), others());
                 let via = portcullis::load::run(opts(None, true)).await.unwrap();
                 let cpu_secs = gateway.cpu_secs() - cpu0;
+                let gateway_path_cpu_secs = others() - before + cpu_secs;
                 let row = Row {
                     op,
                     size,
@@ -161,6 +169,8 @@ async fn run(cell: Duration, idle: usize) {
                     direct,
                     gateway: via,
                     cpu_secs,
+                    direct_path_cpu_secs,
+                    gateway_path_cpu_secs,
                     peak_rss_mib: gateway.peak_rss_mib(),
                 };
                 println!("{}", row.line());
@@ -175,9 +185,10 @@ async fn run(cell: Duration, idle: usize) {
 
     let mut table = String::from(
         "Gateway vs direct (presigned SigV4 URLs) to the same s3s-fs server, same client, same run.\n\
-         Ratio = gateway throughput / direct throughput. CPU and RSS are the gateway process's.\n\n\
-         | op | size | conc | direct req/s | gateway req/s | ratio | gateway MiB/s | gateway CPU µs/req | gateway CPU s/GiB | gateway peak RSS MiB | errors (direct/gateway) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         Ratio = gateway throughput / direct throughput. CPU and RSS are the gateway process's; \
+         path CPU s/GiB adds up client, S3 server (and gateway) on each path.\n\n\
+         | op | size | conc | direct req/s | gateway req/s | ratio | gateway MiB/s | gateway CPU µs/req | gateway CPU s/GiB | path CPU s/GiB direct / via gateway | gateway peak RSS MiB | errors (direct/gateway) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         table.push_str(&r.line());
@@ -193,8 +204,9 @@ async fn run(cell: Duration, idle: usize) {
 impl Row {
     fn line(&self) -> String {
         let gib = self.gateway.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
+        let direct_gib = self.direct.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
         format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2}x | {:.1} | {:.0} | {} | {:.1} | {}/{} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2}x | {:.1} | {:.0} | {} | {} | {:.1} | {}/{} |",
             match self.op {
                 Op::Get => "GET",
                 Op::Put => "PUT",
@@ -209,6 +221,15 @@ impl Row {
             self.cpu_secs * 1e6 / self.gateway.requests.max(1) as f64,
             if self.size >= MIB {
                 format!("{:.2}", self.cpu_secs / gib)
+            } else {
+                "-".into()
+            },
+            if self.size >= MIB {
+                format!(
+                    "{:.2} / {:.2}",
+                    self.direct_path_cpu_secs / direct_gib,
+                    self.gateway_path_cpu_secs / gib
+                )
             } else {
                 "-".into()
             },
