@@ -76,17 +76,16 @@ async fn run(cell: Duration, idle: usize) {
     let s3 = S3Server::start(&dir.path().join("data"), BUCKET);
     let (endpoint, access, secret) = (&s3.endpoint, &s3.access_key, &s3.secret_key);
 
-    // The gateway, in its own process; the principal is not rate limited in practice. An idle
-    // keep-alive connection is closed after `header_read_timeout` (hyper starts that clock
-    // when it waits for the next request head): 120 s here, so the 10,000 idle connections
-    // are all still open when they are measured.
+    // The gateway, in its own process; the principal is not rate limited in practice. Idle
+    // connections are closed after `keep_alive_timeout`: 120 s here, so the 10,000 idle
+    // connections are all still open when they are measured.
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,
         format!(
             "[backend]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{endpoint}\"\n\
              force_path_style = true\naudit = \"off\"\n\n\
-             [server]\nmax_concurrent_requests = 20000\nheader_read_timeout = \"120s\"\n\n\
+             [server]\nmax_concurrent_requests = 20000\nkeep_alive_timeout = \"120s\"\n\n\
              [rate_limit]\nmax_concurrent_per_principal = 20000\n\n\
              [log]\naccess_log = \"{}\"\n\n\
              [[principals]]\nname = \"bench\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\"]\n\

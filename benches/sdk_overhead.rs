@@ -1,7 +1,9 @@
 //! What aws-sdk-s3 costs per small GET, measured in this process: the same 1 KiB GETs against
-//! the same S3 server (`portcullis s3-server`, its own process) through the SDK (as the
-//! gateway's relay does) and through a plain hyper client with a presigned URL. The
-//! difference is the SDK's per-request CPU (orchestrator, endpoint rules, signing, parsing).
+//! the same S3 server (`portcullis s3-server`, its own process) through the SDK (the relay's
+//! path with `backend.light_reads = false`), through the relay's light signed path (SigV4 by
+//! the gateway on a plain hyper client, the default), and through a plain hyper client with a
+//! presigned URL (no signing at all). The differences are the SDK's per-request CPU
+//! (orchestrator, endpoint rules, signing, parsing) and what signing itself costs.
 //!
 //!     cargo bench --bench sdk_overhead            # 20,000 GETs each way, 16 at a time
 
@@ -35,6 +37,19 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(&dir.path().join("data"), BUCKET);
     let sdk = s3.client(BUCKET).await;
+    let mut config = portcullis::config::Config::default();
+    config.backend.bucket = BUCKET.into();
+    let light = portcullis::relay::connect(
+        &config,
+        portcullis::relay::BackendSettings {
+            endpoint: Some(s3.endpoint.clone()),
+            credentials: Some((s3.access_key.clone(), s3.secret_key.clone())),
+        },
+    )
+    .await;
+    assert!(light.light_reads());
+    let light = Arc::new(light);
+    let key = portcullis::policy::ObjectKey::parse("small".into()).unwrap();
     sdk.put_object()
         .bucket(BUCKET)
         .key("small")
@@ -61,15 +76,28 @@ async fn run() {
     let url = Arc::new(url);
     let mut results: Vec<(&str, f64, f64)> = Vec::new();
     for round in 0..3 {
-        for way in ["aws-sdk-s3 GetObject", "hyper + presigned URL"] {
+        for way in [
+            "aws-sdk-s3 GetObject",
+            "Portcullis light read (aws-sigv4 + hyper)",
+            "hyper + presigned URL",
+        ] {
             let n = if round == 0 { 2_000 } else { REQUESTS };
             let (cpu0, t0) = (cpu_secs_of("self"), Instant::now());
             let mut tasks = Vec::new();
             for w in 0..CONCURRENCY {
                 let (sdk, url, hyper) = (sdk.clone(), url.clone(), hyper.clone());
+                let (light, key) = (light.clone(), key.clone());
                 tasks.push(tokio::spawn(async move {
                     for _ in (w..n).step_by(CONCURRENCY) {
-                        if way.starts_with("aws") {
+                        if way.starts_with("Portcullis") {
+                            let cond = portcullis::relay::ReadConditions::default();
+                            let fetched = light.fetch(&key, None, &cond, true).await.unwrap();
+                            let portcullis::relay::Fetched::Object { body: Some(b), .. } = fetched
+                            else {
+                                panic!("not an object");
+                            };
+                            assert_eq!(b.collect().await.unwrap().to_bytes().len(), 1024);
+                        } else if way.starts_with("aws") {
                             let out = sdk.get_object().bucket(BUCKET).key("small").send().await;
                             let body = out.unwrap().body.collect().await.unwrap();
                             assert_eq!(body.into_bytes().len(), 1024);

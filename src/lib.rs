@@ -2,13 +2,15 @@
 //!
 //! A request passes through these modules, in this order:
 //!
-//! - [`server`]: listeners, HTTP/1.1 and HTTP/2, deadlines, graceful shutdown.
+//! - [`server`]: listeners, HTTP/1.1 (parked between requests) and HTTP/2, deadlines,
+//!   graceful shutdown.
 //! - [`obs`]: request id and the access log (the outermost layer).
 //! - [`api`]: routes; each handler runs the phases below and maps errors to JSON.
 //! - [`auth`]: who is calling (API keys, JWTs, signed links, client certificates).
 //! - [`policy`]: may they do this, on this key ([`policy::ObjectKey`] is the only key type).
 //! - [`limits`]: size and type limits, applied to the streaming body.
-//! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3).
+//! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3, and a light signed path for
+//!   GET and HEAD).
 //! - [`embedded`]: an S3 protocol server in the process, for `serve --dev`.
 //!
 //! [`console`] is the upload page at `GET /`. [`load`] is the `portcullis load` generator. [`audit`] checks the bucket's security posture. [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]

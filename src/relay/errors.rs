@@ -1,5 +1,6 @@
-//! The one place where an `SdkError` is translated: into a status and code for the client,
-//! with everything S3 said (code, message, request id) kept for the log only.
+//! The one place where a backend failure is translated (an `SdkError`, or S3's answer to a
+//! light signed read): into a status and code for the client, with everything S3 said (code,
+//! message, request id) kept for the log only.
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::http::Response;
