@@ -297,3 +297,88 @@ async fn idle_and_silent_connections_do_not_hold_up_a_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop((silent, parked));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_are_parked_and_resumed_too() {
+    use rustls_pki_types::pem::PemObject;
+    let pki = Pki::new();
+    let g = gateway_tweaked(&pki.toml(None), Relay::Direct, |c| {
+        c.server.header_read_timeout = portcullis::config::units::Span::secs(1)
+    })
+    .await;
+    let small = seed_tls(&g, &pki).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(g.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let request = get("small");
+    let mut buf = Vec::new();
+    for round in 0..3 {
+        // One request, then two in one write; each time after an idle pause longer than the
+        // header deadline (the connection is parked in between).
+        let requests = if round == 1 {
+            [request.clone(), request.clone()].concat()
+        } else {
+            request.clone()
+        };
+        tls.write_all(&requests).await.unwrap();
+        for _ in 0..if round == 1 { 2 } else { 1 } {
+            let a =
+                tokio::time::timeout(Duration::from_secs(10), read_tls_answer(&mut tls, &mut buf))
+                    .await
+                    .expect("an answer within 10 s");
+            assert_eq!((a.status, &a.body), (200, &small), "round {round}");
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+async fn seed_tls(g: &TestGateway, pki: &Pki) -> Vec<u8> {
+    let data = random_bytes(700, 5);
+    let resp = pki
+        .client(None, true)
+        .put(g.object_url("small"))
+        .header("authorization", bearer(ADMIN))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    data
+}
+
+async fn read_tls_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Answer {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + length {
+                let status = head[9..12].parse().unwrap();
+                let body = buf[end..end + length].to_vec();
+                buf.drain(..end + length);
+                return Answer { status, head, body };
+            }
+        }
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
