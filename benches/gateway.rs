@@ -6,6 +6,7 @@
 //!
 //!     cargo bench --bench gateway
 //!     PORTCULLIS_BENCH_SECS=5 PORTCULLIS_BENCH_IDLE=10000 cargo bench --bench gateway
+//!     PORTCULLIS_BENCH_WORKERS=1 cargo bench --bench gateway   # server.worker_threads
 //!
 //! The S3 server (s3s-fs, `portcullis s3-server`) and the gateway are separate processes;
 //! the gateway's CPU time comes from /proc/PID/stat and its peak RSS from VmHWM, reset before
@@ -58,16 +59,20 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
+    // The gateway's `server.worker_threads` (default: one per CPU).
+    let workers: Option<usize> = std::env::var("PORTCULLIS_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok());
     // 10,000 client sockets need the descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(Duration::from_secs_f64(secs), idle));
+    rt.block_on(run(Duration::from_secs_f64(secs), idle, workers));
 }
 
-async fn run(cell: Duration, idle: usize) {
+async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&target).unwrap();
     let dir = tempfile::tempdir_in(&target).unwrap();
@@ -85,11 +90,12 @@ async fn run(cell: Duration, idle: usize) {
         format!(
             "[backend]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{endpoint}\"\n\
              force_path_style = true\naudit = \"off\"\n\n\
-             [server]\nmax_concurrent_requests = 20000\nkeep_alive_timeout = \"120s\"\n\n\
+             [server]\nmax_concurrent_requests = 20000\nkeep_alive_timeout = \"120s\"\n{}\n\
              [rate_limit]\nmax_concurrent_per_principal = 20000\n\n\
              [log]\naccess_log = \"{}\"\n\n\
              [[principals]]\nname = \"bench\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\"]\n\
              rate_limit = {{ requests_per_second = 1000000, burst = 1000000 }}\n",
+            workers.map_or(String::new(), |n| format!("worker_threads = {n}\n")),
             dir.path().join("access.log").display(),
             portcullis::auth::hash_key(KEY)
         ),

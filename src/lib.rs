@@ -212,6 +212,10 @@ impl Portcullis {
             }
         };
         unchanged("server.listen", old.server.listen == config.server.listen);
+        unchanged(
+            "server.worker_threads",
+            old.server.worker_threads == config.server.worker_threads,
+        );
         unchanged("admin.listen", old.admin.listen == config.admin.listen);
         unchanged(
             "backend",

@@ -243,14 +243,30 @@ fn main() -> ExitCode {
             data,
             admin_listen,
         } => {
-            let runtime = match tokio::runtime::Runtime::new() {
+            let overrides = Overrides {
+                listen,
+                data,
+                admin_listen,
+            };
+            let prepared = match prepare(config, dev, &overrides) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("portcullis: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = prepared.config.server.worker_threads {
+                runtime.worker_threads(n);
+            }
+            let runtime = match runtime.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, dev, listen, data, admin_listen)) {
+            match runtime.block_on(serve(prepared, overrides)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e:#}");
@@ -261,18 +277,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(
+/// The config `serve` starts with, read before the runtime is built (it sizes the runtime).
+struct Prepared {
     path: Option<PathBuf>,
-    dev: bool,
-    listen: Option<SocketAddr>,
-    data: Option<PathBuf>,
-    admin_listen: Option<SocketAddr>,
-) -> anyhow::Result<()> {
-    let overrides = Overrides {
-        listen,
-        data,
-        admin_listen,
-    };
+    config: Config,
+    warnings: Vec<config::Warning>,
+    /// `--dev`: the generated key, shown once.
+    dev_key: Option<String>,
+}
+
+fn prepare(path: Option<PathBuf>, dev: bool, overrides: &Overrides) -> anyhow::Result<Prepared> {
     let (mut config, warnings, dev_key) = if dev {
         let (key, hash) = generate_key();
         (dev_config(hash), Vec::new(), Some(key))
@@ -282,6 +296,21 @@ async fn serve(
         (loaded.config, loaded.warnings, None)
     };
     overrides.apply(&mut config);
+    Ok(Prepared {
+        path,
+        config,
+        warnings,
+        dev_key,
+    })
+}
+
+async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<()> {
+    let Prepared {
+        path,
+        config,
+        warnings,
+        dev_key,
+    } = prepared;
     init_tracing(config.log.format);
     // Every connection is a descriptor: take all the process may have (as nginx's
     // worker_rlimit_nofile would), so a burst of clients meets max_concurrent_requests, not

@@ -204,6 +204,25 @@ mod tests {
     }
 
     #[test]
+    fn server_deadlines_and_threads_are_checked() {
+        let base = "[backend]\nkind = \"embedded\"\n[server]\n";
+        for (extra, field) in [
+            ("worker_threads = 0\n", "server.worker_threads"),
+            ("worker_threads = 5000\n", "server.worker_threads"),
+            ("keep_alive_timeout = \"0s\"\n", "server.keep_alive_timeout"),
+        ] {
+            let e = &errors(&format!("{base}{extra}"))[0];
+            assert_eq!(e.field, field, "{e}");
+        }
+        let loaded = parse(&format!("{base}worker_threads = 1\n"), None).unwrap();
+        assert_eq!(loaded.config.server.worker_threads, Some(1));
+        assert_eq!(
+            loaded.config.server.keep_alive_timeout,
+            units::Span::secs(75)
+        );
+    }
+
+    #[test]
     fn validation_error_is_located() {
         let text = "[backend]\nkind = \"embedded\"\n\n[[principals]]\nname = \"a\"\napi_keys = []\n\n[[principals]]\nname = \"b\"\nprefix = \"/abs/\"\n";
         let errs = errors(text);

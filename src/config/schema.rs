@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Span,
     /// Requests served at once before new ones are shed with 503. Default `1024`.
     pub max_concurrent_requests: usize,
+    /// Threads that serve requests. Default: one per CPU.
+    pub worker_threads: Option<usize>,
     /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed. Default none.
     pub trusted_proxies: Vec<String>,
 }
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Span::secs(30),
             shutdown_grace: Span::secs(30),
             max_concurrent_requests: 1024,
+            worker_threads: None,
             trusted_proxies: Vec::new(),
         }
     }

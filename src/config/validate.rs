@@ -91,6 +91,9 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             );
         }
     }
+    if c.server.worker_threads.is_some_and(|n| n == 0 || n > 1024) {
+        bad("server.worker_threads", "must be from 1 to 1024".into());
+    }
     if c.server.max_concurrent_requests == 0 {
         bad(
             "server.max_concurrent_requests",
