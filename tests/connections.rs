@@ -10,9 +10,9 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A raw HTTP/1.1 client connection that reads responses one at a time.
-struct Raw {
-    s: TcpStream,
+/// A raw HTTP/1.1 client connection (plain or TLS) that reads responses one at a time.
+struct Raw<S = TcpStream> {
+    s: S,
     buf: Vec<u8>,
 }
 
@@ -25,10 +25,13 @@ struct Answer {
 
 impl Raw {
     async fn connect(g: &TestGateway) -> Raw {
-        Raw {
-            s: TcpStream::connect(g.addr).await.unwrap(),
-            buf: Vec::new(),
-        }
+        Raw::over(TcpStream::connect(g.addr).await.unwrap())
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Raw<S> {
+    fn over(s: S) -> Raw<S> {
+        Raw { s, buf: Vec::new() }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -91,9 +94,14 @@ fn get(key: &str) -> Vec<u8> {
 }
 
 async fn seed(g: &TestGateway, key: &str, len: usize) -> Vec<u8> {
+    seed_with(&g.http, g, key, len).await
+}
+
+async fn seed_with(http: &reqwest::Client, g: &TestGateway, key: &str, len: usize) -> Vec<u8> {
     let data = random_bytes(len, 3);
-    let resp = g
-        .call(reqwest::Method::PUT, key, ADMIN)
+    let resp = http
+        .put(g.object_url(key))
+        .header("authorization", bearer(ADMIN))
         .body(data.clone())
         .send()
         .await
@@ -306,7 +314,7 @@ async fn tls_connections_are_parked_and_resumed_too() {
         c.server.header_read_timeout = portcullis::config::units::Span::secs(1)
     })
     .await;
-    let small = seed_tls(&g, &pki).await;
+    let small = seed_with(&pki.client(None, true), &g, "small", 700).await;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -320,65 +328,21 @@ async fn tls_connections_are_parked_and_resumed_too() {
     .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(g.addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
+    let mut c = Raw::over(tls);
     let request = get("small");
-    let mut buf = Vec::new();
     for round in 0..3 {
         // One request, then two in one write; each time after an idle pause longer than the
         // header deadline (the connection is parked in between).
-        let requests = if round == 1 {
-            [request.clone(), request.clone()].concat()
-        } else {
-            request.clone()
-        };
-        tls.write_all(&requests).await.unwrap();
-        for _ in 0..if round == 1 { 2 } else { 1 } {
-            let a =
-                tokio::time::timeout(Duration::from_secs(10), read_tls_answer(&mut tls, &mut buf))
-                    .await
-                    .expect("an answer within 10 s");
+        let n = if round == 1 { 2 } else { 1 };
+        c.send(&request.repeat(n)).await;
+        for _ in 0..n {
+            let a = c.answer().await;
             assert_eq!((a.status, &a.body), (200, &small), "round {round}");
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
-    }
-}
-
-async fn seed_tls(g: &TestGateway, pki: &Pki) -> Vec<u8> {
-    let data = random_bytes(700, 5);
-    let resp = pki
-        .client(None, true)
-        .put(g.object_url("small"))
-        .header("authorization", bearer(ADMIN))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    data
-}
-
-async fn read_tls_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Answer {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if buf.len() >= end + length {
-                let status = head[9..12].parse().unwrap();
-                let body = buf[end..end + length].to_vec();
-                buf.drain(..end + length);
-                return Answer { status, head, body };
-            }
-        }
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed mid-answer");
-        buf.extend_from_slice(&chunk[..n]);
     }
 }

@@ -40,7 +40,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::errors::{classify, describe_answer};
+use super::errors::{classify, describe_answer, error_chain};
 use super::{Fetched, ObjectMeta, ReadConditions};
 use crate::BoxError;
 use crate::error::{ApiError, Code};
@@ -129,21 +129,21 @@ impl Reader {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(setup.connect_timeout));
         http.enforce_http(false);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = if target.https {
-            builder.with_tls_config(tls_config()?)
+        // A plain HTTP endpoint needs no certificates: the connector never uses TLS.
+        let roots = if target.https {
+            platform_roots()?
         } else {
-            // Plain HTTP endpoint: no certificates to load; the connector never uses TLS.
-            builder.with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-            )
+            rustls::RootCertStore::empty()
         };
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -480,7 +480,7 @@ fn sigv4_scheme(
 }
 
 /// The trust roots the SDK's own HTTPS client uses: the platform's.
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+fn platform_roots() -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for cert in found.certs {
@@ -492,13 +492,7 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
             found.errors
         ));
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    Ok(roots)
 }
 
 /// Why an attempt failed, and whether the SDK would try again.
@@ -535,17 +529,6 @@ fn transport_failure(e: &hyper_util::client::legacy::Error) -> Failure {
             retry: Retry::No,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The SDK's backoff before retry number `attempt`: a random share of 1 s, 2 s, 4 s...

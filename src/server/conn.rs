@@ -191,7 +191,6 @@ impl Protocols {
                     return;
                 }
             }
-            PARKED.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%remote, "connection parked");
             tokio::select! {
                 ready = io.readable() => {
@@ -282,9 +281,6 @@ enum Burst<T> {
     /// Idle: the socket, and the bytes read from it that are still to be served.
     Idle(T, Bytes),
 }
-
-/// Connections parked so far (the allocator is asked to return memory after many).
-pub(super) static PARKED: AtomicUsize = AtomicUsize::new(0);
 
 /// What hyper read ahead, then what it never got to of what it was handed. Takes both by
 /// value: an empty `read_ahead` may still hold hyper's whole read buffer (16 KiB), which must
