@@ -143,7 +143,10 @@ async fn ranges() {
         put(&g, "r", ADMIN, data.clone()).await.status(),
         StatusCode::OK
     );
-    let range = |r: &'static str| g.call(Method::GET, "r", ADMIN).header("range", r).send();
+    let ranged = |key: &'static str, r: &'static str| {
+        g.call(Method::GET, key, ADMIN).header("range", r).send()
+    };
+    let range = |r: &'static str| ranged("r", r);
 
     let resp = range("bytes=10-19").await.unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
@@ -164,12 +167,7 @@ async fn ranges() {
     assert_eq!(error_code(resp).await, "range_not_satisfiable");
 
     for bad in ["bytes=0-1,5-6", "bytes=9-2", "lines=1-2", "bytes=x-"] {
-        let resp = g
-            .call(Method::GET, "r", ADMIN)
-            .header("range", bad)
-            .send()
-            .await
-            .unwrap();
+        let resp = range(bad).await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(error_code(resp).await, "invalid_range");
     }
@@ -184,12 +182,7 @@ async fn ranges() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     for r in ["bytes=-5", "bytes=0-", "bytes=0-0"] {
-        let resp = g
-            .call(Method::GET, "empty", ADMIN)
-            .header("range", r)
-            .send()
-            .await
-            .unwrap();
+        let resp = ranged("empty", r).await.unwrap();
         assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{r}");
         assert_eq!(error_code(resp).await, "range_not_satisfiable");
     }
