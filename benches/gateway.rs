@@ -4,6 +4,11 @@
 //! bearer key. Both use the same client (`portcullis load`'s engine) on keep-alive
 //! connections. Then 10,000 idle keep-alive connections held by the gateway.
 //!
+//! A third path gives the ceiling: the same presigned requests through a plain TCP forwarder
+//! (two threads in this process, 64 KiB copies, no HTTP at all). Client, S3 server and relay
+//! share the machine's cores, so on a small machine no user-space relay reaches the direct
+//! path's throughput; the forwarder shows how close one can get.
+//!
 //!     cargo bench --bench gateway
 //!     PORTCULLIS_BENCH_SECS=5 PORTCULLIS_BENCH_IDLE=10000 cargo bench --bench gateway
 //!     PORTCULLIS_BENCH_WORKERS=1 cargo bench --bench gateway   # server.worker_threads
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use portcullis::load::{LoadOptions, Op, Summary};
-use support::{Proc, S3Server, cpu_secs_of};
+use support::{Forwarder, Proc, S3Server, cpu_secs_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "bench-key-0123456789";
@@ -41,8 +46,10 @@ struct Row {
     size: u64,
     concurrency: usize,
     direct: Summary,
+    forwarded: Summary,
     gateway: Summary,
     cpu_secs: f64,
+    forwarder_cpu_secs: f64,
     /// CPU of everything on each path: client (this process) and S3 server, plus the
     /// gateway on the gateway path. The three share the machine's cores.
     direct_path_cpu_secs: f64,
@@ -107,6 +114,17 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
 
     // The direct path's client: presigned URLs from aws-sdk-s3.
     let sdk = s3.client(BUCKET).await;
+    // The ceiling's path: presigned URLs for the forwarder's address (the signature covers
+    // the Host header, which the forwarder passes through unchanged).
+    let s3_addr = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let forwarder = Forwarder::start(s3_addr);
+    let forwarded_sdk = s3
+        .client_at(&format!("http://127.0.0.1:{}", forwarder.port), BUCKET)
+        .await;
     let presign = PresigningConfig::expires_in(Duration::from_secs(3600)).unwrap();
 
     println!(
@@ -120,24 +138,27 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
         for (size, concurrencies) in CELLS {
             for &concurrency in concurrencies {
                 let prefix = format!("bench/{size}/");
-                let mut urls = Vec::new();
+                let (mut urls, mut forwarded_urls) = (Vec::new(), Vec::new());
                 for w in 0..concurrency {
                     let key = format!("{prefix}{w}");
-                    let get = sdk
-                        .get_object()
-                        .bucket(BUCKET)
-                        .key(&key)
-                        .presigned(presign.clone())
-                        .await
-                        .unwrap();
-                    let put = sdk
-                        .put_object()
-                        .bucket(BUCKET)
-                        .key(&key)
-                        .presigned(presign.clone())
-                        .await
-                        .unwrap();
-                    urls.push((get.uri().to_owned(), put.uri().to_owned()));
+                    for (client, urls) in [(&sdk, &mut urls), (&forwarded_sdk, &mut forwarded_urls)]
+                    {
+                        let get = client
+                            .get_object()
+                            .bucket(BUCKET)
+                            .key(&key)
+                            .presigned(presign.clone())
+                            .await
+                            .unwrap();
+                        let put = client
+                            .put_object()
+                            .bucket(BUCKET)
+                            .key(&key)
+                            .presigned(presign.clone())
+                            .await
+                            .unwrap();
+                        urls.push((get.uri().to_owned(), put.uri().to_owned()));
+                    }
                 }
                 // Large objects: fewer requests, same time bound.
                 let cap = (4 * 1024 * MIB / size).clamp(32, 200_000);
@@ -156,12 +177,18 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
                         prepared,
                     };
                 // Direct first: for GETs it also stores the objects both paths then read.
-                let others = || cpu_secs_of("self") + s3.proc.cpu_secs();
+                // The client's CPU is this process's, less the forwarder's threads.
+                let others = || cpu_secs_of("self") - forwarder.cpu_secs() + s3.proc.cpu_secs();
                 let before = others();
                 let direct = portcullis::load::run(opts(Some(Arc::new(urls)), false))
                     .await
                     .unwrap();
                 let direct_path_cpu_secs = others() - before;
+                let cpu0 = forwarder.cpu_secs();
+                let forwarded = portcullis::load::run(opts(Some(Arc::new(forwarded_urls)), true))
+                    .await
+                    .unwrap();
+                let forwarder_cpu_secs = forwarder.cpu_secs() - cpu0;
                 gateway.reset_peak();
                 let (cpu0, before) = (gateway.cpu_secs(), others());
                 let via = portcullis::load::run(opts(None, true)).await.unwrap();
@@ -172,8 +199,10 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
                     size,
                     concurrency,
                     direct,
+                    forwarded,
                     gateway: via,
                     cpu_secs,
+                    forwarder_cpu_secs,
                     direct_path_cpu_secs,
                     gateway_path_cpu_secs,
                     peak_rss_mib: gateway.peak_rss_mib(),
@@ -192,8 +221,9 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
         "Gateway vs direct (presigned SigV4 URLs) to the same s3s-fs server, same client, same run.\n\
          Ratio = gateway throughput / direct throughput. CPU and RSS are the gateway process's; \
          path CPU s/GiB adds up client, S3 server (and gateway) on each path.\n\n\
-         | op | size | conc | direct req/s | gateway req/s | ratio | gateway MiB/s | gateway CPU µs/req | gateway CPU s/GiB | path CPU s/GiB direct / via gateway | gateway peak RSS MiB | errors (direct/gateway) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         Forwarder = a plain TCP forwarder on the direct path (the ceiling for any relay here).\n\n\
+         | op | size | conc | direct req/s | gateway req/s | ratio | forwarder ratio | gateway MiB/s | gateway CPU µs/req | gateway CPU s/GiB | forwarder CPU s/GiB | path CPU s/GiB direct / via gateway | gateway peak RSS MiB | errors (direct/forwarder/gateway) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         table.push_str(&r.line());
@@ -211,7 +241,7 @@ impl Row {
         let gib = self.gateway.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
         let direct_gib = self.direct.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
         format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2}x | {:.1} | {:.0} | {} | {} | {:.1} | {}/{} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.0} | {} | {} | {} | {:.1} | {}/{}/{} |",
             match self.op {
                 Op::Get => "GET",
                 Op::Put => "PUT",
@@ -222,10 +252,18 @@ impl Row {
             self.direct.requests_per_second,
             self.gateway.requests_per_second,
             self.gateway.requests_per_second / self.direct.requests_per_second,
+            self.forwarded.requests_per_second / self.direct.requests_per_second,
             self.gateway.megabytes_per_second * 1e6 / MIB as f64,
             self.cpu_secs * 1e6 / self.gateway.requests.max(1) as f64,
             if self.size >= MIB {
                 format!("{:.2}", self.cpu_secs / gib)
+            } else {
+                "-".into()
+            },
+            if self.size >= MIB {
+                let forwarded_gib =
+                    self.forwarded.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
+                format!("{:.2}", self.forwarder_cpu_secs / forwarded_gib)
             } else {
                 "-".into()
             },
@@ -240,6 +278,7 @@ impl Row {
             },
             self.peak_rss_mib,
             self.direct.errors,
+            self.forwarded.errors,
             self.gateway.errors,
         )
     }

@@ -153,18 +153,88 @@ impl S3Server {
 
     /// An aws-sdk-s3 client for it, built the way the gateway builds its own.
     pub async fn client(&self, bucket: &str) -> aws_sdk_s3::Client {
+        self.client_at(&self.endpoint, bucket).await
+    }
+
+    /// The same, addressing the server through `endpoint` (a forwarder in front of it).
+    pub async fn client_at(&self, endpoint: &str, bucket: &str) -> aws_sdk_s3::Client {
         let mut config = portcullis::config::Config::default();
         config.backend.bucket = bucket.into();
         config.backend.force_path_style = true;
         portcullis::relay::connect(
             &config,
             portcullis::relay::BackendSettings {
-                endpoint: Some(self.endpoint.clone()),
+                endpoint: Some(endpoint.to_owned()),
                 credentials: Some((self.access_key.clone(), self.secret_key.clone())),
             },
         )
         .await
         .client()
         .clone()
+    }
+}
+
+/// A plain TCP forwarder to `target` on two threads of its own (tokio, 64 KiB copy buffers,
+/// TCP_NODELAY both ways): what any user-space relay costs at the least, with no HTTP, no
+/// signing and no checks. Its CPU time is read from its threads' /proc entries.
+pub struct Forwarder {
+    pub port: u16,
+    threads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Forwarder {
+    pub fn start(target: std::net::SocketAddr) -> Self {
+        let threads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = threads.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || {
+                // "/proc/thread-self" links to "PID/task/TID".
+                if let Ok(link) = std::fs::read_link("/proc/thread-self") {
+                    seen.lock().unwrap().push(link.display().to_string());
+                }
+            })
+            .build()
+            .unwrap();
+        // Bound here, served on the forwarder's own thread (this may run inside a runtime).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional_with_sizes(
+                            &mut inbound,
+                            &mut outbound,
+                            64 * 1024,
+                            64 * 1024,
+                        )
+                        .await;
+                    });
+                }
+            })
+        });
+        Self { port, threads }
+    }
+
+    /// utime + stime of the forwarder's threads, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        self.threads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| cpu_secs_of(t))
+            .sum()
     }
 }
