@@ -1,6 +1,6 @@
-//! The light signed read path against the SDK path: the same reads, through two relays on the
-//! same S3 server, must give the same answers (objects, ranges, conditions, errors, retries,
-//! timeouts, a stalled download).
+//! The light signed path against the SDK path: the same reads and uploads, through two relays
+//! on the same S3 server, must give the same answers (objects, ranges, conditions, errors,
+//! retries, timeouts, a stalled download, a stalled upload) and store the same objects.
 
 mod common;
 
@@ -10,8 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use http_body_util::BodyExt;
+use portcullis::limits::BodyWatch;
 use portcullis::policy::ObjectKey;
-use portcullis::relay::{Backend, BackendSettings, Fetched, ReadConditions};
+use portcullis::relay::{
+    Backend, BackendSettings, Fetched, ReadConditions, Upload, WriteCondition,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,14 +28,14 @@ async fn relays(
     let mut both = Vec::new();
     for light in [true, false] {
         let mut config = g.config.clone();
-        config.backend.light_reads = light;
+        config.backend.light_path = light;
         extra(&mut config);
         let settings = BackendSettings {
             endpoint: Some(endpoint.clone()),
             credentials: Some(g.s3_credentials.clone()),
         };
         let backend = portcullis::relay::connect(&config, settings).await;
-        assert_eq!(backend.light_reads(), light);
+        assert_eq!(backend.light_path(), light);
         both.push(backend);
     }
     let sdk = both.pop().unwrap();
@@ -407,11 +410,339 @@ async fn a_download_the_backend_stops_sending_fails_on_both_paths() {
         let started = Instant::now();
         let a = read(b, "big", None, &ReadConditions::default(), true).await;
         let took = started.elapsed();
-        assert!(a.contains("body=failed"), "light={}: {a}", b.light_reads());
+        assert!(a.contains("body=failed"), "light={}: {a}", b.light_path());
         assert!(
             took >= Duration::from_secs(2) && took < Duration::from_secs(20),
             "light={}: {took:?}",
-            b.light_reads()
+            b.light_path()
         );
     }
+}
+
+/// Stores `data` through `b`; the answer, and what the bucket then holds, in one line.
+async fn store(
+    g: &TestGateway,
+    b: &Backend,
+    key: &str,
+    content_type: &str,
+    condition: WriteCondition,
+    body: portcullis::Body,
+    length: u64,
+) -> String {
+    let upload = Upload {
+        key: ObjectKey::parse(key.to_owned()).unwrap(),
+        content_type: content_type.into(),
+        length: Some(length),
+        condition,
+        body,
+        watch: Arc::new(BodyWatch::default()),
+    };
+    let answer = match b.put(upload).await {
+        Ok(stored) => format!("stored etag={} size={}", stored.etag, stored.size),
+        Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+    };
+    let held = match g.s3.get_object().bucket(BUCKET).key(key).send().await {
+        Ok(out) => {
+            let kind = out.content_type.clone();
+            let etag = out.e_tag.clone();
+            let bytes = out.body.collect().await.unwrap().into_bytes();
+            format!(
+                "{} bytes {} type={kind:?} etag={etag:?}",
+                bytes.len(),
+                hex_of(&bytes)
+            )
+        }
+        Err(e) => format!("nothing ({})", e.into_service_error()),
+    };
+    format!("{answer}; bucket: {held}")
+}
+
+fn full(data: &[u8]) -> portcullis::Body {
+    http_body_util::Full::new(bytes::Bytes::copy_from_slice(data))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// `data` in 64 KiB frames, as the gateway's server hands on a client's upload.
+fn framed(data: &[u8]) -> portcullis::Body {
+    let frames = data
+        .chunks(64 * 1024)
+        .map(|c| {
+            Ok::<_, portcullis::BoxError>(http_body::Frame::data(bytes::Bytes::copy_from_slice(c)))
+        })
+        .collect::<Vec<_>>();
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+/// A body that sends `good` bytes in 16 KiB chunks, then fails.
+fn failing_after(good: usize) -> portcullis::Body {
+    let chunks = random_bytes(good, 3)
+        .chunks(16 * 1024)
+        .map(|c| Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(c))))
+        .chain(std::iter::once(Err::<_, portcullis::BoxError>(
+            "the client went away".into(),
+        )))
+        .collect::<Vec<_>>();
+    http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_uploads_store_as_the_sdk_does() {
+    let g = gateway("").await;
+    let (light, sdk) = relays(&g, None, |_| {}).await;
+    let data = random_bytes(700_000, 11);
+    let other = random_bytes(1000, 12);
+    let keys = [
+        "plain.bin",
+        "users/alice/a file with spaces.txt",
+        "ünïcødé/ключ/鍵.bin",
+        "odd+chars%20=&;,$@!'()*~_-.x",
+    ];
+    for key in keys {
+        // Each path works on its own copy of the key, in the same steps.
+        let mut lines = Vec::new();
+        for (b, prefix) in [(&light, "light/"), (&sdk, "sdk/")] {
+            let k = format!("{prefix}{key}");
+            let mut steps = Vec::new();
+            let ctype = "application/x-test; charset=utf-8";
+            let g = &g;
+            let put = |cond: WriteCondition, body: &[u8]| {
+                let (k, body) = (k.clone(), body.to_vec());
+                let len = body.len() as u64;
+                async move { store(g, b, &k, ctype, cond, full(&body), len).await }
+            };
+            // Create only: stored, then refused (the object is there).
+            steps.push(put(WriteCondition::IfNoneMatchAny, &data).await);
+            steps.push(put(WriteCondition::IfNoneMatchAny, &other).await);
+            // Replace only the version we name: refused with a wrong ETag, stored with its own.
+            steps.push(put(WriteCondition::IfMatch("\"0123\"".into()), &other).await);
+            let etag =
+                g.s3.head_object()
+                    .bucket(BUCKET)
+                    .key(&k)
+                    .send()
+                    .await
+                    .unwrap()
+                    .e_tag
+                    .unwrap();
+            steps.push(put(WriteCondition::IfMatch(etag), &other).await);
+            // Unconditional overwrite, an empty object.
+            steps.push(put(WriteCondition::None, &data).await);
+            steps.push(put(WriteCondition::None, &[]).await);
+            lines.push(steps);
+        }
+        assert_eq!(lines[0], lines[1], "{key}");
+        assert!(lines[0][0].starts_with("stored"), "{:?}", lines[0]);
+        assert!(lines[0][1].starts_with("error"), "{:?}", lines[0]);
+        assert!(lines[0][3].starts_with("stored"), "{:?}", lines[0]);
+    }
+
+    // If-Match on a key that is not there; a body that fails half way (nothing stored).
+    for (key, cond, body, len) in [
+        (
+            "missing",
+            WriteCondition::IfMatch("\"abc\"".into()),
+            None,
+            10,
+        ),
+        ("cut", WriteCondition::None, Some(300_000), 1_000_000),
+    ] {
+        let mut answers = Vec::new();
+        for (b, prefix) in [(&light, "light/"), (&sdk, "sdk/")] {
+            let body = match body {
+                Some(good) => failing_after(good),
+                None => full(&other[..10]),
+            };
+            let k = format!("{prefix}{key}");
+            answers.push(store(&g, b, &k, "text/plain", cond.clone(), body, len).await);
+        }
+        assert!(answers[0].contains("bucket: nothing"), "{}", answers[0]);
+        if body.is_none() {
+            assert_eq!(answers[0], answers[1]);
+        } else {
+            // The body's own failure is what the gateway reports (the request's watch names
+            // it); both paths fail the call and store nothing.
+            assert!(answers[0].starts_with("error"), "{}", answers[0]);
+            assert!(answers[1].starts_with("error"), "{}", answers[1]);
+            assert!(answers[1].contains("bucket: nothing"), "{}", answers[1]);
+        }
+    }
+
+    // A bucket that is gone.
+    g.s3.delete_objects()
+        .bucket(BUCKET)
+        .delete(
+            aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(
+                    g.bucket_keys()
+                        .await
+                        .into_iter()
+                        .map(|k| {
+                            aws_sdk_s3::types::ObjectIdentifier::builder()
+                                .key(k)
+                                .build()
+                                .unwrap()
+                        })
+                        .collect(),
+                ))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    g.s3.delete_bucket().bucket(BUCKET).send().await.unwrap();
+    let mut answers = Vec::new();
+    for b in [&light, &sdk] {
+        let upload = Upload {
+            key: ObjectKey::parse("k".into()).unwrap(),
+            content_type: "text/plain".into(),
+            length: Some(3),
+            condition: WriteCondition::None,
+            body: full(b"abc"),
+            watch: Arc::new(BodyWatch::default()),
+        };
+        answers.push(match b.put(upload).await {
+            Ok(s) => format!("stored {s:?}"),
+            Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+        });
+    }
+    // (S3 refuses; s3s-fs makes the bucket's folder again and stores it: either way, the same.)
+    assert_eq!(answers[0], answers[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_uploads_fail_as_the_sdk_does() {
+    let g = gateway("").await;
+    let put = |b: Backend| async move {
+        let upload = Upload {
+            key: ObjectKey::parse("k".into()).unwrap(),
+            content_type: "text/plain".into(),
+            length: Some(5),
+            condition: WriteCondition::None,
+            body: full(b"hello"),
+            watch: Arc::new(BodyWatch::default()),
+        };
+        match b.put(upload).await {
+            Ok(s) => format!("stored {s:?}"),
+            Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+        }
+    };
+    // A streamed body cannot be sent twice: one attempt whatever S3 answers.
+    for (status, code) in [
+        (500, "InternalError"),
+        (503, "SlowDown"),
+        (400, "RequestTimeout"),
+        (403, "AccessDenied"),
+        (412, "PreconditionFailed"),
+        (409, "ConditionalRequestConflict"),
+    ] {
+        let mut answers = Vec::new();
+        let mut counts = Vec::new();
+        for light in [true, false] {
+            let (endpoint, count) = answering_backend(status, code).await;
+            let (l, s) = relays(&g, Some(endpoint), |_| {}).await;
+            answers.push(put(if light { l } else { s }).await);
+            counts.push(count.load(Ordering::SeqCst));
+        }
+        assert_eq!(answers[0], answers[1], "{status} {code}");
+        assert_eq!(counts, vec![1, 1], "{status} {code}");
+    }
+
+    // Nobody listening: unavailable on both.
+    let (_held, refusing) = refusing_addr();
+    let (l, s) = relays(&g, Some(format!("http://{refusing}")), |_| {}).await;
+    let a = put(l).await;
+    assert_eq!(a, put(s).await);
+    assert!(a.starts_with("error BackendUnavailable"), "{a}");
+}
+
+/// A proxy to `target` that passes the first `pass` bytes up, then stops reading (the
+/// connection stays open); answers come down as they are.
+async fn swallowing_proxy(target: std::net::SocketAddr, pass: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                let up = async {
+                    let mut sent = 0;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while sent < pass {
+                        let n = match cr.read(&mut buf[..(pass - sent).min(16 * 1024)]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    _ = down => {}
+                    _ = up => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_backend_stops_taking_fails_on_both_paths() {
+    let g = gateway("").await;
+    let proxy = swallowing_proxy(g.s3_addr, 256 * 1024).await;
+    // Stall grace = 2 x body_idle_timeout = 2 s. The body comes in frames, as from a client:
+    // on both paths the watch follows the frames S3 takes, so a body handed over in one piece
+    // is out of its sight.
+    let (l, s) = relays(&g, Some(proxy), |c| {
+        c.server.body_idle_timeout = portcullis::config::units::Span::secs(1)
+    })
+    .await;
+    let data = random_bytes(16 * 1024 * 1024, 5);
+    let mut answers = Vec::new();
+    for (b, key) in [(&s, "sdk-stalled"), (&l, "light-stalled")] {
+        let started = Instant::now();
+        let a = tokio::time::timeout(
+            Duration::from_secs(30),
+            store(
+                &g,
+                b,
+                key,
+                "application/octet-stream",
+                WriteCondition::None,
+                framed(&data),
+                data.len() as u64,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| "still waiting after 30 s".into());
+        let took = started.elapsed();
+        assert!(a.starts_with("error"), "light={}: {a}", b.light_path());
+        assert!(
+            a.contains("bucket: nothing"),
+            "light={}: {a}",
+            b.light_path()
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+            "light={}: {took:?}",
+            b.light_path()
+        );
+        answers.push(a);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert!(
+        answers[0].starts_with("error BackendTimeout"),
+        "{}",
+        answers[0]
+    );
 }

@@ -189,6 +189,24 @@ mod tests {
     }
 
     #[test]
+    fn the_light_path_keeps_its_first_name() {
+        for key in ["light_path", "light_reads"] {
+            let text = format!("[backend]\nkind = \"embedded\"\n{key} = false\n");
+            assert!(
+                !parse(&text, None).unwrap().config.backend.light_path,
+                "{key}"
+            );
+        }
+        assert!(
+            parse("[backend]\nkind = \"embedded\"\n", None)
+                .unwrap()
+                .config
+                .backend
+                .light_path
+        );
+    }
+
+    #[test]
     fn unknown_field_names_file_line_and_field() {
         let e = &errors("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")[0];
         assert_eq!(e.line, Some(3), "{e}");

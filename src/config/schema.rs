@@ -171,10 +171,12 @@ pub struct BackendConfig {
     pub abandoned_upload_age: Span,
     /// Data folder of the embedded backend. Default `./data`.
     pub root: PathBuf,
-    /// GET and HEAD of objects signed and sent by the gateway itself (SigV4 on a plain HTTP
-    /// client) instead of through aws-sdk-s3, with the SDK's endpoint, credentials, timeouts,
-    /// retries and error mapping. `false`: every call through the SDK. Default `true`.
-    pub light_reads: bool,
+    /// GET and HEAD of objects, and uploads stored with one PutObject, signed and sent by the
+    /// gateway itself (SigV4 on a plain HTTP client) instead of through aws-sdk-s3, with the
+    /// SDK's endpoint, credentials, timeouts, retries and error mapping. `false`: every call
+    /// through the SDK. Default `true`. Also read as `light_reads`, its first name.
+    #[serde(alias = "light_reads")]
+    pub light_path: bool,
 }
 
 impl Default for BackendConfig {
@@ -193,7 +195,7 @@ impl Default for BackendConfig {
             first_byte_timeout: Span::secs(30),
             abandoned_upload_age: Span::secs(24 * 3600),
             root: PathBuf::from("./data"),
-            light_reads: true,
+            light_path: true,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Building the aws-sdk-s3 client and the light read path beside it. The same code path for
+//! Building the aws-sdk-s3 client and the light signed path beside it. The same code path for
 //! AWS, an S3-compatible endpoint and the embedded server: only the endpoint and where the
 //! credentials come from differ.
 
@@ -76,9 +76,9 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
             .operation_attempt_timeout(cfg.first_byte_timeout.get())
             .build(),
     );
-    let reader = match (cfg.light_reads, shared.credentials_provider()) {
+    let light = match (cfg.light_path, shared.credentials_provider()) {
         (true, Some(credentials)) => {
-            let setup = signed::ReaderSetup {
+            let setup = signed::Setup {
                 bucket: &cfg.bucket,
                 region: &cfg.region,
                 endpoint: endpoint.as_deref(),
@@ -90,10 +90,10 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
                 first_byte_timeout: cfg.first_byte_timeout.get(),
                 stall_grace,
             };
-            match signed::Reader::new(setup).await {
-                Ok(reader) => Some(Arc::new(reader)),
+            match signed::Relay::new(setup).await {
+                Ok(relay) => Some(Arc::new(relay)),
                 Err(why) => {
-                    tracing::info!(reason = %why, "light reads do not apply to this backend; every call goes through the SDK");
+                    tracing::info!(reason = %why, "the light path does not apply to this backend; every call goes through the SDK");
                     None
                 }
             }
@@ -111,6 +111,6 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
             None
         },
         part_size: cfg.part_size.bytes() as usize,
-        reader,
+        light,
     }
 }

@@ -1,9 +1,10 @@
 //! The relay: the only module that speaks to S3, and the one place where a backend failure
 //! becomes an [`ApiError`].
 //!
-//! GET and HEAD of objects take a lighter path when they can: signed by the gateway and sent
-//! on a plain hyper client (`signed.rs`), with the SDK's endpoint, credentials, timeouts,
-//! retries and error mapping, for a fraction of the SDK's CPU per call.
+//! GET and HEAD of objects and single-request uploads take a lighter path when they can:
+//! signed by the gateway and sent on a plain hyper client (`signed.rs`), with the SDK's
+//! endpoint, credentials, timeouts, retries and error mapping, for a fraction of the SDK's CPU
+//! per call.
 //!
 //! Uploads stream: a body of known length (up to S3's 5 GiB single-request limit) goes as one
 //! `PutObject`; any other body goes as a multipart upload, one `part_size` buffer at a time,
@@ -53,9 +54,9 @@ pub struct Backend {
     sse: Option<Sse>,
     kms_key_id: Option<String>,
     part_size: usize,
-    /// The light signed path for GET and HEAD, when `backend.light_reads` is on and the
+    /// The light signed path for GET, HEAD and PutObject, when `backend.light_path` is on and the
     /// endpoint allows it.
-    reader: Option<Arc<signed::Reader>>,
+    light: Option<Arc<signed::Relay>>,
 }
 
 /// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
@@ -169,9 +170,9 @@ impl Backend {
         &self.client
     }
 
-    /// Do GET and HEAD take the light signed path?
-    pub fn light_reads(&self) -> bool {
-        self.reader.is_some()
+    /// Do GET, HEAD and single PutObject uploads take the light signed path?
+    pub fn light_path(&self) -> bool {
+        self.light.is_some()
     }
 
     /// Is the bucket reachable with our credentials?
@@ -222,6 +223,23 @@ impl Backend {
             watch,
             ..
         } = upload;
+        let (if_none_match, if_match) = condition.headers();
+        let (sse, kms_key_id) = self.encryption();
+        if let Some(light) = &self.light {
+            let put = signed::PutHeaders {
+                content_type: &content_type,
+                length,
+                if_none_match: if_none_match.as_deref(),
+                if_match: if_match.as_deref(),
+                sse: sse.as_ref().map(ServerSideEncryption::as_str),
+                kms_key_id: kms_key_id.as_deref(),
+            };
+            let etag = light
+                .put(&key, put, body)
+                .await
+                .map_err(|e| blame(&watch, e))?;
+            return Ok(Stored { etag, size: length });
+        }
         let request = self
             .client
             .put_object()
@@ -230,8 +248,6 @@ impl Backend {
             .content_type(content_type)
             .content_length(length as i64)
             .body(ByteStream::from_body_1_x(body));
-        let (if_none_match, if_match) = condition.headers();
-        let (sse, kms_key_id) = self.encryption();
         let request = request
             .set_if_none_match(if_none_match)
             .set_if_match(if_match)
@@ -439,8 +455,8 @@ impl Backend {
         cond: &ReadConditions,
         with_body: bool,
     ) -> Result<Fetched, ApiError> {
-        if let Some(reader) = &self.reader {
-            return reader.fetch(key, range, cond, with_body).await;
+        if let Some(light) = &self.light {
+            return light.fetch(key, range, cond, with_body).await;
         }
         if with_body {
             let out = self
