@@ -746,3 +746,74 @@ async fn an_upload_the_backend_stops_taking_fails_on_both_paths() {
         answers[0]
     );
 }
+
+/// A proxy to `target` that cuts the first connection to carry more than `cut_after` bytes
+/// up, once; everything else passes.
+async fn cut_once_proxy(target: std::net::SocketAddr, cut_after: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let mut sent = 0;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        sent += n;
+                        if sent > cut_after && !done.swap(true, Ordering::SeqCst) {
+                            return; // cut: both halves are dropped below
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_cut_off_on_the_way_is_sent_again() {
+    let g = gateway("").await;
+    // The first connection is cut 1 MiB into the first part; the SDK sends that part again
+    // (parts are held in memory and replayable), and the upload completes.
+    let proxy = cut_once_proxy(g.s3_addr, 1024 * 1024).await;
+    let (light, _) = relays(&g, Some(proxy), |c| {
+        c.backend.part_size = portcullis::config::units::Size::mib(5)
+    })
+    .await;
+    let data = random_bytes(12 * 1024 * 1024, 8);
+    let upload = Upload {
+        key: ObjectKey::parse("parts/retried".into()).unwrap(),
+        content_type: "application/octet-stream".into(),
+        length: None,
+        condition: WriteCondition::None,
+        body: framed(&data),
+        watch: Arc::new(BodyWatch::default()),
+    };
+    let stored = light.put(upload).await.unwrap();
+    assert_eq!(stored.size, data.len() as u64);
+    assert_eq!(
+        g.bucket_object("parts/retried").await.map(|b| hex_of(&b)),
+        Some(hex_of(&data))
+    );
+    assert!(g.pending_uploads().await.is_empty());
+}
