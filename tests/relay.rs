@@ -16,6 +16,7 @@ use portcullis::relay::{
     Backend, BackendSettings, Fetched, ReadConditions, Upload, WriteCondition,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Two relays to `endpoint` (default: the test gateway's S3 server): light reads, SDK reads.
@@ -688,43 +689,53 @@ async fn light_uploads_fail_as_the_sdk_does() {
     assert!(a.starts_with("error BackendUnavailable"), "{a}");
 }
 
-/// A proxy to `target` that passes the first `pass` bytes up, then stops reading (the
-/// connection stays open); answers come down as they are.
-async fn swallowing_proxy(target: std::net::SocketAddr, pass: usize) -> String {
+/// A proxy to `target` whose client-to-server direction is `up`; answers come down as they
+/// are. A connection ends when either direction does.
+async fn upstream_proxy<F, Fut>(target: std::net::SocketAddr, up: F) -> String
+where
+    F: Fn(OwnedReadHalf, OwnedWriteHalf) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            let up = up.clone();
             tokio::spawn(async move {
                 let Ok(server) = TcpStream::connect(target).await else {
                     return;
                 };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let down = tokio::io::copy(&mut sr, &mut cw);
-                let up = async {
-                    let mut sent = 0;
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while sent < pass {
-                        let n = match cr.read(&mut buf[..(pass - sent).min(16 * 1024)]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        sent += n;
-                    }
-                    std::future::pending::<()>().await;
-                };
+                let (cr, mut cw) = client.into_split();
+                let (mut sr, sw) = server.into_split();
                 tokio::select! {
-                    _ = down => {}
-                    _ = up => {}
+                    _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                    () = up(cr, sw) => {}
                 }
             });
         }
     });
     format!("http://{addr}")
+}
+
+/// A proxy to `target` that passes the first `pass` bytes up, then stops reading (the
+/// connection stays open).
+async fn swallowing_proxy(target: std::net::SocketAddr, pass: usize) -> String {
+    upstream_proxy(target, move |mut cr, mut sw| async move {
+        let mut sent = 0;
+        let mut buf = vec![0u8; 16 * 1024];
+        while sent < pass {
+            let n = match cr.read(&mut buf[..(pass - sent).min(16 * 1024)]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+        std::future::pending::<()>().await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,44 +792,28 @@ async fn an_upload_the_backend_stops_taking_fails_on_both_paths() {
 /// A proxy to `target` that cuts the first connection to carry more than `cut_after` bytes
 /// up, once; everything else passes.
 async fn cut_once_proxy(target: std::net::SocketAddr, cut_after: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let done = done.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(target).await else {
-                    return;
+    upstream_proxy(target, move |mut cr, mut sw| {
+        let done = done.clone();
+        async move {
+            let mut sent = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
                 };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = async {
-                    let mut sent = 0;
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        sent += n;
-                        if sent > cut_after && !done.swap(true, Ordering::SeqCst) {
-                            return; // cut: both halves are dropped below
-                        }
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let down = tokio::io::copy(&mut sr, &mut cw);
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
+                sent += n;
+                if sent > cut_after && !done.swap(true, Ordering::SeqCst) {
+                    return; // cut: both halves are dropped
                 }
-            });
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
-    format!("http://{addr}")
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
