@@ -39,27 +39,10 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(&dir.path().join("data"), BUCKET);
     let sdk = s3.client(BUCKET).await;
-    let mut config = portcullis::config::Config::default();
-    config.backend.bucket = BUCKET.into();
-    let light = portcullis::relay::connect(
-        &config,
-        portcullis::relay::BackendSettings {
-            endpoint: Some(s3.endpoint.clone()),
-            credentials: Some((s3.access_key.clone(), s3.secret_key.clone())),
-        },
-    )
-    .await;
+    let light = s3.relay(BUCKET, true).await;
     assert!(light.light_path());
     let light = Arc::new(light);
-    config.backend.light_path = false;
-    let sdk_relay = portcullis::relay::connect(
-        &config,
-        portcullis::relay::BackendSettings {
-            endpoint: Some(s3.endpoint.clone()),
-            credentials: Some((s3.access_key.clone(), s3.secret_key.clone())),
-        },
-    )
-    .await;
+    let sdk_relay = s3.relay(BUCKET, false).await;
     assert!(!sdk_relay.light_path());
     let sdk_relay = Arc::new(sdk_relay);
     let key = portcullis::policy::ObjectKey::parse("small".into()).unwrap();

@@ -158,9 +158,24 @@ impl S3Server {
 
     /// The same, addressing the server through `endpoint` (a forwarder in front of it).
     pub async fn client_at(&self, endpoint: &str, bucket: &str) -> aws_sdk_s3::Client {
+        self.relay_at(endpoint, bucket, true).await.client().clone()
+    }
+
+    /// The gateway's relay to this server, with the light path on or off.
+    pub async fn relay(&self, bucket: &str, light_path: bool) -> portcullis::relay::Backend {
+        self.relay_at(&self.endpoint, bucket, light_path).await
+    }
+
+    async fn relay_at(
+        &self,
+        endpoint: &str,
+        bucket: &str,
+        light_path: bool,
+    ) -> portcullis::relay::Backend {
         let mut config = portcullis::config::Config::default();
         config.backend.bucket = bucket.into();
         config.backend.force_path_style = true;
+        config.backend.light_path = light_path;
         portcullis::relay::connect(
             &config,
             portcullis::relay::BackendSettings {
@@ -169,8 +184,6 @@ impl S3Server {
             },
         )
         .await
-        .client()
-        .clone()
     }
 }
 
