@@ -956,3 +956,157 @@ async fn light_uploads_send_the_headers_the_sdk_sends() {
         );
     }
 }
+
+/// A proxy to `target` counting the connections made to it; with `idle`, it closes a
+/// connection that carried nothing either way for that long (as S3 closes idle ones).
+async fn counting_proxy(
+    target: std::net::SocketAddr,
+    idle: Option<Duration>,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut up, mut down) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+                let idle = idle.unwrap_or(Duration::from_secs(3600));
+                loop {
+                    tokio::select! {
+                        n = client.read(&mut up) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if server.write_all(&up[..n]).await.is_err() { return },
+                        },
+                        n = server.read(&mut down) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if client.write_all(&down[..n]).await.is_err() { return },
+                        },
+                        () = tokio::time::sleep(idle) => return,
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+/// A put through `b` of `data` to `key`: the answer only.
+async fn put_plain(b: &Backend, key: &str, data: &[u8]) -> String {
+    let upload = Upload {
+        key: ObjectKey::parse(key.to_owned()).unwrap(),
+        content_type: "application/octet-stream".into(),
+        length: Some(data.len() as u64),
+        condition: WriteCondition::None,
+        body: full(data),
+        watch: Arc::new(BodyWatch::default()),
+    };
+    match b.put(upload).await {
+        Ok(stored) => format!("stored size={}", stored.size),
+        Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_light_path_sends_request_after_request_on_one_connection() {
+    let g = gateway("").await;
+    let (url, connections) = counting_proxy(g.s3_addr, None).await;
+    let (light, _) = relays(&g, Some(url), |_| {}).await;
+    let data = random_bytes(300_000, 21);
+    let none = ReadConditions::default();
+    let mut answers = Vec::new();
+    answers.push(put_plain(&light, "kept/a.bin", &data).await);
+    answers.push(read(&light, "kept/a.bin", None, &none, true).await);
+    answers.push(read(&light, "kept/a.bin", None, &none, false).await);
+    answers.push(read(&light, "kept/a.bin", Some("bytes=10-19"), &none, true).await);
+    answers.push(read(&light, "kept/missing", None, &none, true).await);
+    answers.push(read(&light, "kept/missing", None, &none, false).await);
+    let etag =
+        g.s3.head_object()
+            .bucket(BUCKET)
+            .key("kept/a.bin")
+            .send()
+            .await
+            .unwrap()
+            .e_tag
+            .unwrap();
+    let cached = ReadConditions {
+        if_none_match: Some(etag),
+        ..ReadConditions::default()
+    };
+    answers.push(read(&light, "kept/a.bin", None, &cached, true).await);
+    answers.push(put_plain(&light, "kept/b.bin", b"").await);
+    answers.push(read(&light, "kept/a.bin", None, &none, true).await);
+    let answers = answers.join("\n");
+    assert!(
+        answers.starts_with("stored size=300000\nobject size=300000"),
+        "{answers}"
+    );
+    assert_eq!(answers.matches(&hex_of(&data)).count(), 2, "{answers}");
+    assert!(
+        answers.contains("range=Some(\"bytes 10-19/300000\")"),
+        "{answers}"
+    );
+    assert!(answers.contains("error NotFound 404"), "{answers}");
+    assert!(answers.contains("304 etag="), "{answers}");
+    assert!(answers.contains("stored size=0"), "{answers}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "{answers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_backend_closed_while_idle_is_not_used_again() {
+    let g = gateway("").await;
+    let (url, connections) = counting_proxy(g.s3_addr, Some(Duration::from_millis(200))).await;
+    let (light, _) = relays(&g, Some(url), |_| {}).await;
+    let data = random_bytes(100_000, 22);
+    let none = ReadConditions::default();
+    assert_eq!(
+        put_plain(&light, "idle/a.bin", &data).await,
+        "stored size=100000"
+    );
+    // S3 closes the connection; an upload, which is sent only once, must not go out on it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        put_plain(&light, "idle/b.bin", &data).await,
+        "stored size=100000"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = read(&light, "idle/b.bin", None, &none, true).await;
+    assert!(got.contains(&hex_of(&data)), "{got}");
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_dropped_half_read_takes_its_connection_with_it() {
+    let g = gateway("").await;
+    let (url, connections) = counting_proxy(g.s3_addr, None).await;
+    let (light, _) = relays(&g, Some(url), |_| {}).await;
+    let data = random_bytes(4 << 20, 23);
+    assert_eq!(
+        put_plain(&light, "half/a.bin", &data).await,
+        "stored size=4194304"
+    );
+    let key = ObjectKey::parse("half/a.bin".to_owned()).unwrap();
+    let none = ReadConditions::default();
+    let Ok(Fetched::Object {
+        body: Some(mut body),
+        ..
+    }) = light.fetch(&key, None, &none, true).await
+    else {
+        panic!("no object");
+    };
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    drop(body);
+    // The rest of that answer is still on its connection: the next read needs another.
+    let got = read(&light, "half/a.bin", None, &none, true).await;
+    assert!(got.contains(&hex_of(&data)), "{got}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    let got = read(&light, "half/a.bin", Some("bytes=0-0"), &none, true).await;
+    assert!(got.contains("range=Some(\"bytes 0-0/4194304\")"), "{got}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}

@@ -14,6 +14,7 @@
 
 mod client;
 mod errors;
+mod pool;
 mod posture;
 mod signed;
 

@@ -36,14 +36,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::errors::{classify, describe_answer, error_chain};
+use super::pool::{Driven, Pool, SendError};
 use super::{Fetched, ObjectMeta, ReadConditions};
 use crate::error::{ApiError, Code};
 use crate::policy::ObjectKey;
@@ -82,6 +79,8 @@ const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
 /// GETs; 41-44 MiB with this cap). 64 KiB saved a little more memory but cost more CPU: a
 /// read per half of the embedded backend's 128 KiB chunks.
 const MAX_READ_BUF: usize = 128 * 1024;
+/// How long a connection to S3 is kept open unused (hyper-util's pool used 90 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most of an error answer read for its code and message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How the SDK encodes an object key in the path: everything but unreserved characters and
@@ -110,7 +109,7 @@ pub(super) struct Setup<'a> {
 
 /// Signs and sends GET and HEAD of objects, and single-request uploads.
 pub(super) struct Relay {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: Arc<Pool>,
     /// Scheme, authority and path up to the key, e.g. `http://127.0.0.1:9000/bucket/`.
     base: String,
     host: HeaderValue,
@@ -153,13 +152,15 @@ impl Relay {
             .with_no_client_auth(),
         );
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http1_max_buf_size(MAX_READ_BUF)
-            .build(connector);
+        let endpoint = http::Uri::try_from(target.base.as_str()).map_err(|e| e.to_string())?;
+        let endpoint = http::Uri::builder()
+            .scheme(endpoint.scheme_str().unwrap_or("https"))
+            .authority(endpoint.authority().map_or("", |a| a.as_str()))
+            .path_and_query("/")
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Relay {
-            client,
+            pool: Pool::new(connector, endpoint, MAX_READ_BUF, IDLE_TIMEOUT),
             base: target.base,
             host: target.host,
             signing_region: target.signing_region,
@@ -257,7 +258,7 @@ impl Relay {
             .map_err(|e| ApiError::internal("could not sign the backend request").detail(e))?;
 
         let resp = tokio::select! {
-            sent = self.client.request(req) => sent.map_err(|e| transport_failure(&e).error)?,
+            sent = self.pool.send(req) => sent.map_err(|e| transport_failure(&e).error)?,
             () = progress.stalled(self.stall_grace) => {
                 return Err(ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
                     .detail(format!(
@@ -269,7 +270,14 @@ impl Relay {
         if resp.status() != StatusCode::OK {
             return Err(self.refusal(resp).await.error);
         }
-        Ok(header_text(resp.headers(), header::ETAG).unwrap_or_default())
+        let etag = header_text(resp.headers(), header::ETAG).unwrap_or_default();
+        if !resp.body().is_end_stream() {
+            // S3 sends no body here; a server that does is read to the end so that the
+            // connection can be used again.
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ERROR_BODY).collect();
+            let _ = tokio::time::timeout(self.first_byte_timeout, body).await;
+        }
+        Ok(etag)
     }
 
     /// The object's URL: the SDK's encoding of the key after the bucket's base.
@@ -289,7 +297,7 @@ impl Relay {
         uri: &str,
         range: Option<&str>,
         cond: &ReadConditions,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<Driven>, Failure> {
         let identity = self.credentials.get().await.map_err(|e| Failure {
             error: no_credentials(&*e),
             retry: Retry::No,
@@ -338,24 +346,23 @@ impl Relay {
                 retry: Retry::No,
             })?;
 
-        let resp =
-            match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
-                Err(_) => {
-                    return Err(Failure {
-                        error: ApiError::new(
-                            Code::BackendTimeout,
-                            "the backend did not answer in time",
-                        )
-                        .detail(format!(
-                            "no answer within first_byte_timeout ({:?})",
-                            self.first_byte_timeout
-                        )),
-                        retry: Retry::Timeout,
-                    });
-                }
-                Ok(Err(e)) => return Err(transport_failure(&e)),
-                Ok(Ok(resp)) => resp,
-            };
+        let resp = match tokio::time::timeout(self.first_byte_timeout, self.pool.send(req)).await {
+            Err(_) => {
+                return Err(Failure {
+                    error: ApiError::new(
+                        Code::BackendTimeout,
+                        "the backend did not answer in time",
+                    )
+                    .detail(format!(
+                        "no answer within first_byte_timeout ({:?})",
+                        self.first_byte_timeout
+                    )),
+                    retry: Retry::Timeout,
+                });
+            }
+            Ok(Err(e)) => return Err(transport_failure(&e)),
+            Ok(Ok(resp)) => resp,
+        };
         match resp.status() {
             StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => Ok(resp),
             _ => Err(self.refusal(resp).await),
@@ -395,7 +402,7 @@ impl Relay {
     }
 
     /// S3's refusal, read (bounded, within the attempt timeout) for its code and message.
-    async fn refusal(&self, resp: Response<Incoming>) -> Failure {
+    async fn refusal(&self, resp: Response<Driven>) -> Failure {
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -436,7 +443,7 @@ impl Relay {
     }
 
     /// The object (or a 304) from S3's answer.
-    fn answer(&self, resp: Response<Incoming>, with_body: bool) -> Result<Fetched, ApiError> {
+    fn answer(&self, resp: Response<Driven>, with_body: bool) -> Result<Fetched, ApiError> {
         let (parts, body) = resp.into_parts();
         let h = &parts.headers;
         if parts.status == StatusCode::NOT_MODIFIED {
@@ -607,7 +614,7 @@ enum Retry {
 
 /// The SDK's mapping of a failure to send: cannot connect or the connection broke ->
 /// unavailable (and retried); anything else (a malformed answer) -> backend error.
-fn transport_failure(e: &hyper_util::client::legacy::Error) -> Failure {
+fn transport_failure(e: &SendError) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut io = e.is_connect();
     while let Some(s) = source {
@@ -693,13 +700,13 @@ impl Credentials {
 /// SDK's stalled-stream protection). Time the reader spends not asking (backpressure) does
 /// not count: the clock starts when a read finds nothing ready.
 struct StallGuard {
-    inner: Incoming,
+    inner: Driven,
     grace: Duration,
     stalled_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl StallGuard {
-    fn new(inner: Incoming, grace: Duration) -> Self {
+    fn new(inner: Driven, grace: Duration) -> Self {
         StallGuard {
             inner,
             grace,
