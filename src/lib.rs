@@ -28,6 +28,7 @@ pub mod limits;
 pub mod load;
 pub mod obs;
 pub mod policy;
+mod quiet;
 pub mod relay;
 pub mod server;
 

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HttpService, gateway_fn};
 use crate::obs::ConnInfo;
+use crate::quiet::Quiet;
 use crate::{Body, BoxError};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge.
@@ -231,35 +232,38 @@ impl Protocols {
         // request never pays for a new hyper connection.
         let mut idle_timer = pin!(tokio::time::sleep(self.park_after));
         let mut idle_at: Option<usize> = None;
+        // hyper feeding a request body to the relay, which this same task drives, wakes the
+        // task up to once per chunk: held back (see `Quiet`).
+        let quiet = Quiet::default();
         let served = poll_fn(|cx| {
-            loop {
-                if !stopping && stop.as_mut().poll(cx).is_ready() {
-                    // Finish the exchange in flight, then close.
-                    stopping = true;
+            quiet.poll(cx, |cx| {
+                loop {
+                    if !stopping && stop.as_mut().poll(cx).is_ready() {
+                        // Finish the exchange in flight, then close.
+                        stopping = true;
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                    exchanges.waker.register(cx.waker());
+                    let polled = conn.poll_without_shutdown(cx);
+                    if polled.is_ready() || parking || stopping || !exchanges.idle() {
+                        return polled;
+                    }
+                    // hyper is between requests.
+                    let begun = exchanges.begun.load(Ordering::Acquire);
+                    if idle_at != Some(begun) {
+                        idle_at = Some(begun);
+                        idle_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + self.park_after);
+                    }
+                    if idle_timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Idle, it stops at once.
+                    parking = true;
                     Pin::new(&mut conn).graceful_shutdown();
                 }
-                exchanges.waker.register(cx.waker());
-                exchanges.polling.store(true, Ordering::SeqCst);
-                let polled = conn.poll_without_shutdown(cx);
-                exchanges.polling.store(false, Ordering::SeqCst);
-                if polled.is_ready() || parking || stopping || !exchanges.idle() {
-                    return polled;
-                }
-                // hyper is between requests.
-                let begun = exchanges.begun.load(Ordering::Acquire);
-                if idle_at != Some(begun) {
-                    idle_at = Some(begun);
-                    idle_timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + self.park_after);
-                }
-                if idle_timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                // Idle, it stops at once.
-                parking = true;
-                Pin::new(&mut conn).graceful_shutdown();
-            }
+            })
         })
         .await;
         if let Err(e) = served {
@@ -308,13 +312,9 @@ pub(super) struct Exchanges {
     completed: AtomicBool,
     /// The client asked to close after this exchange (`Connection: close`, HTTP/1.0).
     closing: AtomicBool,
-    /// The connection's task, woken when the last half completes.
+    /// The connection's task, woken when the last half completes (through its `Quiet`: a
+    /// half completed by hyper polling a body, inside the task's own poll, costs no wake).
     waker: AtomicWaker,
-    /// The connection's task is polling hyper, and looks at `idle()` right after: a half
-    /// completed meanwhile (by hyper polling a body) needs no wake. Waking a task from its
-    /// own poll makes the runtime treat it as a yield and wake an idle worker thread, for
-    /// nothing: about 2 context switches per request.
-    polling: AtomicBool,
 }
 
 impl Exchanges {
@@ -329,7 +329,7 @@ impl Exchanges {
     }
 
     fn idle(&self) -> bool {
-        self.completed.load(Ordering::SeqCst) && self.open.load(Ordering::SeqCst) == 0
+        self.completed.load(Ordering::Acquire) && self.open.load(Ordering::Acquire) == 0
     }
 }
 
@@ -343,10 +343,8 @@ impl Half {
         if let Some(exchanges) = self.0.take()
             && exchanges.open.fetch_sub(1, Ordering::AcqRel) == 1
         {
-            exchanges.completed.store(true, Ordering::SeqCst);
-            if !exchanges.polling.load(Ordering::SeqCst) {
-                exchanges.waker.wake();
-            }
+            exchanges.completed.store(true, Ordering::Release);
+            exchanges.waker.wake();
         }
     }
 }

@@ -1,0 +1,168 @@
+//! Polling without waking oneself.
+//!
+//! A task that wakes itself while it is being polled (one part of a connection handing a
+//! chunk to another part polled by the same task: hyper's server feeding a request body that
+//! the same task writes to S3, or an S3 connection handing over an answer) is, for tokio's
+//! multi-threaded scheduler, a task that yields: it goes to the back of the run queue and
+//! an idle worker thread is woken to share the work. That worker finds nothing to do and
+//! parks again: a futex or eventfd wake-up and two context switches for nothing, up to once
+//! per chunk. [`Quiet`] polls with a waker that holds such wakes back and polls again
+//! instead; a wake from anywhere else goes through to the task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+/// How many times a poll that keeps waking itself is repeated before the task yields (a
+/// spent cooperative budget wakes the task at once, every time).
+const REPOLLS: usize = 4;
+
+/// A waker for one task's polls of something it drives itself. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Quiet {
+    state: Arc<State>,
+    waker: Waker,
+}
+
+#[derive(Default)]
+struct State {
+    /// The task is inside [`Quiet::poll`].
+    inside: AtomicBool,
+    /// A wake came while inside.
+    woken: AtomicBool,
+    /// The task's own waker, for wakes from outside.
+    task: AtomicWaker,
+}
+
+impl Wake for State {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.inside.load(Ordering::SeqCst) {
+            self.woken.store(true, Ordering::SeqCst);
+        } else {
+            self.task.wake();
+        }
+    }
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        let state = Arc::new(State::default());
+        Quiet {
+            waker: Waker::from(state.clone()),
+            state,
+        }
+    }
+}
+
+impl Quiet {
+    /// Runs `poll` with this waker; polls again (a few times at most) when it was woken
+    /// meanwhile. A wake held back from a poll that ends ready is dropped: whoever gets the
+    /// result polls again, or is done.
+    pub(crate) fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let state = &self.state;
+        state.task.register(cx.waker());
+        let mut inner = Context::from_waker(&self.waker);
+        for _ in 0..REPOLLS {
+            state.woken.store(false, Ordering::SeqCst);
+            state.inside.store(true, Ordering::SeqCst);
+            let polled = poll(&mut inner);
+            state.inside.store(false, Ordering::SeqCst);
+            if polled.is_ready() || !state.woken.load(Ordering::SeqCst) {
+                return polled;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Forgets the task: a later wake goes nowhere until the next [`Quiet::poll`].
+    pub(crate) fn forget(&self) {
+        drop(self.state.task.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_from_inside_the_poll_polls_again_instead() {
+        let task = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let quiet = Quiet::default();
+        let mut polls = 0;
+        let polled = quiet.poll(&mut cx, |cx| {
+            polls += 1;
+            if polls == 1 {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(polls)
+            }
+        });
+        assert_eq!(polled, Poll::Ready(2));
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_wake_from_outside_reaches_the_task() {
+        let task = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let quiet = Quiet::default();
+        let mut kept = None;
+        let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
+            kept = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        assert!(polled.is_pending());
+        kept.take().unwrap().wake();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        // Forgotten, the task is not woken.
+        let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
+            kept = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        assert!(polled.is_pending());
+        quiet.forget();
+        kept.take().unwrap().wake();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_poll_that_keeps_waking_itself_yields() {
+        let task = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let quiet = Quiet::default();
+        let mut polls = 0;
+        let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
+            polls += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!(polls, REPOLLS);
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+    }
+}
