@@ -96,18 +96,30 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    struct Count(AtomicUsize);
+    /// A task's waker that counts its wakes.
+    #[derive(Default)]
+    struct Task(AtomicUsize);
 
-    impl Wake for Count {
+    impl Wake for Task {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 
+    impl Task {
+        fn woken(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn task() -> (Arc<Task>, Waker) {
+        let task = Arc::new(Task::default());
+        (task.clone(), Waker::from(task))
+    }
+
     #[test]
     fn a_wake_from_inside_the_poll_polls_again_instead() {
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(task.clone());
+        let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
         let quiet = Quiet::default();
         let mut polls = 0;
@@ -121,13 +133,12 @@ mod tests {
             }
         });
         assert_eq!(polled, Poll::Ready(2));
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        assert_eq!(task.woken(), 0);
     }
 
     #[test]
     fn a_wake_from_outside_reaches_the_task() {
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(task.clone());
+        let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
         let quiet = Quiet::default();
         let mut kept = None;
@@ -137,7 +148,7 @@ mod tests {
         });
         assert!(polled.is_pending());
         kept.take().unwrap().wake();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(task.woken(), 1);
         // Forgotten, the task is not woken.
         let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
             kept = Some(cx.waker().clone());
@@ -146,13 +157,12 @@ mod tests {
         assert!(polled.is_pending());
         quiet.forget();
         kept.take().unwrap().wake();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(task.woken(), 1);
     }
 
     #[test]
     fn a_poll_that_keeps_waking_itself_yields() {
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(task.clone());
+        let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
         let quiet = Quiet::default();
         let mut polls = 0;
@@ -163,6 +173,6 @@ mod tests {
         });
         assert!(polled.is_pending());
         assert_eq!(polls, REPOLLS);
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(task.woken(), 1);
     }
 }
