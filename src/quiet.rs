@@ -141,22 +141,22 @@ mod tests {
         let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
         let quiet = Quiet::default();
-        let mut kept = None;
-        let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
-            kept = Some(cx.waker().clone());
-            Poll::Pending
-        });
-        assert!(polled.is_pending());
-        kept.take().unwrap().wake();
+        // The waker a pending poll leaves behind (with a socket, a channel...).
+        let mut left_behind = || {
+            let mut kept = None;
+            let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
+                kept = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            assert!(polled.is_pending());
+            kept.unwrap()
+        };
+        left_behind().wake();
         assert_eq!(task.woken(), 1);
         // Forgotten, the task is not woken.
-        let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
-            kept = Some(cx.waker().clone());
-            Poll::Pending
-        });
-        assert!(polled.is_pending());
+        let kept = left_behind();
         quiet.forget();
-        kept.take().unwrap().wake();
+        kept.wake();
         assert_eq!(task.woken(), 1);
     }
 

@@ -43,10 +43,33 @@ async fn relays(
     (both.pop().unwrap(), sdk)
 }
 
+/// An upload of `body` to `key`; `length: None` is a body of unknown length (chunked).
+fn upload(
+    key: &str,
+    content_type: &str,
+    length: Option<u64>,
+    condition: WriteCondition,
+    body: portcullis::Body,
+) -> Upload {
+    Upload {
+        key: ObjectKey::parse(key.to_owned()).unwrap(),
+        content_type: content_type.into(),
+        length,
+        condition,
+        body,
+        watch: Arc::new(BodyWatch::default()),
+    }
+}
+
+/// A refusal, in one comparable line.
+fn refused(e: &portcullis::error::ApiError) -> String {
+    format!("error {:?} {} {:?}", e.code, e.status(), e.message)
+}
+
 /// Everything a read's answer carries to the client, in one comparable line.
 async fn summary(result: Result<Fetched, portcullis::error::ApiError>) -> String {
     match result {
-        Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+        Err(e) => refused(&e),
         Ok(Fetched::NotModified {
             etag,
             last_modified,
@@ -430,17 +453,10 @@ async fn store(
     body: portcullis::Body,
     length: u64,
 ) -> String {
-    let upload = Upload {
-        key: ObjectKey::parse(key.to_owned()).unwrap(),
-        content_type: content_type.into(),
-        length: Some(length),
-        condition,
-        body,
-        watch: Arc::new(BodyWatch::default()),
-    };
+    let upload = upload(key, content_type, Some(length), condition, body);
     let answer = match b.put(upload).await {
         Ok(stored) => format!("stored etag={} size={}", stored.etag, stored.size),
-        Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+        Err(e) => refused(&e),
     };
     let held = match g.s3.get_object().bucket(BUCKET).key(key).send().await {
         Ok(out) => {
@@ -626,17 +642,16 @@ async fn light_uploads_store_as_the_sdk_does() {
     g.s3.delete_bucket().bucket(BUCKET).send().await.unwrap();
     let mut answers = Vec::new();
     for b in [&light, &sdk] {
-        let upload = Upload {
-            key: ObjectKey::parse("k".into()).unwrap(),
-            content_type: "text/plain".into(),
-            length: Some(3),
-            condition: WriteCondition::None,
-            body: full(b"abc"),
-            watch: Arc::new(BodyWatch::default()),
-        };
+        let upload = upload(
+            "k",
+            "text/plain",
+            Some(3),
+            WriteCondition::None,
+            full(b"abc"),
+        );
         answers.push(match b.put(upload).await {
             Ok(s) => format!("stored {s:?}"),
-            Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+            Err(e) => refused(&e),
         });
     }
     // (S3 refuses; s3s-fs makes the bucket's folder again and stores it: either way, the same.)
@@ -647,17 +662,16 @@ async fn light_uploads_store_as_the_sdk_does() {
 async fn light_uploads_fail_as_the_sdk_does() {
     let g = gateway("").await;
     let put = |b: Backend| async move {
-        let upload = Upload {
-            key: ObjectKey::parse("k".into()).unwrap(),
-            content_type: "text/plain".into(),
-            length: Some(5),
-            condition: WriteCondition::None,
-            body: full(b"hello"),
-            watch: Arc::new(BodyWatch::default()),
-        };
+        let upload = upload(
+            "k",
+            "text/plain",
+            Some(5),
+            WriteCondition::None,
+            full(b"hello"),
+        );
         match b.put(upload).await {
             Ok(s) => format!("stored {s:?}"),
-            Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+            Err(e) => refused(&e),
         }
     };
     // A streamed body cannot be sent twice: one attempt whatever S3 answers.
@@ -827,14 +841,13 @@ async fn a_part_cut_off_on_the_way_is_sent_again() {
     })
     .await;
     let data = random_bytes(12 * 1024 * 1024, 8);
-    let upload = Upload {
-        key: ObjectKey::parse("parts/retried".into()).unwrap(),
-        content_type: "application/octet-stream".into(),
-        length: None,
-        condition: WriteCondition::None,
-        body: framed(&data),
-        watch: Arc::new(BodyWatch::default()),
-    };
+    let upload = upload(
+        "parts/retried",
+        "application/octet-stream",
+        None,
+        WriteCondition::None,
+        framed(&data),
+    );
     let stored = light.put(upload).await.unwrap();
     assert_eq!(stored.size, data.len() as u64);
     assert_eq!(
@@ -924,14 +937,13 @@ async fn light_uploads_send_the_headers_the_sdk_sends() {
             })
             .await;
             let b = if light { l } else { s };
-            let upload = Upload {
-                key: ObjectKey::parse("dir/ünï code+key.txt".into()).unwrap(),
-                content_type: "text/plain; charset=utf-8".into(),
-                length: Some(5),
-                condition: condition.clone(),
-                body: full(b"hello"),
-                watch: Arc::new(BodyWatch::default()),
-            };
+            let upload = upload(
+                "dir/ünï code+key.txt",
+                "text/plain; charset=utf-8",
+                Some(5),
+                condition.clone(),
+                full(b"hello"),
+            );
             assert_eq!(b.put(upload).await.unwrap().etag, "\"e1\"");
             let heads = heads.lock().unwrap().clone();
             assert_eq!(heads.len(), 1, "{heads:?}");
@@ -997,17 +1009,16 @@ async fn counting_proxy(
 
 /// A put through `b` of `data` to `key`: the answer only.
 async fn put_plain(b: &Backend, key: &str, data: &[u8]) -> String {
-    let upload = Upload {
-        key: ObjectKey::parse(key.to_owned()).unwrap(),
-        content_type: "application/octet-stream".into(),
-        length: Some(data.len() as u64),
-        condition: WriteCondition::None,
-        body: full(data),
-        watch: Arc::new(BodyWatch::default()),
-    };
+    let upload = upload(
+        key,
+        "application/octet-stream",
+        Some(data.len() as u64),
+        WriteCondition::None,
+        full(data),
+    );
     match b.put(upload).await {
         Ok(stored) => format!("stored size={}", stored.size),
-        Err(e) => format!("error {:?} {} {:?}", e.code, e.status(), e.message),
+        Err(e) => refused(&e),
     }
 }
 

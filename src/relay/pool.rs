@@ -90,36 +90,30 @@ struct Idle {
     since: Instant,
 }
 
-/// One HTTP/1.1 connection: the handle requests are sent on and the state machine that
-/// reads and writes the socket, polled by whoever holds it.
+/// One HTTP/1.1 connection, and the waker its holder polls it with (see [`Quiet`]: the
+/// connection handing an answer or a chunk to this same task must not count as the task
+/// yielding).
 struct Conn {
+    link: Link,
+    quiet: Quiet,
+}
+
+/// The handle requests are sent on and the state machine that reads and writes the socket,
+/// polled by whoever holds the connection.
+struct Link {
     send: http1::SendRequest<Body>,
     io: http1::Connection<Io, Body>,
     /// The state machine has finished (the connection is closed); it must not be polled again.
     done: bool,
-    /// Polls on behalf of the task that holds the connection.
-    quiet: Quiet,
 }
 
-impl Conn {
+impl Link {
     /// Lets the connection read and write what it can; `true` once it has finished.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.done && Pin::new(&mut self.io).poll(cx).is_ready() {
             self.done = true;
         }
         self.done
-    }
-
-    /// Runs `poll` (which drives this connection and polls what waits on it) so that the
-    /// connection handing an answer or a chunk to this same task does not count as the task
-    /// yielding (see [`Quiet`]).
-    fn quietly<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut poll: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let quiet = self.quiet.clone();
-        quiet.poll(cx, |cx| poll(self, cx))
     }
 
     /// Whether it can take another request, after a look at the socket (which notices a
@@ -188,7 +182,7 @@ impl Pool {
     fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(Idle { mut conn, since }) = idle.pop() {
-            if since.elapsed() < self.idle_timeout && conn.reusable() {
+            if since.elapsed() < self.idle_timeout && conn.link.reusable() {
                 return Some(conn);
             }
         }
@@ -199,7 +193,7 @@ impl Pool {
         // The task that used it is done with it: a wake for the idle connection (S3 closing
         // it) must not poll that task.
         conn.quiet.forget();
-        if conn.reusable() {
+        if conn.link.reusable() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.push(Idle {
                 conn,
@@ -221,9 +215,11 @@ impl Pool {
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         Ok(Conn {
-            send,
-            io,
-            done: false,
+            link: Link {
+                send,
+                io,
+                done: false,
+            },
             quiet: Quiet::default(),
         })
     }
@@ -231,7 +227,7 @@ impl Pool {
     /// Drops connections that idled too long or that S3 has closed.
     fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain_mut(|i| i.since.elapsed() < self.idle_timeout && i.conn.reusable());
+        idle.retain_mut(|i| i.since.elapsed() < self.idle_timeout && i.conn.link.reusable());
     }
 }
 
@@ -260,16 +256,17 @@ async fn exchange(
 ) -> Result<(Response<Incoming>, Conn), Exchange> {
     let mut req = Some(req);
     // Handing the request over wakes the connection's state machine, so it is done inside
-    // `quietly` too.
+    // the quiet poll too.
     let sent = std::future::poll_fn(|cx| {
-        conn.quietly(cx, |conn, cx| {
-            let done = conn.drive(cx);
-            match conn.send.poll_ready(cx) {
+        let link = &mut conn.link;
+        conn.quiet.poll(cx, |cx| {
+            let done = link.drive(cx);
+            match link.send.poll_ready(cx) {
                 Poll::Pending if done => Poll::Ready(Err(closed())),
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
                 Poll::Ready(Ok(())) => {
-                    Poll::Ready(Ok(req.take().map(|req| conn.send.try_send_request(req))))
+                    Poll::Ready(Ok(req.take().map(|req| link.send.try_send_request(req))))
                 }
             }
         })
@@ -283,8 +280,9 @@ async fn exchange(
         }
     };
     let answer = std::future::poll_fn(|cx| {
-        conn.quietly(cx, |conn, cx| {
-            let done = conn.drive(cx);
+        let link = &mut conn.link;
+        conn.quiet.poll(cx, |cx| {
+            let done = link.drive(cx);
             match answer.as_mut().poll(cx) {
                 Poll::Ready(Ok(resp)) => Poll::Ready(Ok(resp)),
                 Poll::Ready(Err(mut failed)) => Poll::Ready(Err(Exchange {
@@ -341,14 +339,16 @@ impl HttpBody for Driven {
         let this = &mut *self;
         let body = &mut this.body;
         let polled = match &mut this.conn {
-            Some(conn) => conn.quietly(cx, |conn, cx| match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Pending => {
-                    // The connection reads what S3 sent into the body; look again.
-                    conn.drive(cx);
-                    Pin::new(&mut *body).poll_frame(cx)
-                }
-                ready => ready,
-            }),
+            Some(Conn { link, quiet }) => {
+                quiet.poll(cx, |cx| match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => {
+                        // The connection reads what S3 sent into the body; look again.
+                        link.drive(cx);
+                        Pin::new(&mut *body).poll_frame(cx)
+                    }
+                    ready => ready,
+                })
+            }
             None => Pin::new(body).poll_frame(cx),
         };
         match &polled {
