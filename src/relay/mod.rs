@@ -17,6 +17,7 @@ mod errors;
 mod pool;
 mod posture;
 mod signed;
+mod sigv4;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -30,6 +31,7 @@ use http_body_util::BodyExt;
 pub use client::{BackendSettings, connect};
 pub use errors::translate;
 pub use posture::{Answer, Posture};
+pub use sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD};
 
 use crate::config::Sse;
 use crate::error::{ApiError, Code};

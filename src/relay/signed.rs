@@ -25,11 +25,6 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode, sign,
-};
-use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::Document;
 use bytes::Bytes;
@@ -41,6 +36,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::errors::{classify, describe_answer, error_chain};
 use super::pool::{Driven, Pool, SendError};
+use super::sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD};
 use super::{Fetched, ObjectMeta, ReadConditions};
 use crate::error::{ApiError, Code};
 use crate::policy::ObjectKey;
@@ -113,8 +109,7 @@ pub(super) struct Relay {
     /// Scheme, authority and path up to the key, e.g. `http://127.0.0.1:9000/bucket/`.
     base: String,
     host: HeaderValue,
-    signing_region: String,
-    signing_name: String,
+    signer: Signer,
     credentials: Credentials,
     first_byte_timeout: Duration,
     stall_grace: Duration,
@@ -163,8 +158,7 @@ impl Relay {
             pool: Pool::new(connector, endpoint, MAX_READ_BUF, IDLE_TIMEOUT),
             base: target.base,
             host: target.host,
-            signing_region: target.signing_region,
-            signing_name: target.signing_name,
+            signer: Signer::new(target.signing_region, target.signing_name),
             credentials: Credentials::new(setup.credentials),
             first_byte_timeout: setup.first_byte_timeout,
             stall_grace: setup.stall_grace,
@@ -254,7 +248,8 @@ impl Relay {
                 h.insert(name, value);
             }
         }
-        self.sign(&mut req, &identity, SignableBody::UnsignedPayload)
+        self.signer
+            .sign(&mut req, &identity, UNSIGNED_PAYLOAD, SystemTime::now())
             .map_err(|e| ApiError::internal("could not sign the backend request").detail(e))?;
 
         let resp = tokio::select! {
@@ -340,7 +335,8 @@ impl Relay {
                 h.insert(name, value);
             }
         }
-        self.sign(&mut req, &identity, SignableBody::Bytes(&[]))
+        self.signer
+            .sign(&mut req, &identity, EMPTY_PAYLOAD, SystemTime::now())
             .map_err(|e| Failure {
                 error: ApiError::internal("could not sign the backend request").detail(e),
                 retry: Retry::No,
@@ -367,38 +363,6 @@ impl Relay {
             StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => Ok(resp),
             _ => Err(self.refusal(resp).await),
         }
-    }
-
-    /// Signs as the SDK does: the payload's SHA-256 in `x-amz-content-sha256` (of no bytes for
-    /// a read, `UNSIGNED-PAYLOAD` for a streamed upload).
-    fn sign(
-        &self,
-        req: &mut Request<Body>,
-        identity: &Identity,
-        body: SignableBody<'_>,
-    ) -> Result<(), BoxError> {
-        let mut settings = SigningSettings::default();
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        let params = v4::SigningParams::builder()
-            .identity(identity)
-            .region(&self.signing_region)
-            .name(&self.signing_name)
-            .time(SystemTime::now())
-            .settings(settings)
-            .build()?
-            .into();
-        let uri = req.uri().to_string();
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(k, v)| Ok((k.as_str(), v.to_str()?)))
-            .collect::<Result<Vec<_>, http::header::ToStrError>>()?;
-        let signable = SignableRequest::new(req.method().as_str(), uri, headers.into_iter(), body)?;
-        let (instructions, _) = sign(signable, &params)?.into_parts();
-        instructions.apply_to_request_http1x(req);
-        Ok(())
     }
 
     /// S3's refusal, read (bounded, within the attempt timeout) for its code and message.
