@@ -126,16 +126,19 @@ impl Service<Request<Body>> for Gateway {
 }
 
 /// The routes of SPEC section 3 that this build serves.
+///
+/// Each handler's future is boxed: inline, this future would be as large as the largest of
+/// them (an upload's, about 24 KiB), and every request would allocate and copy that much.
 async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
     if let Some(encoded_key) = path.strip_prefix("/v1/objects/").filter(|k| !k.is_empty()) {
         note(&req, |n| n.route = "object");
         let encoded_key = encoded_key.to_owned();
         return match *req.method() {
-            Method::GET => objects::get(state, req, &encoded_key, true).await,
-            Method::HEAD => objects::get(state, req, &encoded_key, false).await,
-            Method::PUT => objects::put(state, req, &encoded_key).await,
-            Method::DELETE => objects::delete(state, req, &encoded_key).await,
+            Method::GET => Box::pin(objects::get(state, req, &encoded_key, true)).await,
+            Method::HEAD => Box::pin(objects::get(state, req, &encoded_key, false)).await,
+            Method::PUT => Box::pin(objects::put(state, req, &encoded_key)).await,
+            Method::DELETE => Box::pin(objects::delete(state, req, &encoded_key)).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
         };
     }
@@ -160,9 +163,9 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
     if path == "/v1/links" || path == "/s3/upload-url" || path == "/s3/download-url" {
         note(&req, |n| n.route = "link");
         return match (path, req.method()) {
-            ("/v1/links", &Method::POST) => links::create(state, req).await,
-            ("/s3/upload-url", &Method::POST) => links::upload_url(state, req).await,
-            ("/s3/download-url", &Method::GET) => links::download_url(state, req).await,
+            ("/v1/links", &Method::POST) => Box::pin(links::create(state, req)).await,
+            ("/s3/upload-url", &Method::POST) => Box::pin(links::upload_url(state, req)).await,
+            ("/s3/download-url", &Method::GET) => Box::pin(links::download_url(state, req)).await,
             ("/s3/download-url", _) => Err(ApiError::method_not_allowed("GET")),
             _ => Err(ApiError::method_not_allowed("POST")),
         };
@@ -170,7 +173,7 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
     if path == "/v1/objects" || path == "/v1/objects/" {
         note(&req, |n| n.route = "list");
         return match *req.method() {
-            Method::GET | Method::HEAD => list::list(state, req).await,
+            Method::GET | Method::HEAD => Box::pin(list::list(state, req)).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD")),
         };
     }
@@ -207,15 +210,21 @@ fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> 
 }
 
 /// Runs a relay call and records its time in the access log and the metrics.
-async fn timed<B, T>(req: &Request<B>, op: &'static str, call: impl Future<Output = T>) -> T {
+/// A combinator rather than an `async fn`: an `async fn` would hold `call` twice in its
+/// state, as its argument and as the future it awaits, and a relay call's future is large.
+fn timed<'a, B, T>(
+    req: &'a Request<B>,
+    op: &'static str,
+    call: impl Future<Output = T> + 'a,
+) -> impl Future<Output = T> + 'a {
     let start = Instant::now();
-    let out = call.await;
-    let elapsed = start.elapsed();
-    note(req, |n| {
-        n.backend_ms = Some(elapsed.as_micros() as f64 / 1000.0)
-    });
-    crate::obs::metrics::backend_call(op, elapsed.as_secs_f64());
-    out
+    call.inspect(move |_| {
+        let elapsed = start.elapsed();
+        note(req, |n| {
+            n.backend_ms = Some(elapsed.as_micros() as f64 / 1000.0)
+        });
+        crate::obs::metrics::backend_call(op, elapsed.as_secs_f64());
+    })
 }
 
 /// Authenticates the request, records who it is, and admits it within the principal's rate

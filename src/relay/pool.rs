@@ -86,13 +86,15 @@ pub(super) struct Pool {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 /// One HTTP/1.1 connection, and the waker its holder polls it with (see [`Quiet`]: the
 /// connection handing an answer or a chunk to this same task must not count as the task
-/// yielding).
+/// yielding). Kept in a box from the start: it is about 1.5 KiB and moves from the pool to
+/// the request, into the answer's body and back, and every future and answer that carries
+/// it would copy it each time.
 struct Conn {
     link: Link,
     quiet: Quiet,
@@ -157,7 +159,9 @@ impl Pool {
         loop {
             let (conn, reused) = match self.take() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: the connector's future is larger than the rest of this one, and only
+                // a request that finds no idle connection needs it.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match exchange(conn, req).await {
                 Ok((resp, conn)) => {
@@ -179,7 +183,7 @@ impl Pool {
         }
     }
 
-    fn take(&self) -> Option<Conn> {
+    fn take(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(Idle { mut conn, since }) = idle.pop() {
             if since.elapsed() < self.idle_timeout && conn.link.reusable() {
@@ -189,7 +193,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, mut conn: Conn) {
+    fn put(&self, mut conn: Box<Conn>) {
         // The task that used it is done with it: a wake for the idle connection (S3 closing
         // it) must not poll that task.
         conn.quiet.forget();
@@ -202,7 +206,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(&self) -> Result<Box<Conn>, SendError> {
         let io = self
             .connector
             .clone()
@@ -214,14 +218,14 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             link: Link {
                 send,
                 io,
                 done: false,
             },
             quiet: Quiet::default(),
-        })
+        }))
     }
 
     /// Drops connections that idled too long or that S3 has closed.
@@ -251,9 +255,9 @@ struct Exchange {
 
 /// Sends `req` on `conn`, polling the connection in this task, up to the answer's head.
 async fn exchange(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     req: Request<Body>,
-) -> Result<(Response<Incoming>, Conn), Exchange> {
+) -> Result<(Response<Incoming>, Box<Conn>), Exchange> {
     let mut req = Some(req);
     // Handing the request over wakes the connection's state machine, so it is done inside
     // the quiet poll too.
@@ -316,7 +320,7 @@ fn closed() -> BoxError {
 /// still holds part of the answer).
 pub(super) struct Driven {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Weak<Pool>,
 }
 
@@ -338,7 +342,7 @@ impl HttpBody for Driven {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let body = &mut this.body;
-        let polled = match &mut this.conn {
+        let polled = match this.conn.as_deref_mut() {
             Some(Conn { link, quiet }) => {
                 quiet.poll(cx, |cx| match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Pending => {
