@@ -74,10 +74,10 @@ async fn run() {
     for round in 0..3 {
         for way in [
             "aws-sdk-s3 GetObject",
-            "Portcullis light read (aws-sigv4 + hyper)",
+            "Portcullis light read (its SigV4 signer + hyper)",
             "hyper + presigned URL",
             "aws-sdk-s3 PutObject (the relay, light path off)",
-            "Portcullis light upload (aws-sigv4 + hyper)",
+            "Portcullis light upload (its SigV4 signer + hyper)",
         ] {
             let n = if round == 0 { 2_000 } else { REQUESTS };
             let (cpu0, t0) = (cpu_secs_of("self"), Instant::now());
