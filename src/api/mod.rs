@@ -210,6 +210,7 @@ fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> 
 }
 
 /// Runs a relay call and records its time in the access log and the metrics.
+///
 /// A combinator rather than an `async fn`: an `async fn` would hold `call` twice in its
 /// state, as its argument and as the future it awaits, and a relay call's future is large.
 fn timed<'a, B, T>(

@@ -48,10 +48,11 @@ impl AccessLog {
     }
 
     fn write(&self, record: &Record<'_>) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(l) => l,
-            Err(_) => return,
-        };
+        // A line is about 300 bytes: one allocation instead of a vector grown several times.
+        let mut line = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
         line.push(b'\n');
         let result = match self {
             AccessLog::Stdout => std::io::stdout().lock().write_all(&line),
@@ -137,7 +138,12 @@ struct Pending {
 
 impl Pending {
     fn finish(&self, bytes_out: u64, status: u16, fallback_error: Option<&'static str>) {
-        let note = self.note.lock().map(|n| n.clone()).unwrap_or_default();
+        // The line is the note's last reader.
+        let note = self
+            .note
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default();
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         let route = if note.route.is_empty() {
             "other"
@@ -154,18 +160,14 @@ impl Pending {
             principal: note.principal.as_deref(),
             auth: note.auth.unwrap_or(AuthMethod::None).as_str(),
             method: self.method.as_str(),
-            route: if note.route.is_empty() {
-                "other"
-            } else {
-                note.route
-            },
+            route,
             key: note.key.as_deref(),
             status,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_in,
             bytes_out,
             duration_ms: (self.start.elapsed().as_micros() as f64) / 1000.0,
             backend_ms: note.backend_ms,
-            error_code: note.error_code.or(fallback_error),
+            error_code,
             sha256: note.sha256.as_deref(),
         };
         self.log.write(&record);
