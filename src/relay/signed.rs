@@ -1,6 +1,6 @@
 //! The light signed path: GET and HEAD of an object, and an upload stored with one
 //! PutObject, go out on a plain hyper client, signed by [`super::sigv4`], instead of through the
-//! aws-sdk-s3 orchestrator, whose per-call work costs about 95 µs of CPU on a read and 120 µs
+//! aws-sdk-s3 orchestrator, whose per-call work costs about 100 µs of CPU on a read and 130 µs
 //! on an upload more than this path (`cargo bench --bench sdk_overhead`): as much as the rest
 //! of a small request put together.
 //!
