@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 pub use client::{BackendSettings, connect};
 pub use errors::translate;
 pub use posture::{Answer, Posture};
-pub use sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD};
+pub use sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD, reference_sign};
 
 use crate::config::Sse;
 use crate::error::{ApiError, Code};
