@@ -42,6 +42,8 @@ const UNSIGNED_HEADERS: [&str; 4] = [
 pub struct Signer {
     region: String,
     service: String,
+    /// `region/service/aws4_request`: the credential scope after its date.
+    scope_tail: String,
     /// The signing key of the last request's day and credentials.
     key: ArcSwapOption<DayKey>,
 }
@@ -66,9 +68,11 @@ struct DayKey {
 
 impl Signer {
     pub fn new(region: impl Into<String>, service: impl Into<String>) -> Self {
+        let (region, service) = (region.into(), service.into());
         Signer {
-            region: region.into(),
-            service: service.into(),
+            scope_tail: format!("{region}/{service}/aws4_request"),
+            region,
+            service,
             key: ArcSwapOption::empty(),
         }
     }
@@ -142,7 +146,7 @@ impl Signer {
         canonical.push('\n');
         canonical.push_str(payload);
 
-        let scope_tail = format!("{}/{}/aws4_request", self.region, self.service);
+        let scope_tail = &self.scope_tail;
         let mut hex = [0; 64];
         let mut to_sign = String::with_capacity(160);
         let _ = write!(
