@@ -267,6 +267,21 @@ async fn light_reads_answer_as_the_sdk_does() {
     }
 }
 
+/// Reads from `s` into `buf` until it holds a whole request head; returns where the head
+/// ends, or `None` when the connection ends first.
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A backend that answers every request with `status` and an S3 error document, counting
 /// the requests.
 async fn answering_backend(status: u16, code: &'static str) -> (String, Arc<AtomicUsize>) {
@@ -279,15 +294,10 @@ async fn answering_backend(status: u16, code: &'static str) -> (String, Arc<Atom
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
                 loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let Some(end) = read_head(&mut s, &mut buf).await else {
+                        return;
+                    };
                     let is_head = buf.starts_with(b"HEAD ");
                     buf.drain(..end);
                     seen.fetch_add(1, Ordering::SeqCst);
@@ -869,14 +879,9 @@ async fn recording_backend() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let Some(end) = read_head(&mut s, &mut buf).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
                 let length: usize = head
                     .lines()
@@ -884,6 +889,7 @@ async fn recording_backend() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0);
                 let mut body = buf.len() - end;
+                let mut chunk = [0u8; 4096];
                 while body < length {
                     match s.read(&mut chunk).await {
                         Ok(0) | Err(_) => return,
