@@ -55,6 +55,16 @@ struct Row {
     direct_path_cpu_secs: f64,
     gateway_path_cpu_secs: f64,
     peak_rss_mib: f64,
+    split: CpuSplit,
+}
+
+/// CPU seconds per GiB moved, by process, on the direct path and on the gateway's.
+struct CpuSplit {
+    direct_client: f64,
+    direct_s3: f64,
+    client: f64,
+    s3: f64,
+    gateway: f64,
 }
 
 fn main() {
@@ -70,16 +80,22 @@ fn main() {
     let workers: Option<usize> = std::env::var("PORTCULLIS_BENCH_WORKERS")
         .ok()
         .and_then(|s| s.parse().ok());
+    // Only some cells, e.g. `PORTCULLIS_BENCH_CELLS=put:1MiB:64,get:64MiB:4` (to profile one).
+    let only: Option<Vec<String>> = std::env::var("PORTCULLIS_BENCH_CELLS").ok().map(|s| {
+        s.split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect()
+    });
     // 10,000 client sockets need the descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(Duration::from_secs_f64(secs), idle, workers));
+    rt.block_on(run(Duration::from_secs_f64(secs), idle, workers, only));
 }
 
-async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
+async fn run(cell: Duration, idle: usize, workers: Option<usize>, only: Option<Vec<String>>) {
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&target).unwrap();
     let dir = tempfile::tempdir_in(&target).unwrap();
@@ -137,6 +153,13 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
     for op in [Op::Put, Op::Get] {
         for (size, concurrencies) in CELLS {
             for &concurrency in concurrencies {
+                let name = format!("{op:?}:{}:{concurrency}", human(size).replace(' ', ""));
+                if only
+                    .as_ref()
+                    .is_some_and(|o| !o.contains(&name.to_ascii_lowercase()))
+                {
+                    continue;
+                }
                 let prefix = format!("bench/{size}/");
                 let (mut urls, mut forwarded_urls) = (Vec::new(), Vec::new());
                 for w in 0..concurrency {
@@ -176,24 +199,44 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
                         presigned,
                         prepared,
                     };
-                // Direct first: for GETs it also stores the objects both paths then read.
+                // GETs need the objects: stored directly, before anything is measured (no
+                // request is timed: a run of zero requests only prepares).
+                let urls = Arc::new(urls);
+                if op == Op::Get {
+                    let prepare = LoadOptions {
+                        duration: Duration::ZERO,
+                        requests: Some(0),
+                        ..opts(Some(urls.clone()), false)
+                    };
+                    portcullis::load::run(prepare).await.unwrap();
+                }
                 // The client's CPU is this process's, less the forwarder's threads.
-                let others = || cpu_secs_of("self") - forwarder.cpu_secs() + s3.proc.cpu_secs();
-                let before = others();
-                let direct = portcullis::load::run(opts(Some(Arc::new(urls)), false))
-                    .await
-                    .unwrap();
+                let client = || cpu_secs_of("self") - forwarder.cpu_secs();
+                let others = || client() + s3.proc.cpu_secs();
+                let (before, client0) = (others(), client());
+                let direct = portcullis::load::run(opts(Some(urls), true)).await.unwrap();
                 let direct_path_cpu_secs = others() - before;
+                let direct_client_cpu_secs = client() - client0;
                 let cpu0 = forwarder.cpu_secs();
                 let forwarded = portcullis::load::run(opts(Some(Arc::new(forwarded_urls)), true))
                     .await
                     .unwrap();
                 let forwarder_cpu_secs = forwarder.cpu_secs() - cpu0;
                 gateway.reset_peak();
-                let (cpu0, before) = (gateway.cpu_secs(), others());
+                let (cpu0, before, client0) = (gateway.cpu_secs(), others(), client());
                 let via = portcullis::load::run(opts(None, true)).await.unwrap();
                 let cpu_secs = gateway.cpu_secs() - cpu0;
                 let gateway_path_cpu_secs = others() - before + cpu_secs;
+                let gateway_client_cpu_secs = client() - client0;
+                let gib = |s: &Summary| s.requests as f64 * size as f64 / (1024.0 * MIB as f64);
+                let (d, g) = (gib(&direct), gib(&via));
+                let split = CpuSplit {
+                    direct_client: direct_client_cpu_secs / d,
+                    direct_s3: (direct_path_cpu_secs - direct_client_cpu_secs) / d,
+                    client: gateway_client_cpu_secs / g,
+                    s3: (gateway_path_cpu_secs - cpu_secs - gateway_client_cpu_secs) / g,
+                    gateway: cpu_secs / g,
+                };
                 let row = Row {
                     op,
                     size,
@@ -206,8 +249,12 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
                     direct_path_cpu_secs,
                     gateway_path_cpu_secs,
                     peak_rss_mib: gateway.peak_rss_mib(),
+                    split,
                 };
                 println!("{}", row.line());
+                if size >= MIB {
+                    println!("{}", row.split_line());
+                }
                 rows.push(row);
             }
         }
@@ -229,6 +276,17 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>) {
         table.push_str(&r.line());
         table.push('\n');
     }
+    table.push_str(
+        "\nWhere the CPU goes, in CPU seconds per GiB moved. When client, S3 server and gateway \
+         together keep the machine's cores busy, throughput is set by the CPU each byte costs, \
+         and the ratio can reach at most the ceiling: direct path CPU / gateway path CPU.\n\n\
+         | op | size | conc | direct: client | direct: S3 server | via gateway: client | via gateway: S3 server | via gateway: gateway | CPU-bound ceiling | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| r.size >= MIB) {
+        table.push_str(&r.split_line());
+        table.push('\n');
+    }
     table.push('\n');
     table.push_str(&idle_line);
     table.push('\n');
@@ -242,11 +300,7 @@ impl Row {
         let direct_gib = self.direct.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
         format!(
             "| {} | {} | {} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:.0} | {} | {} | {} | {:.1} | {}/{}/{} |",
-            match self.op {
-                Op::Get => "GET",
-                Op::Put => "PUT",
-                Op::Mixed => "mixed",
-            },
+            op_name(self.op),
             human(self.size),
             self.concurrency,
             self.direct.requests_per_second,
@@ -281,6 +335,33 @@ impl Row {
             self.forwarded.errors,
             self.gateway.errors,
         )
+    }
+}
+
+impl Row {
+    fn split_line(&self) -> String {
+        let c = &self.split;
+        format!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2}x |",
+            op_name(self.op),
+            human(self.size),
+            self.concurrency,
+            c.direct_client,
+            c.direct_s3,
+            c.client,
+            c.s3,
+            c.gateway,
+            (c.direct_client + c.direct_s3) / (c.client + c.s3 + c.gateway),
+            self.gateway.requests_per_second / self.direct.requests_per_second,
+        )
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Get => "GET",
+        Op::Put => "PUT",
+        Op::Mixed => "mixed",
     }
 }
 
