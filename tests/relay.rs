@@ -813,6 +813,74 @@ async fn an_upload_the_backend_stops_taking_fails_on_both_paths() {
     );
 }
 
+/// A proxy to `target` that reads everything sent up and passes none of it on: a backend that
+/// takes a whole request and never answers.
+async fn silent_proxy(target: std::net::SocketAddr) -> String {
+    upstream_proxy(target, |mut cr, sw| async move {
+        let _open = sw; // dropped, it would end the connection to the server
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(cr.read(&mut buf).await, Ok(n) if n > 0) {}
+        std::future::pending::<()>().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_backend_never_answers_fails_on_both_paths() {
+    let g = gateway("").await;
+    let proxy = silent_proxy(g.s3_addr).await;
+    // Stall grace = 2 x body_idle_timeout = 2 s, counted from the body's last byte.
+    let (l, s) = relays(&g, Some(proxy), |c| {
+        c.server.body_idle_timeout = portcullis::config::units::Span::secs(1)
+    })
+    .await;
+    let data = random_bytes(256 * 1024, 6);
+    let mut answers = Vec::new();
+    // A body that says when it has ended (as the server's does, by its Content-Length) and
+    // one that only finds out on the next poll.
+    let bodies: [fn(&[u8]) -> portcullis::Body; 2] = [full, framed];
+    for ((b, key), body) in [(&s, "sdk-unanswered"), (&l, "light-unanswered")]
+        .into_iter()
+        .flat_map(|path| bodies.map(|body| (path, body)))
+    {
+        let started = Instant::now();
+        let a = tokio::time::timeout(
+            Duration::from_secs(30),
+            store(
+                &g,
+                b,
+                key,
+                "application/octet-stream",
+                WriteCondition::None,
+                body(&data),
+                data.len() as u64,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| "still waiting after 30 s".into());
+        let took = started.elapsed();
+        assert!(
+            a.contains("bucket: nothing"),
+            "light={}: {a}",
+            b.light_path()
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+            "light={}: {took:?}: {a}",
+            b.light_path()
+        );
+        answers.push(a);
+    }
+    for a in &answers {
+        assert_eq!(a, &answers[0]);
+    }
+    assert!(
+        answers[0].starts_with("error BackendTimeout"),
+        "{}",
+        answers[0]
+    );
+}
+
 /// A proxy to `target` that cuts the first connection to carry more than `cut_after` bytes
 /// up, once; everything else passes.
 async fn cut_once_proxy(target: std::net::SocketAddr, cut_after: usize) -> String {

@@ -111,6 +111,7 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
             None
         },
         part_size: cfg.part_size.bytes() as usize,
+        stall_grace,
         light,
     }
 }

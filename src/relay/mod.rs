@@ -18,9 +18,10 @@ mod pool;
 mod posture;
 mod signed;
 mod sigv4;
+mod watch;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -57,6 +58,9 @@ pub struct Backend {
     sse: Option<Sse>,
     kms_key_id: Option<String>,
     part_size: usize,
+    /// How long S3 may hold upload data without taking it, or leave an uploaded body
+    /// unanswered, before the upload fails (`504`): twice `server.body_idle_timeout`.
+    stall_grace: Duration,
     /// The light signed path for GET, HEAD and PutObject, when `backend.light_path` is on and the
     /// endpoint allows it.
     light: Option<Arc<signed::Relay>>,
@@ -250,15 +254,17 @@ impl Backend {
             .key(key.as_str())
             .content_type(content_type)
             .content_length(length as i64)
-            .body(ByteStream::from_body_1_x(body));
-        let request = request
             .set_if_none_match(if_none_match)
             .set_if_match(if_match)
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key_id);
-        let out = Box::pin(request.send())
-            .await
-            .map_err(|e| blame(&watch, translate(e)))?;
+        let out = watch::watched(body, self.stall_grace, |body| async move {
+            Box::pin(request.body(ByteStream::from_body_1_x(body)).send())
+                .await
+                .map_err(translate)
+        })
+        .await
+        .map_err(|e| blame(&watch, e))?;
         Ok(Stored {
             etag: out.e_tag.unwrap_or_default(),
             size: length,
@@ -398,10 +404,7 @@ impl Backend {
     /// Aborts the unfinished multipart uploads initiated more than `age` ago: what a killed
     /// process leaves behind (a running gateway aborts every upload it gives up on). Returns
     /// how many were aborted.
-    pub async fn sweep_abandoned_uploads(
-        &self,
-        age: std::time::Duration,
-    ) -> Result<usize, ApiError> {
+    pub async fn sweep_abandoned_uploads(&self, age: Duration) -> Result<usize, ApiError> {
         let cutoff = SystemTime::now() - age;
         let mut aborted = 0;
         let (mut key_marker, mut id_marker) = (None, None);

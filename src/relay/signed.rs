@@ -18,9 +18,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -37,6 +37,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use super::errors::{classify, describe_answer, error_chain};
 use super::pool::{Driven, Pool, SendError};
 use super::sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD};
+use super::watch::watched;
 use super::{Fetched, ObjectMeta, ReadConditions};
 use crate::error::{ApiError, Code};
 use crate::policy::ObjectKey;
@@ -214,54 +215,45 @@ impl Relay {
             .get()
             .await
             .map_err(|e| no_credentials(&*e))?;
-        let progress = Arc::new(Progress::new());
-        let body = Tracked {
-            inner: body,
-            progress: progress.clone(),
-        };
-        let mut req = Request::builder()
-            .method(Method::PUT)
-            .uri(self.object_uri(key))
-            .body(body.boxed())
-            .map_err(|e| ApiError::internal("could not build the backend request").detail(e))?;
-        let h = req.headers_mut();
-        h.insert(header::HOST, self.host.clone());
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(put.length));
-        let optional = [
-            (header::CONTENT_TYPE, Some(put.content_type)),
-            (header::IF_NONE_MATCH, put.if_none_match),
-            (header::IF_MATCH, put.if_match),
-            (
-                header::HeaderName::from_static("x-amz-server-side-encryption"),
-                put.sse,
-            ),
-            (
-                header::HeaderName::from_static("x-amz-server-side-encryption-aws-kms-key-id"),
-                put.kms_key_id,
-            ),
-        ];
-        for (name, value) in optional {
-            if let Some(value) = value {
-                let value = HeaderValue::from_str(value).map_err(|e| {
-                    ApiError::internal("could not build the backend request").detail(e)
-                })?;
-                h.insert(name, value);
+        let resp = watched(body, self.stall_grace, |body| async move {
+            let mut req = Request::builder()
+                .method(Method::PUT)
+                .uri(self.object_uri(key))
+                .body(body)
+                .map_err(|e| ApiError::internal("could not build the backend request").detail(e))?;
+            let h = req.headers_mut();
+            h.insert(header::HOST, self.host.clone());
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(put.length));
+            let optional = [
+                (header::CONTENT_TYPE, Some(put.content_type)),
+                (header::IF_NONE_MATCH, put.if_none_match),
+                (header::IF_MATCH, put.if_match),
+                (
+                    header::HeaderName::from_static("x-amz-server-side-encryption"),
+                    put.sse,
+                ),
+                (
+                    header::HeaderName::from_static("x-amz-server-side-encryption-aws-kms-key-id"),
+                    put.kms_key_id,
+                ),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    let value = HeaderValue::from_str(value).map_err(|e| {
+                        ApiError::internal("could not build the backend request").detail(e)
+                    })?;
+                    h.insert(name, value);
+                }
             }
-        }
-        self.signer
-            .sign(&mut req, &identity, UNSIGNED_PAYLOAD, SystemTime::now())
-            .map_err(|e| ApiError::internal("could not sign the backend request").detail(e))?;
-
-        let resp = tokio::select! {
-            sent = self.pool.send(req) => sent.map_err(|e| transport_failure(&e).error)?,
-            () = progress.stalled(self.stall_grace) => {
-                return Err(ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
-                    .detail(format!(
-                        "the backend took no upload data for {:?}",
-                        self.stall_grace
-                    )));
-            }
-        };
+            self.signer
+                .sign(&mut req, &identity, UNSIGNED_PAYLOAD, SystemTime::now())
+                .map_err(|e| ApiError::internal("could not sign the backend request").detail(e))?;
+            self.pool
+                .send(req)
+                .await
+                .map_err(|e| transport_failure(&e).error)
+        })
+        .await?;
         if resp.status() != StatusCode::OK {
             return Err(self.refusal(resp).await.error);
         }
@@ -705,83 +697,6 @@ impl HttpBody for StallGuard {
                 .into())))
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Where an upload stands, for the stall watch (the SDK's stalled-stream protection for
-/// uploads): since when S3 has held data without asking for more, or nothing while the body
-/// waits on the client (its own idle limit watches that) or has ended.
-struct Progress {
-    origin: Instant,
-    /// Milliseconds since `origin` plus one; 0 for "not waiting on S3".
-    waiting_since: AtomicU64,
-}
-
-impl Progress {
-    /// Waiting on S3 from the start: it has to take the request's head first.
-    fn new() -> Self {
-        Progress {
-            origin: Instant::now(),
-            waiting_since: AtomicU64::new(1),
-        }
-    }
-
-    fn mark(&self, waiting_on_backend: bool) {
-        let since = if waiting_on_backend {
-            self.origin.elapsed().as_millis() as u64 + 1
-        } else {
-            0
-        };
-        self.waiting_since.store(since, Ordering::Relaxed);
-    }
-
-    /// Ends when S3 has taken nothing for `grace` while it had data to take.
-    async fn stalled(&self, grace: Duration) {
-        loop {
-            let wait = match self.waiting_since.load(Ordering::Relaxed) {
-                0 => grace / 2,
-                since => {
-                    let waited = self
-                        .origin
-                        .elapsed()
-                        .saturating_sub(Duration::from_millis(since - 1));
-                    if waited >= grace {
-                        return;
-                    }
-                    grace - waited
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// An upload body that tells [`Progress`] when it hands S3 data and when it waits.
-struct Tracked {
-    inner: Body,
-    progress: Arc<Progress>,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let handed = matches!(polled, Poll::Ready(Some(Ok(_)))) && !self.inner.is_end_stream();
-        self.progress.mark(handed);
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
