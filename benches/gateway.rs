@@ -41,6 +41,28 @@ const CELLS: [(u64, &[usize]); 3] = [
     (64 * MIB, &[1, 4]),
 ];
 
+/// A cell's name for `PORTCULLIS_BENCH_CELLS`, e.g. `put:1mib:64`.
+fn cell_name(op: Op, size: u64, concurrency: usize) -> String {
+    format!(
+        "{}:{}:{concurrency}",
+        op_name(op),
+        human(size).replace(' ', "")
+    )
+    .to_ascii_lowercase()
+}
+
+fn cell_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for op in [Op::Put, Op::Get] {
+        for (size, concurrencies) in CELLS {
+            for &concurrency in concurrencies {
+                names.push(cell_name(op, size, concurrency));
+            }
+        }
+    }
+    names
+}
+
 struct Row {
     op: Op,
     size: u64,
@@ -82,9 +104,19 @@ fn main() {
         .and_then(|s| s.parse().ok());
     // Only some cells, e.g. `PORTCULLIS_BENCH_CELLS=put:1MiB:64,get:64MiB:4` (to profile one).
     let only: Option<Vec<String>> = std::env::var("PORTCULLIS_BENCH_CELLS").ok().map(|s| {
-        s.split(',')
+        let only: Vec<String> = s
+            .split(',')
             .map(|c| c.trim().to_ascii_lowercase())
-            .collect()
+            .collect();
+        let cells = cell_names();
+        for c in &only {
+            assert!(
+                cells.contains(c),
+                "PORTCULLIS_BENCH_CELLS: no cell {c:?}; the cells are {}",
+                cells.join(",")
+            );
+        }
+        only
     });
     // 10,000 client sockets need the descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -153,10 +185,9 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>, only: Option<V
     for op in [Op::Put, Op::Get] {
         for (size, concurrencies) in CELLS {
             for &concurrency in concurrencies {
-                let name = format!("{op:?}:{}:{concurrency}", human(size).replace(' ', ""));
                 if only
                     .as_ref()
-                    .is_some_and(|o| !o.contains(&name.to_ascii_lowercase()))
+                    .is_some_and(|o| !o.contains(&cell_name(op, size, concurrency)))
                 {
                     continue;
                 }
