@@ -33,6 +33,7 @@ pub use client::{BackendSettings, connect};
 pub use errors::translate;
 pub use posture::{Answer, Posture};
 pub use sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD, reference_sign};
+use watch::UploadWatch;
 
 use crate::config::Sse;
 use crate::error::{ApiError, Code};
@@ -258,13 +259,16 @@ impl Backend {
             .set_if_match(if_match)
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key_id);
-        let out = watch::watched(body, self.stall_grace, |body| async move {
+        let (body, upload) = UploadWatch::new(body);
+        let sending = async {
             Box::pin(request.body(ByteStream::from_body_1_x(body)).send())
                 .await
                 .map_err(translate)
-        })
-        .await
-        .map_err(|e| blame(&watch, e))?;
+        };
+        let out = upload
+            .bound(sending, self.stall_grace)
+            .await
+            .map_err(|e| blame(&watch, e))?;
         Ok(Stored {
             etag: out.e_tag.unwrap_or_default(),
             size: length,

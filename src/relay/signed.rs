@@ -37,7 +37,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use super::errors::{classify, describe_answer, error_chain};
 use super::pool::{Driven, Pool, SendError};
 use super::sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD};
-use super::watch::watched;
+use super::watch::UploadWatch;
 use super::{Fetched, ObjectMeta, ReadConditions};
 use crate::error::{ApiError, Code};
 use crate::policy::ObjectKey;
@@ -215,45 +215,47 @@ impl Relay {
             .get()
             .await
             .map_err(|e| no_credentials(&*e))?;
-        let resp = watched(body, self.stall_grace, |body| async move {
-            let mut req = Request::builder()
-                .method(Method::PUT)
-                .uri(self.object_uri(key))
-                .body(body)
-                .map_err(|e| ApiError::internal("could not build the backend request").detail(e))?;
-            let h = req.headers_mut();
-            h.insert(header::HOST, self.host.clone());
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(put.length));
-            let optional = [
-                (header::CONTENT_TYPE, Some(put.content_type)),
-                (header::IF_NONE_MATCH, put.if_none_match),
-                (header::IF_MATCH, put.if_match),
-                (
-                    header::HeaderName::from_static("x-amz-server-side-encryption"),
-                    put.sse,
-                ),
-                (
-                    header::HeaderName::from_static("x-amz-server-side-encryption-aws-kms-key-id"),
-                    put.kms_key_id,
-                ),
-            ];
-            for (name, value) in optional {
-                if let Some(value) = value {
-                    let value = HeaderValue::from_str(value).map_err(|e| {
-                        ApiError::internal("could not build the backend request").detail(e)
-                    })?;
-                    h.insert(name, value);
-                }
+        let (body, watch) = UploadWatch::new(body);
+        let mut req = Request::builder()
+            .method(Method::PUT)
+            .uri(self.object_uri(key))
+            .body(body)
+            .map_err(|e| ApiError::internal("could not build the backend request").detail(e))?;
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(put.length));
+        let optional = [
+            (header::CONTENT_TYPE, Some(put.content_type)),
+            (header::IF_NONE_MATCH, put.if_none_match),
+            (header::IF_MATCH, put.if_match),
+            (
+                header::HeaderName::from_static("x-amz-server-side-encryption"),
+                put.sse,
+            ),
+            (
+                header::HeaderName::from_static("x-amz-server-side-encryption-aws-kms-key-id"),
+                put.kms_key_id,
+            ),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                let value = HeaderValue::from_str(value).map_err(|e| {
+                    ApiError::internal("could not build the backend request").detail(e)
+                })?;
+                h.insert(name, value);
             }
-            self.signer
-                .sign(&mut req, &identity, UNSIGNED_PAYLOAD, SystemTime::now())
-                .map_err(|e| ApiError::internal("could not sign the backend request").detail(e))?;
+        }
+        self.signer
+            .sign(&mut req, &identity, UNSIGNED_PAYLOAD, SystemTime::now())
+            .map_err(|e| ApiError::internal("could not sign the backend request").detail(e))?;
+
+        let sending = async {
             self.pool
                 .send(req)
                 .await
                 .map_err(|e| transport_failure(&e).error)
-        })
-        .await?;
+        };
+        let resp = watch.bound(sending, self.stall_grace).await?;
         if resp.status() != StatusCode::OK {
             return Err(self.refusal(resp).await.error);
         }

@@ -18,32 +18,41 @@ use http_body_util::BodyExt;
 use crate::error::{ApiError, Code};
 use crate::{Body, BoxError};
 
-/// Hands `send` the upload body, watched, and fails when S3 takes none of it, or gives no
-/// answer after its end, for `grace`.
-pub(super) async fn watched<T, F>(
-    body: Body,
-    grace: Duration,
-    send: impl FnOnce(Body) -> F,
-) -> Result<T, ApiError>
-where
-    F: Future<Output = Result<T, ApiError>>,
-{
-    let progress = Arc::new(Progress::new());
-    let body = Tracked {
-        inner: body,
-        progress: progress.clone(),
+/// The watch on one upload.
+pub(super) struct UploadWatch {
+    progress: Arc<Progress>,
+}
+
+impl UploadWatch {
+    /// Watches `body`: returns the body to send and its watch.
+    pub(super) fn new(body: Body) -> (Body, UploadWatch) {
+        let progress = Arc::new(Progress::new());
+        let body = Tracked {
+            inner: body,
+            progress: progress.clone(),
+        }
+        .boxed();
+        (body, UploadWatch { progress })
     }
-    .boxed();
-    tokio::select! {
-        sent = send(body) => sent,
-        () = progress.stalled(grace) => {
-            let what = if progress.ended.load(Ordering::Relaxed) {
-                "gave no answer after the upload's last byte"
-            } else {
-                "took no upload data"
-            };
-            Err(ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
-                .detail(format!("the backend {what} for {grace:?}")))
+
+    /// Awaits `sending` (the request that carries the watched body), failing when S3 takes
+    /// none of the body, or gives no answer after its end, for `grace`.
+    pub(super) async fn bound<T>(
+        &self,
+        sending: impl Future<Output = Result<T, ApiError>>,
+        grace: Duration,
+    ) -> Result<T, ApiError> {
+        tokio::select! {
+            sent = sending => sent,
+            () = self.progress.stalled(grace) => {
+                let what = if self.progress.ended.load(Ordering::Relaxed) {
+                    "gave no answer after the upload's last byte"
+                } else {
+                    "took no upload data"
+                };
+                Err(ApiError::new(Code::BackendTimeout, "the backend did not answer in time")
+                    .detail(format!("the backend {what} for {grace:?}")))
+            }
         }
     }
 }
