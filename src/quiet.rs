@@ -15,9 +15,10 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// How many times a poll that keeps waking itself is repeated before the task yields (a
-/// spent cooperative budget wakes the task at once, every time).
-const REPOLLS: usize = 4;
+/// How many times a poll that keeps waking itself is repeated at most before the task
+/// yields. It yields sooner when tokio's cooperative budget for this turn is spent: tokio's
+/// sockets then wake the task at once, every time, and another poll would only spin.
+const REPOLLS: usize = 32;
 
 /// A waker for one task's polls of something it drives itself. Cheap to clone.
 #[derive(Clone)]
@@ -61,8 +62,8 @@ impl Default for Quiet {
 }
 
 impl Quiet {
-    /// Runs `poll` with this waker; polls again (a few times at most) when it was woken
-    /// meanwhile. A wake held back from a poll that ends ready is dropped: whoever gets the
+    /// Runs `poll` with this waker; polls again when it was woken meanwhile, while tokio's
+    /// budget for this turn lasts (and [`REPOLLS`] times at most). A wake held back from a poll that ends ready is dropped: whoever gets the
     /// result polls again, or is done.
     pub(crate) fn poll<T>(
         &self,
@@ -79,6 +80,10 @@ impl Quiet {
             state.inside.store(false, Ordering::SeqCst);
             if polled.is_ready() || !state.woken.load(Ordering::SeqCst) {
                 return polled;
+            }
+            if !tokio::task::coop::has_budget_remaining() {
+                // The task has had its turn: yield, as tokio means it to.
+                break;
             }
         }
         cx.waker().wake_by_ref();
@@ -174,5 +179,30 @@ mod tests {
         assert!(polled.is_pending());
         assert_eq!(polls, REPOLLS);
         assert_eq!(task.woken(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_budget_is_spent_yields_at_once() {
+        std::future::poll_fn(|cx| {
+            // Spend the task's budget for this turn, as a busy socket would.
+            while tokio::task::coop::has_budget_remaining() {
+                let spend = std::pin::pin!(tokio::task::coop::consume_budget());
+                assert!(spend.poll(cx).is_ready());
+            }
+            let (task, waker) = task();
+            let mut inner = Context::from_waker(&waker);
+            let quiet = Quiet::default();
+            let mut polls = 0;
+            let polled: Poll<()> = quiet.poll(&mut inner, |cx| {
+                polls += 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            });
+            assert!(polled.is_pending());
+            assert_eq!(polls, 1);
+            assert_eq!(task.woken(), 1);
+            Poll::Ready(())
+        })
+        .await;
     }
 }
