@@ -165,20 +165,24 @@ mod tests {
         assert_eq!(task.woken(), 1);
     }
 
-    #[test]
-    fn a_poll_that_keeps_waking_itself_yields() {
+    /// Polls, through a new [`Quiet`], something that wakes itself every time; returns how
+    /// many polls it got and how many times the task was woken.
+    fn poll_self_waking() -> (usize, usize) {
         let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
-        let quiet = Quiet::default();
         let mut polls = 0;
-        let polled: Poll<()> = quiet.poll(&mut cx, |cx| {
+        let polled: Poll<()> = Quiet::default().poll(&mut cx, |cx| {
             polls += 1;
             cx.waker().wake_by_ref();
             Poll::Pending
         });
         assert!(polled.is_pending());
-        assert_eq!(polls, REPOLLS);
-        assert_eq!(task.woken(), 1);
+        (polls, task.woken())
+    }
+
+    #[test]
+    fn a_poll_that_keeps_waking_itself_yields() {
+        assert_eq!(poll_self_waking(), (REPOLLS, 1));
     }
 
     #[tokio::test]
@@ -189,18 +193,7 @@ mod tests {
                 let spend = std::pin::pin!(tokio::task::coop::consume_budget());
                 assert!(spend.poll(cx).is_ready());
             }
-            let (task, waker) = task();
-            let mut inner = Context::from_waker(&waker);
-            let quiet = Quiet::default();
-            let mut polls = 0;
-            let polled: Poll<()> = quiet.poll(&mut inner, |cx| {
-                polls += 1;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            });
-            assert!(polled.is_pending());
-            assert_eq!(polls, 1);
-            assert_eq!(task.woken(), 1);
+            assert_eq!(poll_self_waking(), (1, 1));
             Poll::Ready(())
         })
         .await;

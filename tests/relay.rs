@@ -762,6 +762,45 @@ async fn swallowing_proxy(target: std::net::SocketAddr, pass: usize) -> String {
     .await
 }
 
+/// Stores `body` through `b` to a backend that stalls on it, with a stall grace of 2 s; checks
+/// that the store failed after the grace and well before 30 s, and left nothing in the bucket.
+async fn stalled_store(
+    g: &TestGateway,
+    b: &Backend,
+    key: &str,
+    body: portcullis::Body,
+    length: u64,
+) -> String {
+    let started = Instant::now();
+    let a = tokio::time::timeout(
+        Duration::from_secs(30),
+        store(
+            g,
+            b,
+            key,
+            "application/octet-stream",
+            WriteCondition::None,
+            body,
+            length,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| "still waiting after 30 s".into());
+    let took = started.elapsed();
+    assert!(a.starts_with("error"), "light={}: {a}", b.light_path());
+    assert!(
+        a.contains("bucket: nothing"),
+        "light={}: {a}",
+        b.light_path()
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "light={}: {took:?}: {a}",
+        b.light_path()
+    );
+    a
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_the_backend_stops_taking_fails_on_both_paths() {
     let g = gateway("").await;
@@ -776,34 +815,7 @@ async fn an_upload_the_backend_stops_taking_fails_on_both_paths() {
     let data = random_bytes(16 * 1024 * 1024, 5);
     let mut answers = Vec::new();
     for (b, key) in [(&s, "sdk-stalled"), (&l, "light-stalled")] {
-        let started = Instant::now();
-        let a = tokio::time::timeout(
-            Duration::from_secs(30),
-            store(
-                &g,
-                b,
-                key,
-                "application/octet-stream",
-                WriteCondition::None,
-                framed(&data),
-                data.len() as u64,
-            ),
-        )
-        .await
-        .unwrap_or_else(|_| "still waiting after 30 s".into());
-        let took = started.elapsed();
-        assert!(a.starts_with("error"), "light={}: {a}", b.light_path());
-        assert!(
-            a.contains("bucket: nothing"),
-            "light={}: {a}",
-            b.light_path()
-        );
-        assert!(
-            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
-            "light={}: {took:?}",
-            b.light_path()
-        );
-        answers.push(a);
+        answers.push(stalled_store(&g, b, key, framed(&data), data.len() as u64).await);
     }
     assert_eq!(answers[0], answers[1]);
     assert!(
@@ -843,33 +855,7 @@ async fn an_upload_the_backend_never_answers_fails_on_both_paths() {
         .into_iter()
         .flat_map(|path| bodies.map(|body| (path, body)))
     {
-        let started = Instant::now();
-        let a = tokio::time::timeout(
-            Duration::from_secs(30),
-            store(
-                &g,
-                b,
-                key,
-                "application/octet-stream",
-                WriteCondition::None,
-                body(&data),
-                data.len() as u64,
-            ),
-        )
-        .await
-        .unwrap_or_else(|_| "still waiting after 30 s".into());
-        let took = started.elapsed();
-        assert!(
-            a.contains("bucket: nothing"),
-            "light={}: {a}",
-            b.light_path()
-        );
-        assert!(
-            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
-            "light={}: {took:?}: {a}",
-            b.light_path()
-        );
-        answers.push(a);
+        answers.push(stalled_store(&g, b, key, body(&data), data.len() as u64).await);
     }
     for a in &answers {
         assert_eq!(a, &answers[0]);
