@@ -63,8 +63,8 @@ impl Default for Quiet {
 
 impl Quiet {
     /// Runs `poll` with this waker; polls again when it was woken meanwhile, while tokio's
-    /// budget for this turn lasts (and [`REPOLLS`] times at most). A wake held back from a poll that ends ready is dropped: whoever gets the
-    /// result polls again, or is done.
+    /// budget for this turn lasts (and [`REPOLLS`] times at most). A wake held back from a
+    /// poll that ends ready is dropped: whoever gets the result polls again, or is done.
     pub(crate) fn poll<T>(
         &self,
         cx: &mut Context<'_>,
