@@ -146,9 +146,12 @@ pub fn build_state(
             .unwrap_or_else(|| {
                 Arc::new(AuthFailures::new(config.rate_limit.unauthenticated_per_ip))
             }),
-        shed: previous
-            .map(|s| s.shed.clone())
-            .unwrap_or_else(|| Arc::new(Shed::new(config.server.max_concurrent_requests))),
+        shed: previous.map(|s| s.shed.clone()).unwrap_or_else(|| {
+            Arc::new(Shed::new(
+                config.server.max_concurrent_requests,
+                config.server.requests_per_address(),
+            ))
+        }),
     })
 }
 
@@ -227,8 +230,13 @@ impl Portcullis {
             format!("{:?}", old.log) == format!("{:?}", config.log),
         );
         unchanged(
-            "server.max_concurrent_requests",
-            old.server.max_concurrent_requests == config.server.max_concurrent_requests,
+            "server.max_concurrent_requests and max_requests_per_address",
+            old.server.max_concurrent_requests == config.server.max_concurrent_requests
+                && old.server.max_requests_per_address == config.server.max_requests_per_address,
+        );
+        unchanged(
+            "server.max_connections",
+            old.server.max_connections == config.server.max_connections,
         );
         unchanged(
             "rate_limit.unauthenticated_per_ip",
@@ -364,6 +372,8 @@ pub fn server_options(config: &Config) -> ServerOptions {
         header_read_timeout: config.server.header_read_timeout.get(),
         keep_alive_timeout: config.server.keep_alive_timeout.get(),
         shutdown_grace: config.server.shutdown_grace.get(),
+        send_idle_timeout: config.server.body_idle_timeout.get(),
+        max_connections: config.server.max_connections,
         tls: None,
         trusted_proxies: TrustedProxies(
             config

@@ -10,7 +10,7 @@
 //! instead; a wake from anywhere else goes through to the task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
@@ -29,10 +29,7 @@ pub(crate) struct Quiet {
 
 #[derive(Default)]
 struct State {
-    /// The task is inside [`Quiet::poll`].
-    inside: AtomicBool,
-    /// A wake came while inside.
-    woken: AtomicBool,
+    gate: Gate<AtomicU8>,
     /// The task's own waker, for wakes from outside.
     task: AtomicWaker,
 }
@@ -43,11 +40,67 @@ impl Wake for State {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.inside.load(Ordering::SeqCst) {
-            self.woken.store(true, Ordering::SeqCst);
-        } else {
+        if !self.gate.hold() {
             self.task.wake();
         }
+    }
+}
+
+/// The three states of a [`Quiet`] waker, in one atomic so that a wake racing the end of a
+/// poll is either seen by the poller or passed on to the task, never neither. (Two flags,
+/// "inside" and "woken", lose it: the waker reads "inside", the poll ends and finds no
+/// wake, then the waker records one nobody reads.)
+const OUTSIDE: u8 = 0;
+/// Being polled: a wake is held back for the poller.
+const INSIDE: u8 = 1;
+/// Being polled, and woken meanwhile.
+const WOKEN: u8 = 2;
+
+/// An atomic byte: std's in the gateway, loom's in the model-checked test.
+trait AtomicByte {
+    fn store(&self, value: u8);
+    fn swap(&self, value: u8) -> u8;
+    fn compare_exchange(&self, current: u8, new: u8) -> Result<u8, u8>;
+}
+
+impl AtomicByte for AtomicU8 {
+    fn store(&self, value: u8) {
+        AtomicU8::store(self, value, Ordering::SeqCst)
+    }
+
+    fn swap(&self, value: u8) -> u8 {
+        AtomicU8::swap(self, value, Ordering::SeqCst)
+    }
+
+    fn compare_exchange(&self, current: u8, new: u8) -> Result<u8, u8> {
+        AtomicU8::compare_exchange(self, current, new, Ordering::SeqCst, Ordering::SeqCst)
+    }
+}
+
+/// Whether the task is inside a poll, and whether it was woken there.
+#[derive(Default)]
+struct Gate<A> {
+    state: A,
+}
+
+impl<A: AtomicByte> Gate<A> {
+    /// A poll begins.
+    fn enter(&self) {
+        self.state.store(INSIDE);
+    }
+
+    /// A wake: true when it is held for the poller (inside a poll), false when it must go
+    /// to the task.
+    fn hold(&self) -> bool {
+        match self.state.compare_exchange(INSIDE, WOKEN) {
+            Ok(_) => true,
+            Err(now) => now == WOKEN,
+        }
+    }
+
+    /// The poll ended: was it woken meanwhile?
+    fn leave(&self) -> bool {
+        self.state.swap(OUTSIDE) == WOKEN
     }
 }
 
@@ -74,11 +127,10 @@ impl Quiet {
         state.task.register(cx.waker());
         let mut inner = Context::from_waker(&self.waker);
         for _ in 0..REPOLLS {
-            state.woken.store(false, Ordering::SeqCst);
-            state.inside.store(true, Ordering::SeqCst);
+            state.gate.enter();
             let polled = poll(&mut inner);
-            state.inside.store(false, Ordering::SeqCst);
-            if polled.is_ready() || !state.woken.load(Ordering::SeqCst) {
+            let woken = state.gate.leave();
+            if polled.is_ready() || !woken {
                 return polled;
             }
             if !tokio::task::coop::has_budget_remaining() {
@@ -197,5 +249,40 @@ mod tests {
             Poll::Ready(())
         })
         .await;
+    }
+
+    /// Every interleaving of a wake from another thread with one poll (loom): the wake is
+    /// seen by the poller or passed to the task, exactly one of the two.
+    #[test]
+    fn a_wake_racing_the_end_of_a_poll_is_never_lost() {
+        use loom::sync::atomic::AtomicU8 as LoomU8;
+
+        struct Loom(LoomU8);
+        impl AtomicByte for Loom {
+            fn store(&self, value: u8) {
+                self.0.store(value, Ordering::SeqCst)
+            }
+            fn swap(&self, value: u8) -> u8 {
+                self.0.swap(value, Ordering::SeqCst)
+            }
+            fn compare_exchange(&self, current: u8, new: u8) -> Result<u8, u8> {
+                self.0
+                    .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+            }
+        }
+
+        loom::model(|| {
+            let gate = loom::sync::Arc::new(Gate {
+                state: Loom(LoomU8::new(OUTSIDE)),
+            });
+            let waker = {
+                let gate = gate.clone();
+                loom::thread::spawn(move || !gate.hold())
+            };
+            gate.enter();
+            let seen = gate.leave();
+            let passed_on = waker.join().unwrap();
+            assert!(seen != passed_on, "seen {seen}, passed on {passed_on}");
+        });
     }
 }

@@ -346,3 +346,171 @@ async fn tls_connections_are_parked_and_resumed_too() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
 }
+
+/// An HTTP/2 client connection whose streams never open their flow-control window
+/// (`SETTINGS_INITIAL_WINDOW_SIZE = 0`): the gateway can send heads, never a body byte.
+async fn shut_window_h2(g: &TestGateway) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(g.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// A client whose connections come from 127.0.0.2: another address than the tests' own.
+fn from_another_address() -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_with_a_shut_window_take_one_address_share_and_are_reset_at_the_send_deadline() {
+    let g = gateway(
+        "[server]\nmax_concurrent_requests = 8\nmax_requests_per_address = 4\nbody_idle_timeout = \"1s\"\n",
+    )
+    .await;
+    let mut attacker = shut_window_h2(&g).await;
+    // No credential needed: the console's page has a body, which never gets out.
+    let mut held = Vec::new();
+    let mut shed = 0;
+    for _ in 0..6 {
+        let req = http::Request::get(format!("http://{}/", g.addr))
+            .body(())
+            .unwrap();
+        let (resp, _) = attacker.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("a head within 5 s")
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => held.push(resp.into_body()),
+            503 => shed += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        (held.len(), shed),
+        (4, 2),
+        "one address gets its share, no more"
+    );
+    // Everyone else is still served meanwhile, a valid key included.
+    let other = from_another_address();
+    let resp = other
+        .get(format!("{}/v1/me", g.url))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    // The stalled streams are reset at the send deadline, and their places freed.
+    let started = Instant::now();
+    for mut body in held {
+        let got = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("reset within 10 s");
+        let err = got
+            .expect("no end of stream")
+            .expect_err("no data can have come");
+        assert!(err.is_reset(), "{err:?}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        status_of(g.http.get(format!("{}/v1/me", g.url)).bearer_auth(ALICE)).await,
+        reqwest::StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_reads_gives_back_its_transfer_place_at_the_send_deadline() {
+    let g = gateway(
+        "[server]\nbody_idle_timeout = \"1s\"\n[rate_limit]\nmax_concurrent_per_principal = 1\n",
+    )
+    .await;
+    seed(&g, "users/alice/big", 16 * 1024 * 1024).await;
+    let (mut held, _) = slow_download(&g.url, ALICE, "users/alice/big").await;
+    let resp = g
+        .call(reqwest::Method::HEAD, "users/alice/big", ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        "held while sending"
+    );
+    // The reader never reads again: the gateway closes the connection and frees the place.
+    let started = Instant::now();
+    eventually("alice's transfer place is given back", || async {
+        status_of(g.call(reqwest::Method::HEAD, "users/alice/big", ALICE)).await
+            == reqwest::StatusCode::OK
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // What the socket still holds ends early: the connection was closed, not the body sent.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), held.read_to_end(&mut rest)).await;
+    assert!(
+        rest.len() < 16 * 1024 * 1024 - 16 * 1024,
+        "{} bytes",
+        rest.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed_after_the_header_and_keep_alive_deadlines() {
+    let g = gateway("[server]\nheader_read_timeout = \"1s\"\nkeep_alive_timeout = \"2s\"\n").await;
+    // One that never sends a request: closed at the header deadline.
+    let tcp = TcpStream::connect(g.addr).await.unwrap();
+    let (_silent, conn) = h2::client::handshake(tcp).await.unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("closed within 10 s")
+        .ok();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // One that was served: closed once idle for the keep-alive timeout.
+    let tcp = TcpStream::connect(g.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/v1/me", g.addr))
+        .header("authorization", format!("Bearer {ALICE}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    let served = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("closed within 10 s")
+        .unwrap()
+        .ok();
+    let idle = served.elapsed();
+    assert!(
+        idle >= Duration::from_millis(1500) && idle < Duration::from_secs(6),
+        "{idle:?}"
+    );
+}

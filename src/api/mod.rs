@@ -29,11 +29,10 @@ use crate::auth::{
     AuthMethod, Identity, JwtVerifier, KeyTable, LinkSigner, bearer, looks_like_jwt, unix_now,
 };
 use crate::error::ApiError;
-use crate::limits::{AuthFailures, Shed};
+use crate::limits::{AuthFailures, Permit, Shed};
 use crate::obs::{ClientIp, ConnInfo, RequestId, note};
 use crate::policy::{Action, ObjectKey, Principal};
 use crate::relay::Backend;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// What every request can reach. Built from one config and swapped whole on reload, so a
 /// request sees one consistent config from start to end; it holds no locks.
@@ -87,8 +86,9 @@ impl Service<Request<Body>> for Gateway {
             // Permits (this one, then the principal's) ride on the response body, so a
             // streamed transfer holds its place until its last byte.
             let admission = Admission::default();
-            match state.shed.admit() {
-                Ok(permit) => admission.hold(permit),
+            let client = req.extensions().get::<ClientIp>().map(|c| c.0);
+            match state.shed.admit(client) {
+                Ok(permit) => admission.hold(Permit::Request(permit)),
                 Err(err) => {
                     let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
                     note(&req, |n| n.error_code = Some(err.code.as_str()));
@@ -259,7 +259,7 @@ fn authenticate(
     });
     let permit = identity.principal.gate.admit()?;
     if let Some(admission) = req.extensions().get::<Admission>() {
-        admission.hold(permit);
+        admission.hold(Permit::Transfer(permit));
     }
     Ok(identity)
 }
@@ -350,16 +350,16 @@ fn credential(
 
 /// The permits a request holds; they are moved onto its response body at the end.
 #[derive(Clone, Debug, Default)]
-struct Admission(Arc<std::sync::Mutex<Vec<OwnedSemaphorePermit>>>);
+struct Admission(Arc<std::sync::Mutex<Vec<Permit>>>);
 
 impl Admission {
-    fn hold(&self, permit: OwnedSemaphorePermit) {
+    fn hold(&self, permit: Permit) {
         if let Ok(mut p) = self.0.lock() {
             p.push(permit);
         }
     }
 
-    fn take(&self) -> Vec<OwnedSemaphorePermit> {
+    fn take(&self) -> Vec<Permit> {
         self.0
             .lock()
             .map(|mut p| std::mem::take(&mut *p))

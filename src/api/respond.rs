@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 
-use tokio::sync::OwnedSemaphorePermit;
+use crate::limits::Permit;
 
 use crate::Body;
 use crate::error::{ApiError, error_body};
@@ -67,7 +67,7 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
 }
 
 /// Moves `permits` onto the response body: they are released when it ends or is dropped.
-pub(crate) fn holding(resp: Response<Body>, permits: Vec<OwnedSemaphorePermit>) -> Response<Body> {
+pub(crate) fn holding(resp: Response<Body>, permits: Vec<Permit>) -> Response<Body> {
     if permits.is_empty() {
         return resp;
     }
@@ -82,7 +82,7 @@ pub(crate) fn holding(resp: Response<Body>, permits: Vec<OwnedSemaphorePermit>) 
 
 struct Holding {
     inner: Body,
-    _permits: Vec<OwnedSemaphorePermit>,
+    _permits: Vec<Permit>,
 }
 
 impl http_body::Body for Holding {

@@ -45,10 +45,26 @@ pub struct ServerConfig {
     pub shutdown_grace: Span,
     /// Requests served at once before new ones are shed with 503. Default `1024`.
     pub max_concurrent_requests: usize,
+    /// Of those, requests one client address (IPv6: its /64) may have at once; past it its
+    /// new ones are shed with 503. Default: a quarter of `max_concurrent_requests`, and at
+    /// least 8 (or all of them, when fewer).
+    pub max_requests_per_address: Option<usize>,
+    /// Client connections open at once; past it new ones are closed at once. Default `10000`.
+    pub max_connections: usize,
     /// Threads that serve requests. Default: one per CPU.
     pub worker_threads: Option<usize>,
     /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed. Default none.
     pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `max_requests_per_address`, or its default.
+    pub fn requests_per_address(&self) -> usize {
+        let all = self.max_concurrent_requests.max(1);
+        self.max_requests_per_address
+            .unwrap_or((all / 4).max(all.min(8)))
+            .clamp(1, all)
+    }
 }
 
 impl Default for ServerConfig {
@@ -62,6 +78,8 @@ impl Default for ServerConfig {
             body_idle_timeout: Span::secs(30),
             shutdown_grace: Span::secs(30),
             max_concurrent_requests: 1024,
+            max_requests_per_address: None,
+            max_connections: 10_000,
             worker_threads: None,
             trusted_proxies: Vec::new(),
         }

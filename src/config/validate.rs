@@ -100,6 +100,18 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             "must be at least 1".into(),
         );
     }
+    if c.server
+        .max_requests_per_address
+        .is_some_and(|n| n == 0 || n > c.server.max_concurrent_requests)
+    {
+        bad(
+            "server.max_requests_per_address",
+            "must be from 1 to server.max_concurrent_requests".into(),
+        );
+    }
+    if c.server.max_connections == 0 {
+        bad("server.max_connections", "must be at least 1".into());
+    }
 
     // [admin]
     if c.admin.listen.parse::<SocketAddr>().is_err() {

@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 pub use body::{BodyFailure, BodyWatch, ExpectedDigests, Guard, GuardedBody, Prefixed};
 pub use digest::expected_digests;
-pub use rate::{AuthFailures, PrincipalGate, Shed, rate_limited};
+pub use rate::{AuthFailures, Permit, PrincipalGate, Shed, ShedPermit, address_key, rate_limited};
 pub use sniff::{SNIFF_BYTES, Sniffed, sniff};
 pub use throttle::{ByteRate, Throttled};
 

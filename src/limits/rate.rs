@@ -6,7 +6,7 @@
 //! come and go. Principals are a fixed, configured set: each has its own direct limiter.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,11 +119,12 @@ impl AuthFailures {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Refuses an IP that is over its failed-authentication budget.
+    /// Refuses an IP (IPv6: its /64) that is over its failed-authentication budget.
     pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
         if self.nanos(Instant::now()) >= self.blocked_until.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let ip = address_key(ip);
         let Ok(blocked) = self.blocked.lock() else {
             return Ok(());
         };
@@ -141,6 +142,7 @@ impl AuthFailures {
         if self.since_prune.fetch_add(1, Ordering::Relaxed) >= PRUNE_EVERY {
             self.prune();
         }
+        let ip = address_key(ip);
         match self.limiter.check_key(&ip) {
             Ok(()) => err,
             Err(not_until) => {
@@ -148,6 +150,10 @@ impl AuthFailures {
                 let until = Instant::now() + wait;
                 if let Ok(mut blocked) = self.blocked.lock() {
                     blocked.insert(ip, until);
+                    let now = Instant::now();
+                    crate::obs::metrics::auth_blocked_addresses(
+                        blocked.values().filter(|u| **u > now).count(),
+                    );
                 }
                 self.blocked_until
                     .fetch_max(self.nanos(until), Ordering::Relaxed);
@@ -168,7 +174,16 @@ impl AuthFailures {
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);
             blocked.shrink_to_fit();
+            crate::obs::metrics::auth_blocked_addresses(blocked.len());
         }
+    }
+
+    /// Addresses blocked now.
+    pub fn blocked(&self) -> usize {
+        let now = Instant::now();
+        self.blocked
+            .lock()
+            .map_or(0, |b| b.values().filter(|u| **u > now).count())
     }
 
     /// Addresses with state (for tests and metrics).
@@ -177,27 +192,104 @@ impl AuthFailures {
     }
 }
 
-/// The whole gateway's cap on requests in flight; over it, requests are shed at once.
-#[derive(Clone, Debug)]
+/// The address a per-address limit counts: IPv4 as it is, IPv6 by its /64 (what one host,
+/// or one subscriber, is usually given: counting single IPv6 addresses would let one client
+/// take as many budgets as it has addresses), an IPv4-mapped IPv6 address as its IPv4.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The whole gateway's cap on requests in flight, and each client address's share of it;
+/// over either, requests are shed at once.
+#[derive(Debug)]
 pub struct Shed {
     permits: Arc<Semaphore>,
+    per_address: usize,
+    held: Held,
+}
+
+/// Requests in flight per client address.
+type Held = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One request's place, held until its response body ends.
+#[derive(Debug)]
+pub struct ShedPermit {
+    _place: OwnedSemaphorePermit,
+    address: Option<(Held, IpAddr)>,
+}
+
+impl Drop for ShedPermit {
+    fn drop(&mut self) {
+        if let Some((held, key)) = self.address.take()
+            && let Ok(mut held) = held.lock()
+            && let Some(n) = held.get_mut(&key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&key);
+            }
+        }
+    }
+}
+
+/// A permit a request holds to its end: its place in the gateway, or in its principal's
+/// concurrent transfers.
+#[derive(Debug)]
+pub enum Permit {
+    Request(ShedPermit),
+    Transfer(OwnedSemaphorePermit),
 }
 
 impl Shed {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, per_address: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
+            per_address: per_address.max(1),
+            held: Arc::default(),
         }
     }
 
-    /// A permit for one request, held until its response body ends.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                Code::Overloaded,
-                "the gateway is at capacity; retry shortly",
-            )
-            .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+    /// A place for one request from `client` (unknown: counted only in the whole), held
+    /// until its response body ends.
+    pub fn admit(&self, client: Option<IpAddr>) -> Result<ShedPermit, ApiError> {
+        let overloaded = |message: &'static str| {
+            ApiError::new(Code::Overloaded, message)
+                .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+        };
+        let place = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| overloaded("the gateway is at capacity; retry shortly"))?;
+        let Some(ip) = client else {
+            return Ok(ShedPermit {
+                _place: place,
+                address: None,
+            });
+        };
+        let key = address_key(ip);
+        let Ok(mut held) = self.held.lock() else {
+            return Err(overloaded("the gateway is at capacity; retry shortly"));
+        };
+        let n = held.entry(key).or_insert(0);
+        if *n >= self.per_address {
+            return Err(overloaded(
+                "too many requests at once from this address; retry shortly",
+            ));
+        }
+        *n += 1;
+        Ok(ShedPermit {
+            _place: place,
+            address: Some((self.held.clone(), key)),
         })
     }
 }
@@ -255,10 +347,27 @@ mod tests {
         assert_eq!(f.failed(ip, e401()).code, Code::RateLimited);
         assert!(f.check(ip).is_err());
         assert!(f.check(other).is_ok());
+        assert_eq!(f.blocked(), 1);
         std::thread::sleep(Duration::from_millis(20));
         f.prune();
         assert!(f.check(ip).is_ok());
         assert_eq!(f.tracked(), 0, "state for quiet addresses is dropped");
+    }
+
+    #[test]
+    fn failed_auth_counts_ipv6_by_slash_64() {
+        let f = AuthFailures::new(Rate {
+            requests_per_second: 1,
+            burst: 2,
+        });
+        let e401 = || ApiError::new(Code::Unauthenticated, "x");
+        // A client rotating through its /64 is one address.
+        for host in 1..=3 {
+            let ip: IpAddr = format!("2001:db8:5:6::{host}").parse().unwrap();
+            let _ = f.failed(ip, e401());
+        }
+        assert!(f.check("2001:db8:5:6::99".parse().unwrap()).is_err());
+        assert!(f.check("2001:db8:5:7::1".parse().unwrap()).is_ok());
     }
 
     #[test]
@@ -280,10 +389,38 @@ mod tests {
 
     #[test]
     fn shed_refuses_at_capacity() {
-        let s = Shed::new(1);
-        let p = s.admit().unwrap();
-        assert_eq!(s.admit().unwrap_err().code, Code::Overloaded);
+        let s = Shed::new(1, 1);
+        let p = s.admit(None).unwrap();
+        assert_eq!(s.admit(None).unwrap_err().code, Code::Overloaded);
         drop(p);
-        assert!(s.admit().is_ok());
+        assert!(s.admit(None).is_ok());
+    }
+
+    #[test]
+    fn one_address_takes_only_its_share() {
+        let s = Shed::new(4, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let a_too: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let b: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = s.admit(Some(a)).unwrap();
+        let _second = s.admit(Some(a_too)).unwrap();
+        let refused = s.admit(Some(a)).unwrap_err();
+        assert_eq!(refused.code, Code::Overloaded);
+        assert!(refused.message.contains("this address"));
+        let _b1 = s.admit(Some(b)).unwrap();
+        let _b2 = s.admit(Some(b)).unwrap();
+        assert!(s.admit(Some(b)).is_err(), "the whole is full");
+        drop(first);
+        assert!(s.admit(Some(a)).is_ok(), "a place given back is free again");
+        assert!(s.held.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn addresses_are_counted_by_ipv6_slash_64() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:0:1::1"), key("2001:db8:0:1:abcd::2"));
+        assert_ne!(key("2001:db8:0:1::1"), key("2001:db8:0:2::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
     }
 }

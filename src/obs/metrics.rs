@@ -74,6 +74,18 @@ fn describe() {
         "portcullis_config_reloads_total",
         "SIGHUP reloads, by result (ok, refused)."
     );
+    metrics::describe_counter!(
+        "portcullis_connections_refused_total",
+        "Connections closed at once because server.max_connections were open."
+    );
+    metrics::describe_counter!(
+        "portcullis_send_deadline_expired_total",
+        "Responses given up because the client took nothing of them for body_idle_timeout."
+    );
+    metrics::describe_gauge!(
+        "portcullis_auth_blocked_addresses",
+        "Client addresses (IPv6 by /64) refused now for failed authentication."
+    );
     metrics::describe_gauge!(
         "portcullis_backend_ready",
         "1 when the last bucket check succeeded."
@@ -149,4 +161,19 @@ pub(crate) fn tls_handshake_failed() {
 pub fn config_reload(ok: bool) {
     counter!("portcullis_config_reloads_total", "result" => if ok { "ok" } else { "refused" })
         .increment(1);
+}
+
+/// A response stalled past the send deadline and was given up.
+pub(crate) fn send_deadline_expired() {
+    counter!("portcullis_send_deadline_expired_total").increment(1);
+}
+
+/// Addresses blocked now for failed authentication.
+pub(crate) fn auth_blocked_addresses(count: usize) {
+    gauge!("portcullis_auth_blocked_addresses").set(count as f64);
+}
+
+/// A connection was closed at once: `server.max_connections` were open.
+pub(crate) fn connection_refused() {
+    counter!("portcullis_connections_refused_total").increment(1);
 }

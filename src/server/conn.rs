@@ -28,15 +28,16 @@ use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http_body::Body as _;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::send_deadline::{Deadline, SendWatch, Sending, StreamExecutor, Streams};
 use super::{HttpService, gateway_fn};
+use crate::BoxError;
 use crate::obs::ConnInfo;
 use crate::quiet::Quiet;
-use crate::{Body, BoxError};
 
 /// The first bytes of every HTTP/2 connection with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -44,12 +45,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What every connection is served with.
 pub(super) struct Protocols {
     pub(super) h1: http1::Builder,
-    pub(super) h2: http2::Builder<TokioExecutor>,
+    pub(super) h2: http2::Builder<StreamExecutor>,
     pub(super) header_read_timeout: Duration,
     pub(super) keep_alive_timeout: Duration,
     /// An HTTP/1.1 connection idle this long is parked (less than the header deadline, which
     /// hyper runs while it waits).
     pub(super) park_after: Duration,
+    /// A response the client takes nothing of for this long is given up.
+    pub(super) send_idle_timeout: Duration,
     /// Cancelled when the server shuts down.
     pub(super) stop: CancellationToken,
 }
@@ -139,6 +142,8 @@ impl Protocols {
         }
     }
 
+    /// HTTP/2: hyper's server, closed (GOAWAY) once no stream has run for the header
+    /// deadline (before its first request) or the keep-alive timeout (after).
     async fn serve_h2<T: Parkable>(
         &self,
         io: T,
@@ -152,13 +157,43 @@ impl Protocols {
             gateway_fn(service, info, None),
         );
         let mut conn = pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            () = self.stop.cancelled() => {
+        let streams = Streams::new();
+        let mut idle_timer = pin!(tokio::time::sleep(self.header_read_timeout));
+        let mut closing = false;
+        let mut stop = pin!(self.stop.cancelled());
+        let result = poll_fn(|cx| {
+            loop {
+                if !closing && stop.as_mut().poll(cx).is_ready() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                if let Poll::Ready(r) = streams.enter(cx, |cx| conn.as_mut().poll(cx)) {
+                    return Poll::Ready(r);
+                }
+                if closing {
+                    return Poll::Pending;
+                }
+                // While a stream runs, its end wakes this task.
+                let Some((since, any)) = streams.idle_since() else {
+                    return Poll::Pending;
+                };
+                let limit = if any {
+                    self.keep_alive_timeout
+                } else {
+                    self.header_read_timeout
+                };
+                if idle_timer.deadline() != since + limit {
+                    idle_timer.as_mut().reset(since + limit);
+                }
+                if idle_timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                tracing::debug!(%remote, ?limit, "idle HTTP/2 connection closed");
+                closing = true;
                 conn.as_mut().graceful_shutdown();
-                conn.await
             }
-        };
+        })
+        .await;
         if let Err(e) = result {
             tracing::debug!(error = %e, %remote, "connection ended with an error");
         }
@@ -235,6 +270,10 @@ impl Protocols {
         // hyper feeding a request body to the relay, which this same task drives, wakes the
         // task up to once per chunk: held back (see `Quiet`).
         let quiet = Quiet::default();
+        // A response the client takes nothing of closes the connection (`send_deadline.rs`).
+        let watch = SendWatch::new();
+        let mut deadline = Deadline::new(watch.clone(), self.send_idle_timeout);
+        let mut stalled = false;
         let served = poll_fn(|cx| {
             quiet.poll(cx, |cx| {
                 loop {
@@ -244,7 +283,11 @@ impl Protocols {
                         Pin::new(&mut conn).graceful_shutdown();
                     }
                     exchanges.waker.register(cx.waker());
-                    let polled = conn.poll_without_shutdown(cx);
+                    let polled = watch.enter(|| conn.poll_without_shutdown(cx));
+                    if polled.is_pending() && deadline.poll_stalled(cx).is_ready() {
+                        stalled = true;
+                        return Poll::Ready(Ok(()));
+                    }
                     if polled.is_ready() || parking || stopping || !exchanges.idle() {
                         return polled;
                     }
@@ -268,6 +311,11 @@ impl Protocols {
         .await;
         if let Err(e) = served {
             tracing::debug!(error = %e, %remote, "connection ended with an error");
+            return Burst::Closed;
+        }
+        if stalled {
+            crate::obs::metrics::send_deadline_expired();
+            tracing::debug!(%remote, limit = ?self.send_idle_timeout, "connection closed: the client took nothing of its response");
             return Burst::Closed;
         }
         let parts = conn.into_parts();
@@ -410,13 +458,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// A response body that completes its exchange's half when it has been sent to its end. A
 /// response to HEAD has no body on the wire: it is complete when hyper lets it go.
 pub(super) struct Finishing {
-    inner: Body,
+    inner: Sending,
     half: Half,
     no_body: bool,
 }
 
 impl Finishing {
-    pub(super) fn new(inner: Body, half: Half, no_body: bool) -> Self {
+    pub(super) fn new(inner: Sending, half: Half, no_body: bool) -> Self {
         Finishing {
             inner,
             half,

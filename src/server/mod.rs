@@ -5,6 +5,7 @@
 mod client_ip;
 mod conn;
 mod drain;
+mod send_deadline;
 pub mod tls;
 
 pub use client_ip::TrustedProxies;
@@ -20,7 +21,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +64,10 @@ pub struct ServerOptions {
     pub keep_alive_timeout: Duration,
     /// After the shutdown signal, how long in-flight requests may run.
     pub shutdown_grace: Duration,
+    /// A response the client takes nothing of for this long is given up (`send_deadline.rs`).
+    pub send_idle_timeout: Duration,
+    /// Connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
 }
@@ -86,8 +91,14 @@ pub async fn run(
     // connection and of header bytes per request, and a cap on streams a client opens and
     // resets before we answer (the "rapid reset" attack, CVE-2023-44487) and on streams we
     // must reset for its protocol errors; past either cap the connection is closed.
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // Each stream runs under the send deadline; PINGs find a peer that has gone away with
+    // streams open (an idle connection is closed by `conn.rs`).
+    let mut h2 = http2::Builder::new(send_deadline::StreamExecutor {
+        limit: opts.send_idle_timeout,
+    });
     h2.timer(TokioTimer::new())
+        .keep_alive_interval(Some(opts.keep_alive_timeout / 2))
+        .keep_alive_timeout(opts.header_read_timeout)
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
@@ -98,6 +109,7 @@ pub async fn run(
         header_read_timeout: opts.header_read_timeout,
         keep_alive_timeout: opts.keep_alive_timeout,
         park_after: PARK_AFTER.min(opts.header_read_timeout / 2),
+        send_idle_timeout: opts.send_idle_timeout,
         stop: CancellationToken::new(),
     });
     let connections = TaskTracker::new();
@@ -115,6 +127,12 @@ pub async fn run(
                         continue;
                     }
                 };
+                if connections.len() >= opts.max_connections {
+                    crate::obs::metrics::connection_refused();
+                    tracing::debug!(%remote, max = opts.max_connections, "connection refused: server.max_connections are open");
+                    drop(stream);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let protocols = protocols.clone();
@@ -217,10 +235,17 @@ fn to_gateway(
     let body = drain::Lingering::new(body, expects_continue, request_half);
     let req = Request::from_parts(parts, body.map_err(box_hyper_error).boxed());
     let answer = service.clone().oneshot(req);
+    // The body is made (and so joins its task's send deadline) inside hyper's poll.
     match response_half {
-        None => Box::pin(answer),
+        None => Box::pin(answer.map(move |resp| {
+            resp.map(|resp| resp.map(|b| send_deadline::Sending::new(b).boxed()))
+        })),
         Some(half) => Box::pin(answer.map(move |resp| {
-            resp.map(|resp| resp.map(|b| conn::Finishing::new(b, half, no_body).boxed()))
+            resp.map(|resp| {
+                resp.map(|b| {
+                    conn::Finishing::new(send_deadline::Sending::new(b), half, no_body).boxed()
+                })
+            })
         })),
     }
 }
