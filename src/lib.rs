@@ -115,8 +115,16 @@ pub fn build_state(
             p.api_keys.iter().filter_map(|k| parse_key_hash(k).ok()),
             principal.clone(),
         );
-        for subject in &p.client_cert_subjects {
-            subjects.insert(server::tls::normalize_subject(subject), principal.clone());
+        let names = p
+            .client_cert_subjects
+            .iter()
+            .map(|s| auth::client_cert::parse_subject(s));
+        let sans = p
+            .client_cert_sans
+            .iter()
+            .map(|s| auth::client_cert::parse_san(s));
+        for name in names.chain(sans).filter_map(Result::ok) {
+            subjects.insert(name, principal.clone());
         }
         principals.insert(p.name.clone(), principal);
     }

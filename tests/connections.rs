@@ -514,3 +514,44 @@ async fn idle_h2_connections_are_closed_after_the_header_and_keep_alive_deadline
         "{idle:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_bursts_of_one_byte_chunks_all_arrive() {
+    // A lost wake-up shows as a 408 at the body deadline although every byte arrived.
+    let g = gateway("[server]\nbody_idle_timeout = \"3s\"\n").await;
+    let uploads = (0..30).map(|i| {
+        let addr = g.addr;
+        tokio::spawn(async move {
+            let mut raw = Raw::over(TcpStream::connect(addr).await.unwrap());
+            let data = random_bytes(2000 + i * 37, i as u64);
+            let mut wire = format!(
+                "PUT /v1/objects/tiny/{i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .into_bytes();
+            for b in &data {
+                wire.extend_from_slice(b"1\r\n");
+                wire.push(*b);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            // Bursts of chunks: a few writes of many chunks, then chunk by chunk.
+            let (bulk, single) = wire.split_at(wire.len() / 2);
+            for part in bulk.chunks(bulk.len() / 3 + 1) {
+                raw.send(part).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for part in single.chunks(6) {
+                raw.send(part).await;
+            }
+            let answer = raw.answer().await;
+            (answer.status, String::from_utf8_lossy(&answer.body).into_owned(), data)
+        })
+    });
+    let started = Instant::now();
+    for (i, upload) in uploads.collect::<Vec<_>>().into_iter().enumerate() {
+        let (status, body, data) = upload.await.unwrap();
+        assert_eq!(status, 200, "upload {i}: {body}");
+        assert_eq!(g.fetch(&format!("tiny/{i}"), ADMIN).await, data);
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

@@ -354,6 +354,60 @@ async fn client_certificates_identify_principals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_that_only_prints_like_a_principal_is_not_it_and_sans_identify() {
+    use rcgen::{DistinguishedName, DnType, SanType};
+    let pki = Pki::new();
+    let scanner = r#"
+[[principals]]
+name = "scanner"
+client_cert_subjects = ["CN=scanner,O=Example"]
+client_cert_sans = ["uri:spiffe://example.org/ns/ci/scanner"]
+allow = ["get", "put"]
+prefix = "scans/"
+"#;
+    let g = gateway(&format!("{}{scanner}", pki.toml(Some("optional")))).await;
+    let with_dn = |pairs: &[(DnType, &str)], sans: Vec<SanType>| {
+        let mut dn = DistinguishedName::new();
+        for (t, v) in pairs {
+            dn.push(t.clone(), *v);
+        }
+        pki.client(Some(&pki.client_pem_with(dn, sans)), false)
+    };
+    let put = |client: reqwest::Client, name: &'static str| {
+        let url = g.object_url(&format!("scans/{name}"));
+        async move { status_of(client.put(url).body("x")).await }
+    };
+    // The real subject: two RDNs.
+    let real = with_dn(
+        &[
+            (DnType::CommonName, "scanner"),
+            (DnType::OrganizationName, "Example"),
+        ],
+        vec![],
+    );
+    assert_eq!(put(real, "real").await, StatusCode::OK);
+    // One CN holding the whole text is someone else.
+    let forged = with_dn(&[(DnType::CommonName, "scanner,O=Example")], vec![]);
+    assert_eq!(put(forged, "forged").await, StatusCode::UNAUTHORIZED);
+    // A SPIFFE ID as a URI SAN identifies too, whatever the subject.
+    let spiffe = with_dn(
+        &[(DnType::CommonName, "workload-7f3a")],
+        vec![SanType::URI(
+            "spiffe://example.org/ns/ci/scanner".try_into().unwrap(),
+        )],
+    );
+    assert_eq!(put(spiffe, "by-san").await, StatusCode::OK);
+    let other_id = with_dn(
+        &[(DnType::CommonName, "workload-7f3a")],
+        vec![SanType::URI(
+            "spiffe://example.org/ns/ci/other".try_into().unwrap(),
+        )],
+    );
+    assert_eq!(put(other_id, "other").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(g.bucket_keys().await, vec!["scans/by-san", "scans/real"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_client_certificate_refuses_clients_without_one() {
     let pki = Pki::new();
     let g = gateway(&format!("{}{DAVE}", pki.toml(Some("required")))).await;

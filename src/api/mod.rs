@@ -319,14 +319,28 @@ fn credential(
         };
         return result.map_err(|e| (e, true));
     }
-    if let Some(subject) = req
+    if let Some(cert) = req
         .extensions()
         .get::<ConnInfo>()
-        .and_then(|c| c.client_subject.as_deref())
+        .and_then(|c| c.client_cert.as_deref())
     {
-        return state
-            .subjects
-            .get(subject)
+        // The subject and every SAN must agree on one principal.
+        let mut found: Option<&Arc<Principal>> = None;
+        for name in cert.names() {
+            if let Some(p) = state.subjects.get(name) {
+                if found.is_some_and(|f| !Arc::ptr_eq(f, p)) {
+                    return Err((
+                        ApiError::unauthenticated(
+                            "the client certificate names more than one principal",
+                            false,
+                        ),
+                        true,
+                    ));
+                }
+                found = Some(p);
+            }
+        }
+        return found
             .map(|p| Identity {
                 principal: p.clone(),
                 method: AuthMethod::Mtls,

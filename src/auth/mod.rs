@@ -5,6 +5,7 @@
 //! constant time against every configured hash, so neither the time taken nor the log
 //! reveals which one matched or how close a guess came.
 
+pub mod client_cert;
 mod jwt;
 mod links;
 

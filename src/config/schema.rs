@@ -369,8 +369,12 @@ pub struct PrincipalConfig {
     pub content_types: Option<Vec<String>>,
     /// Overrides `[rate_limit]` for this principal.
     pub rate_limit: Option<Rate>,
-    /// mTLS subjects that identify this principal.
+    /// mTLS: client-certificate subjects that identify this principal, RFC 4514 text in the
+    /// certificate's RDN order (`CN=scanner, O=Example`).
     pub client_cert_subjects: Vec<String>,
+    /// mTLS: subject alternative names that identify this principal: `dns:NAME`, `uri:URI`
+    /// (a SPIFFE ID) or `email:ADDRESS`.
+    pub client_cert_sans: Vec<String>,
 }
 
 /// `[jwt]`.

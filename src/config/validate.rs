@@ -346,7 +346,10 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 Err(reason) => p.push((format!("principals[{i}].api_keys[{j}]"), reason)),
             }
         }
-        if pr.api_keys.is_empty() && pr.client_cert_subjects.is_empty() {
+        if pr.api_keys.is_empty()
+            && pr.client_cert_subjects.is_empty()
+            && pr.client_cert_sans.is_empty()
+        {
             w.push(Warning {
                 field: at("api_keys"),
                 message: "is empty: nobody can act as this principal".into(),
@@ -391,7 +394,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 &mut p,
             );
         }
-        if !pr.client_cert_subjects.is_empty()
+        if !(pr.client_cert_subjects.is_empty() && pr.client_cert_sans.is_empty())
             && c.server
                 .tls
                 .as_ref()
@@ -403,12 +406,24 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 "needs server.tls.client_ca: without it no client certificate is asked for".into(),
             ));
         }
-        for subject in &pr.client_cert_subjects {
-            if !subjects.insert(crate::server::tls::normalize_subject(subject)) {
-                p.push((
-                    at("client_cert_subjects"),
-                    format!("`{subject}` is listed twice"),
-                ));
+        use crate::auth::client_cert::{parse_san, parse_subject};
+        let names = pr
+            .client_cert_subjects
+            .iter()
+            .map(|s| ("client_cert_subjects", s, parse_subject(s)))
+            .chain(
+                pr.client_cert_sans
+                    .iter()
+                    .map(|s| ("client_cert_sans", s, parse_san(s))),
+            );
+        for (field, text, parsed) in names {
+            match parsed {
+                Ok(name) => {
+                    if !subjects.insert(name) {
+                        p.push((at(field), format!("`{text}` is listed twice")));
+                    }
+                }
+                Err(reason) => p.push((at(field), reason)),
             }
         }
     }

@@ -69,8 +69,8 @@ impl AccessLog {
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
-    /// The subject of a verified TLS client certificate (mTLS).
-    pub client_subject: Option<std::sync::Arc<str>>,
+    /// What a verified TLS client certificate (mTLS) says of its holder.
+    pub client_cert: Option<std::sync::Arc<crate::auth::client_cert::ClientIdentity>>,
 }
 
 /// The client's address: the peer, or the forwarded client behind a trusted proxy.

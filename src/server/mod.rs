@@ -138,7 +138,7 @@ pub async fn run(
                 let protocols = protocols.clone();
                 match &opts.tls {
                     None => {
-                        let info = ConnInfo { remote, client_subject: None };
+                        let info = ConnInfo { remote, client_cert: None };
                         connections.spawn(counted(async move {
                             protocols.serve_plain(stream, service, info).await;
                         }));
@@ -161,14 +161,14 @@ pub async fn run(
                                     return;
                                 }
                             };
-                            let client_subject = stream
+                            let client_cert = stream
                                 .get_ref()
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .and_then(tls::subject_of)
-                                .map(Arc::from);
-                            let info = ConnInfo { remote, client_subject };
+                                .and_then(crate::auth::client_cert::identity_of)
+                                .map(Arc::new);
+                            let info = ConnInfo { remote, client_cert };
                             protocols.serve_tls(stream, service, info).await;
                         }));
                     }

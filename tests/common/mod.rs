@@ -683,12 +683,31 @@ impl Pki {
     }
 
     fn client_pem_from(ca: &rcgen::Issuer<'_, rcgen::KeyPair>, cn: &str) -> String {
-        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, cn);
+        dn.push(rcgen::DnType::OrganizationName, "Example");
+        Self::client_pem_signed(ca, dn, Vec::new())
+    }
+
+    /// A client certificate and key (PEM) with this subject and these SANs, signed by this CA.
+    pub fn client_pem_with(
+        &self,
+        dn: rcgen::DistinguishedName,
+        sans: Vec<rcgen::SanType>,
+    ) -> String {
+        Self::client_pem_signed(&self.ca, dn, sans)
+    }
+
+    fn client_pem_signed(
+        ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        dn: rcgen::DistinguishedName,
+        sans: Vec<rcgen::SanType>,
+    ) -> String {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.distinguished_name
-            .push(DnType::OrganizationName, "Example");
+        p.distinguished_name = dn;
+        p.subject_alt_names = sans;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = p.signed_by(&key, ca).unwrap();
         format!("{}{}", cert.pem(), key.serialize_pem())
