@@ -555,3 +555,48 @@ async fn uploads_in_bursts_of_one_byte_chunks_all_arrive() {
     }
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_authorization_headers_are_read_one_way_only() {
+    let g = gateway("").await;
+    seed(&g, "one-way", 10).await;
+    let ask = |head: String| {
+        let addr = g.addr;
+        async move {
+            let mut raw = Raw::over(TcpStream::connect(addr).await.unwrap());
+            raw.send(head.as_bytes()).await;
+            let a = raw.answer().await;
+            (a.status, a.head)
+        }
+    };
+    let get = "GET /v1/objects/one-way HTTP/1.1\r\n";
+    // The Bearer scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let (status, _) = ask(format!(
+            "{get}Host: t\r\nAuthorization: {scheme} {ADMIN}\r\n\r\n"
+        ))
+        .await;
+        assert_eq!(status, 200, "{scheme}");
+    }
+    // Two Authorization headers: which one a hop in front read is anyone's guess.
+    let (status, head) = ask(format!(
+        "{get}Host: t\r\nAuthorization: Bearer {ADMIN}\r\nAuthorization: Bearer {READER}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    // No Host, or two.
+    let (status, _) = ask(format!("{get}Authorization: Bearer {ADMIN}\r\n\r\n")).await;
+    assert_eq!(status, 400);
+    let (status, _) = ask(format!(
+        "{get}Host: a\r\nHost: b\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, 400);
+    // HTTP/1.0 may leave it out.
+    let (status, _) = ask(format!(
+        "GET /v1/objects/one-way HTTP/1.0\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, 200);
+}

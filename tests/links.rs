@@ -423,3 +423,44 @@ async fn link_signatures_never_reach_the_access_log() {
     assert_eq!(line["principal"], "admin");
     assert_eq!(line["key"], "users/alice/s.txt");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_type_no_header_can_carry_is_refused_when_the_link_is_issued() {
+    let g = gateway_with_links("").await;
+    let issue = |content_type: &'static str| {
+        g.http
+            .post(format!("{}/v1/links", g.url))
+            .header("authorization", bearer(ADMIN))
+            .json(&json!({"key": "ct/x", "method": "PUT", "content_type": content_type}))
+            .send()
+    };
+    for bad in [
+        "text/plain; a=\r\nSet-Cookie: x",
+        "text/plain; a=\nb",
+        "text/plain; a=\0",
+        "text/plain; a=\u{7f}",
+        "text/plain; charset=ütf-8",
+    ] {
+        let (status, code) = error_code(issue(bad).await.unwrap()).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{bad:?}"
+        );
+    }
+    // A proper parameter is fine, and the link works.
+    let resp = issue("text/plain; charset=utf-8").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let v: Value = resp.json().await.unwrap();
+    let url = format!("{}{}", g.url, v["url"].as_str().unwrap());
+    let put = g
+        .http
+        .put(&url)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(g.bucket_keys().await, vec!["ct/x"]);
+}

@@ -175,6 +175,15 @@ fn issue(
         ));
     }
     if let Some(t) = &w.content_type {
+        // The whole value becomes a header when the link is used: visible ASCII only, so
+        // parameters cannot carry CR, LF, NUL, DEL or bytes a header may not hold.
+        if t.bytes()
+            .any(|b| !(b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b)))
+        {
+            return Err(ApiError::bad_request(
+                "content_type may hold only visible ASCII characters and spaces",
+            ));
+        }
         let essence = media_type(t).ok_or_else(|| {
             ApiError::bad_request("content_type is not a media type like `image/png`")
         })?;

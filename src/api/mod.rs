@@ -85,6 +85,11 @@ impl Service<Request<Body>> for Gateway {
             // Load shedding comes first: over `max_concurrent_requests`, answer at once.
             // Permits (this one, then the principal's) ride on the response body, so a
             // streamed transfer holds its place until its last byte.
+            if let Err(err) = one_host(&req) {
+                let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+                note(&req, |n| n.error_code = Some(err.code.as_str()));
+                return Ok(respond::error(&err, id.as_deref().unwrap_or("-")));
+            }
             let admission = Admission::default();
             let client = req.extensions().get::<ClientIp>().map(|c| c.0);
             match state.shed.admit(client) {
@@ -122,6 +127,22 @@ impl Service<Request<Body>> for Gateway {
             };
             Ok(respond::holding(resp, admission.take()))
         })
+    }
+}
+
+/// An HTTP/1.1 request names its host once (RFC 9112 section 3.2: a server must answer 400 to
+/// a request with none or several); HTTP/1.0 and HTTP/2 (`:authority`) may leave it out, but
+/// never repeat it. Two hops that read different hosts are a request-routing confusion.
+fn one_host<B>(req: &Request<B>) -> Result<(), ApiError> {
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
+    match (req.version(), hosts) {
+        (_, 2..) => Err(ApiError::bad_request(
+            "the request has more than one Host header",
+        )),
+        (http::Version::HTTP_11, 0) => Err(ApiError::bad_request(
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        _ => Ok(()),
     }
 }
 

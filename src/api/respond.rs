@@ -60,6 +60,10 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     for (name, value) in &err.headers {
         h.insert(name.clone(), value.clone());
     }
@@ -117,13 +121,37 @@ pub(crate) fn is_active_content(media_type: Option<&str>) -> bool {
             | "text/xml"
             | "application/xml"
             | "text/xsl"
-            | "text/javascript"
-            | "application/javascript"
-            | "application/x-javascript"
-            | "application/ecmascript"
-            | "text/ecmascript"
             | "application/wasm"
+            | "text/css"
     ) || t.ends_with("+xml")
+        || is_script_type(t)
+}
+
+/// The JavaScript MIME type essences of the WHATWG MIME Sniffing standard, plus the module
+/// and JSON-script types browsers run: what a `<script src>` on our origin would execute.
+fn is_script_type(t: &str) -> bool {
+    matches!(
+        t,
+        "application/ecmascript"
+            | "application/javascript"
+            | "application/x-ecmascript"
+            | "application/x-javascript"
+            | "text/ecmascript"
+            | "text/javascript"
+            | "text/javascript1.0"
+            | "text/javascript1.1"
+            | "text/javascript1.2"
+            | "text/javascript1.3"
+            | "text/javascript1.4"
+            | "text/javascript1.5"
+            | "text/jscript"
+            | "text/livescript"
+            | "text/x-ecmascript"
+            | "text/x-javascript"
+            | "application/x-jscript"
+            | "text/x-jscript"
+            | "application/jscript"
+    )
 }
 
 /// `attachment` with the key's last segment as the file name (ASCII fallback and RFC 5987).
@@ -158,6 +186,12 @@ mod tests {
             "application/xml",
             "application/atom+xml",
             "text/javascript",
+            "text/jscript",
+            "application/x-ecmascript",
+            "text/livescript",
+            "text/javascript1.5",
+            "text/x-javascript",
+            "text/css",
         ] {
             assert!(is_active_content(Some(t)), "{t}");
         }

@@ -117,23 +117,29 @@ impl KeyTable {
     }
 }
 
-/// The token of an `Authorization: Bearer` header.
+/// The token of an `Authorization: Bearer` header. The scheme is case-insensitive (RFC 9110
+/// section 11.1); a request with two `Authorization` headers is refused, since which one a
+/// hop in front of us read is anyone's guess.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
         return Err(ApiError::unauthenticated(
             "an Authorization: Bearer header is required",
             false,
         ));
     };
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(
+            "the request has more than one Authorization header",
+        ));
+    }
     value
         .to_str()
         .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_matches(' '))
+        .filter(|t| !t.is_empty() && !t.contains(' '))
         .ok_or_else(|| {
             ApiError::unauthenticated("the Authorization header must be `Bearer <key>`", true)
         })
@@ -171,6 +177,29 @@ pub fn hash_key(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_said_once() {
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(http::header::AUTHORIZATION, v.parse().unwrap());
+            }
+            h
+        };
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR   abc "] {
+            assert_eq!(bearer(&with(&[v])).unwrap(), "abc", "{v}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Bearer a b"] {
+            assert_eq!(
+                bearer(&with(&[v])).unwrap_err().code,
+                crate::error::Code::Unauthenticated,
+                "{v}"
+            );
+        }
+        let twice = bearer(&with(&["Bearer abc", "Bearer def"])).unwrap_err();
+        assert_eq!(twice.code, crate::error::Code::BadRequest);
+    }
 
     #[test]
     fn keys_authenticate_by_hash() {
