@@ -305,6 +305,15 @@ async fn client_disconnecting_mid_chunked_body_leaves_nothing() {
         body.extend_from_slice(b"\r\n");
     }
     disconnect_midway(&g, &head, &body).await;
+    eventually("the cut upload is logged as client_closed", || async {
+        g.access_log_lines().iter().any(|l| {
+            l["key"] == key
+                && l["method"] == "PUT"
+                && l["status"] == 499
+                && l["error_code"] == "client_closed"
+        })
+    })
+    .await;
     assert!(
         g.settle_uploads().await.is_empty(),
         "the multipart upload was aborted"
@@ -322,7 +331,16 @@ async fn client_disconnecting_mid_known_length_body_leaves_nothing() {
         "PUT /v1/objects/{key} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 1000000\r\n\r\n"
     );
     disconnect_midway(&g, &head, &random_bytes(400_000, 8)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Logged as the client's leaving (499), not as a bad request; seen, so it was handled.
+    eventually("the cut upload is logged as client_closed", || async {
+        g.access_log_lines().iter().any(|l| {
+            l["key"] == key
+                && l["method"] == "PUT"
+                && l["status"] == 499
+                && l["error_code"] == "client_closed"
+        })
+    })
+    .await;
     assert_eq!(g.bucket_object(key).await.unwrap(), old);
     assert_eq!(g.bucket_keys().await, vec![key.to_string()]);
     assert!(g.settle_uploads().await.is_empty());

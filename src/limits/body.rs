@@ -36,8 +36,10 @@ pub enum BodyFailure {
     Idle,
     /// The bytes do not match the digest the client sent.
     BadDigest,
-    /// The client's stream failed: a disconnect, a reset, a malformed chunk.
+    /// The client's stream failed: a malformed chunk, a protocol error.
     Client,
+    /// The client went away mid-body: the connection closed, the stream was reset.
+    Closed,
 }
 
 impl BodyFailure {
@@ -47,6 +49,7 @@ impl BodyFailure {
             BodyFailure::Idle => 2,
             BodyFailure::BadDigest => 3,
             BodyFailure::Client => 4,
+            BodyFailure::Closed => 5,
         }
     }
 }
@@ -58,6 +61,7 @@ impl std::fmt::Display for BodyFailure {
             BodyFailure::Idle => "the client sent no body bytes for too long",
             BodyFailure::BadDigest => "the body does not match its digest",
             BodyFailure::Client => "the request body failed",
+            BodyFailure::Closed => "the client went away mid-body",
         })
     }
 }
@@ -86,6 +90,7 @@ impl BodyWatch {
             2 => Some(BodyFailure::Idle),
             3 => Some(BodyFailure::BadDigest),
             4 => Some(BodyFailure::Client),
+            5 => Some(BodyFailure::Closed),
             _ => None,
         }
     }
@@ -236,7 +241,11 @@ where
                 Poll::Ready(Some(Err(e))) => {
                     let e: BoxError = e.into();
                     tracing::debug!(error = %e, "request body failed");
-                    return this.fail(BodyFailure::Client);
+                    return this.fail(if client_went_away(&*e) {
+                        BodyFailure::Closed
+                    } else {
+                        BodyFailure::Client
+                    });
                 }
                 Poll::Ready(None) => {
                     this.idle_timer = None;
@@ -277,8 +286,35 @@ impl From<BodyFailure> for crate::error::ApiError {
                 Code::BadRequest,
                 "the request body ended early or was malformed",
             ),
+            BodyFailure::Closed => ApiError::new(
+                Code::ClientClosed,
+                "the client went away before the body ended",
+            ),
         }
     }
+}
+
+/// Did the body fail because the client went away (closed the connection before the body
+/// ended, or reset its stream), rather than because it sent something malformed?
+fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && (h2.is_reset() || h2.is_io() || h2.is_go_away())
+        {
+            return true;
+        }
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The size hint of a body with `held` bytes waiting in front of `inner`.
