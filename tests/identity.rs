@@ -159,7 +159,8 @@ async fn jwts_from_the_identity_provider_are_principals_with_their_own_prefix() 
         .into_iter()
         .find(|l| l["auth"] == "jwt")
         .unwrap();
-    assert_eq!(line["principal"], "carol");
+    // JWT principals have their own namespace.
+    assert_eq!(line["principal"], "jwt:carol");
     let log = std::fs::read_to_string(&g.access_log).unwrap();
     for token in [&rs, &es] {
         let signature = token.rsplit('.').next().unwrap();

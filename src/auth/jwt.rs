@@ -166,8 +166,10 @@ impl JwtVerifier {
         let name = claim_str(&claims, &self.claim)
             .ok_or_else(|| refuse(&format_args!("no usable `{}` claim", self.claim)))?;
         let prefix = self.prefix_for(&claims)?;
+        // Its own namespace: a token whose subject is `alice` is never the configured
+        // principal `alice` (links name their principal, and find it by name).
         Ok(Identity {
-            principal: self.principal(name, prefix),
+            principal: self.principal(&format!("jwt:{name}"), prefix),
             method: AuthMethod::Jwt,
             link: None,
         })

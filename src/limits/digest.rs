@@ -9,17 +9,21 @@ use http::HeaderMap;
 use super::ExpectedDigests;
 use crate::error::{ApiError, Code};
 
-/// The digests in `headers`; a malformed one is `400 bad_digest`.
+/// The digests in `headers`; a malformed one is `400 bad_digest`. Every copy of a repeated
+/// header, and every `sha-256` member of a dictionary, is read: they must all agree, since a
+/// hop in front of us may have checked another copy than the one we would.
 pub fn expected_digests(headers: &HeaderMap) -> Result<ExpectedDigests, ApiError> {
     let mut out = ExpectedDigests::default();
-    if let Some(v) = headers.get("content-md5") {
-        out.md5 = Some(
+    let mut md5: Vec<[u8; 16]> = Vec::new();
+    for v in headers.get_all("content-md5") {
+        md5.push(
             decode::<16>(v.as_bytes())
                 .ok_or_else(|| bad("Content-MD5 is not the base64 of 16 bytes"))?,
         );
     }
+    out.md5 = agreed(&md5, "the Content-MD5 headers disagree with each other")?;
     let mut sha: Vec<[u8; 32]> = Vec::new();
-    if let Some(v) = headers.get("x-amz-checksum-sha256") {
+    for v in headers.get_all("x-amz-checksum-sha256") {
         sha.push(
             decode::<32>(v.as_bytes())
                 .ok_or_else(|| bad("x-amz-checksum-sha256 is not the base64 of 32 bytes"))?,
@@ -30,22 +34,27 @@ pub fn expected_digests(headers: &HeaderMap) -> Result<ExpectedDigests, ApiError
             let text = v
                 .to_str()
                 .map_err(|_| bad("a digest header is not ASCII"))?;
-            if let Some(d) = rfc9530_sha256(text)? {
-                sha.push(d);
-            }
+            sha.extend(rfc9530_sha256(text)?);
         }
     }
-    if let Some(first) = sha.first() {
-        if sha.iter().any(|d| d != first) {
-            return Err(bad("the SHA-256 digests sent disagree with each other"));
-        }
-        out.sha256 = Some(*first);
-    }
+    out.sha256 = agreed(&sha, "the SHA-256 digests sent disagree with each other")?;
     Ok(out)
 }
 
-/// The `sha-256` member of an RFC 9530 digest dictionary, e.g. `sha-256=:X48E9q...=:`.
-fn rfc9530_sha256(text: &str) -> Result<Option<[u8; 32]>, ApiError> {
+/// The one value all of `digests` hold, if any; several different ones are refused.
+fn agreed<const N: usize>(
+    digests: &[[u8; N]],
+    disagree: &'static str,
+) -> Result<Option<[u8; N]>, ApiError> {
+    match digests.first() {
+        Some(first) if digests.iter().any(|d| d != first) => Err(bad(disagree)),
+        first => Ok(first.copied()),
+    }
+}
+
+/// The `sha-256` members of an RFC 9530 digest dictionary, e.g. `sha-256=:X48E9q...=:`.
+fn rfc9530_sha256(text: &str) -> Result<Vec<[u8; 32]>, ApiError> {
+    let mut found = Vec::new();
     for member in text.split(',') {
         let Some((algorithm, value)) = member.trim().split_once('=') else {
             return Err(bad("a digest header is not `algorithm=:base64:`"));
@@ -56,12 +65,13 @@ fn rfc9530_sha256(text: &str) -> Result<Option<[u8; 32]>, ApiError> {
                 .strip_prefix(':')
                 .and_then(|v| v.strip_suffix(':'))
                 .ok_or_else(|| bad("a sha-256 digest must be `:base64:`"))?;
-            return decode::<32>(inner.as_bytes())
-                .map(Some)
-                .ok_or_else(|| bad("the sha-256 digest is not the base64 of 32 bytes"));
+            found.push(
+                decode::<32>(inner.as_bytes())
+                    .ok_or_else(|| bad("the sha-256 digest is not the base64 of 32 bytes"))?,
+            );
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 fn decode<const N: usize>(b64: &[u8]) -> Option<[u8; N]> {
@@ -115,6 +125,23 @@ mod tests {
                 ("x-amz-checksum-sha256", &sha),
                 ("repr-digest", &format!("sha-256=:{other}:")),
             ]),
+            // Every copy of a repeated header counts, and every member.
+            headers(&[
+                ("x-amz-checksum-sha256", &sha),
+                ("x-amz-checksum-sha256", &other),
+            ]),
+            headers(&[
+                ("content-md5", &STANDARD.encode([7u8; 16])),
+                ("content-md5", &STANDARD.encode([8u8; 16])),
+            ]),
+            headers(&[
+                ("content-md5", &STANDARD.encode([7u8; 16])),
+                ("content-md5", "bad"),
+            ]),
+            headers(&[(
+                "repr-digest",
+                &format!("sha-256=:{sha}:, sha-256=:{other}:"),
+            )]),
         ] {
             let e = expected_digests(&h).unwrap_err();
             assert_eq!(e.code, Code::BadDigest);

@@ -118,6 +118,17 @@ pub(crate) fn check_chars(s: &str) -> Result<(), String> {
     if s.contains('\\') {
         return Err("`\\` is not allowed".into());
     }
+    // Bidirectional overrides and isolates make a key display as another (`exe.txt` shown
+    // as `txt.exe`); RFC 9839 lists them among the code points to refuse.
+    if let Some(c) = s
+        .chars()
+        .find(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(format!(
+            "bidirectional control character U+{:04X} is not allowed",
+            c as u32
+        ));
+    }
     Ok(())
 }
 
@@ -173,6 +184,10 @@ mod tests {
             "a%zz",
             "a%2",
             "%",
+            "invoice%E2%80%AEfdp.exe",
+            "a%E2%80%AAb",
+            "a%E2%81%A6b",
+            "a%E2%81%A9b",
         ] {
             assert!(
                 ObjectKey::from_path(bad).is_err(),
