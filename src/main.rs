@@ -537,8 +537,19 @@ fn dev_config(key_hash: String) -> Config {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Whatever PORTCULLIS_LOG asks, these never log below these levels: the embedded S3
+    // server's debug lines and the SDK's trace lines print whole signed requests, and a
+    // SigV4 signature can be replayed for 15 minutes.
+    for cap in [
+        "s3s=info",
+        "s3s_fs=info",
+        "aws_smithy_runtime=debug",
+        "aws_sigv4=debug",
+    ] {
+        filter = filter.add_directive(cap.parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

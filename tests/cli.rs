@@ -138,3 +138,33 @@ fn check_config(path: &std::path::Path) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_carry_no_signature_and_the_data_is_private() {
+    let mut gw = DevGateway::start_with_env(&[("PORTCULLIS_LOG", "trace")]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/objects/secret.txt", gw.url);
+    let auth = format!("Bearer {}", gw.key);
+    let put = http.put(&url).header("authorization", &auth).body("x");
+    assert_eq!(put.send().await.unwrap().status(), 200);
+    let get = http.get(&url).header("authorization", &auth);
+    assert_eq!(get.send().await.unwrap().text().await.unwrap(), "x");
+    gw.signal("-TERM");
+    assert!(gw.wait(Duration::from_secs(20)).is_some());
+    let log: Vec<String> = gw.stderr.try_iter().collect();
+    assert!(log.len() > 10, "trace logging is on: {} lines", log.len());
+    for line in &log {
+        let lower = line.to_ascii_lowercase();
+        assert!(
+            !lower.contains("signature=") && !lower.contains("x-amz-signature"),
+            "a signature in the log: {line}"
+        );
+    }
+    // The embedded data is the gateway user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(gw.dir.path().join("data"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}

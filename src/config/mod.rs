@@ -75,7 +75,44 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
             reason: format!("cannot read the file: {e}"),
         }])
     })?;
-    parse(&text, Some(path))
+    let mut loaded = parse(&text, Some(path))?;
+    loaded
+        .warnings
+        .extend(file_permission_warnings(path, &loaded.config));
+    Ok(loaded)
+}
+
+/// Files whose permissions let other users change the gateway's config or read its secrets:
+/// a config anyone may write, private keys anyone may read.
+fn file_permission_warnings(path: &Path, config: &Config) -> Vec<Warning> {
+    let mut w = Vec::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).ok().map(|m| m.permissions().mode());
+        if mode(path).is_some_and(|m| m & 0o002 != 0) {
+            w.push(Warning {
+                field: String::new(),
+                message: format!(
+                    "{} is writable by every user: anyone on this machine can change who may \
+                     do what; chmod o-w it",
+                    path.display()
+                ),
+            });
+        }
+        if let Some(tls) = &config.server.tls
+            && mode(&tls.key).is_some_and(|m| m & 0o044 != 0)
+        {
+            w.push(Warning {
+                field: "server.tls.key".into(),
+                message: format!(
+                    "{} is readable by other users: chmod 600 it",
+                    tls.key.display()
+                ),
+            });
+        }
+    }
+    w
 }
 
 /// Parses and validates config text; `file` is only used in messages.

@@ -43,6 +43,13 @@ impl Drop for EmbeddedServer {
 /// Starts an S3 server storing under `root` (created if missing) with `bucket` in it.
 pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer> {
     std::fs::create_dir_all(root.join(bucket))?;
+    // Only the gateway's user may look inside: s3s-fs writes its files with the umask's
+    // modes (often world-readable), so the folder is what keeps other users out.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+    }
     let root = root.canonicalize()?;
     let fs = FileSystem::new(&root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     let access_key = random_secret(15);

@@ -510,12 +510,20 @@ pub struct DevGateway {
     pub admin: String,
     pub key: String,
     pub dir: tempfile::TempDir,
+    /// What it writes to stderr after its banner, line by line.
+    pub stderr: std::sync::mpsc::Receiver<String>,
 }
 
 impl DevGateway {
     pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// Like [`DevGateway::start`], with these environment variables set.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .envs(env.iter().copied())
             .args([
                 "serve",
                 "--dev",
@@ -559,6 +567,7 @@ impl DevGateway {
             admin: admin.unwrap(),
             key: key.unwrap(),
             dir,
+            stderr: rx,
         }
     }
 
