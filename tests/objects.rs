@@ -869,3 +869,93 @@ async fn http2_prior_knowledge() {
         .unwrap();
     assert_eq!(sha256(&body), sha256(&data));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_create_only_writes_of_one_key_create_it_once() {
+    let g = gateway("").await;
+    for round in 0..3 {
+        let key = format!("race/{round}");
+        let writers = (0..6u64).map(|i| {
+            let req = g
+                .call(Method::PUT, &key, ADMIN)
+                .header("if-none-match", "*")
+                .body(random_bytes(256 * 1024, i));
+            async move { (i, req.send().await.unwrap().status()) }
+        });
+        let answers = futures_util::future::join_all(writers).await;
+        let created: Vec<u64> = answers
+            .iter()
+            .filter(|(_, s)| *s == StatusCode::CREATED)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(created.len(), 1, "round {round}: {answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|(_, s)| *s == StatusCode::CREATED || *s == StatusCode::PRECONDITION_FAILED),
+            "{answers:?}"
+        );
+        // What is stored is the one write that was told it created the key.
+        assert_eq!(
+            g.bucket_object(&key).await.unwrap(),
+            random_bytes(256 * 1024, created[0])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_the_embedded_backend_cannot_hold_are_refused_before_a_write() {
+    let g = gateway("").await;
+    assert_eq!(
+        put(&g, "clash/inner", ADMIN, b"inner".to_vec())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(&g, "file", ADMIN, b"file".to_vec()).await.status(),
+        StatusCode::OK
+    );
+    let long_segment = format!("long/{}", "s".repeat(300));
+    let long_key = format!("deep/{}", "k/".repeat(80)) + "end";
+    for key in [
+        long_segment.as_str(),
+        long_key.as_str(),
+        "clash",
+        "file/under",
+    ] {
+        for chunked in [false, true] {
+            let req = g.call(Method::PUT, key, ADMIN);
+            let req = if chunked {
+                req.body(chunked_body(b"x".repeat(10), 4))
+            } else {
+                req.body("x")
+            };
+            let resp = req.send().await.unwrap();
+            assert_eq!(
+                resp.status(),
+                StatusCode::BAD_REQUEST,
+                "{key} chunked={chunked}"
+            );
+            assert_eq!(error_code(resp).await, "invalid_key", "{key}");
+        }
+    }
+    // Nothing was written, nothing overwritten, nothing left open.
+    assert_eq!(g.bucket_keys().await, vec!["clash/inner", "file"]);
+    assert_eq!(g.bucket_object("clash/inner").await.unwrap(), b"inner");
+    assert_eq!(g.bucket_object("file").await.unwrap(), b"file");
+    assert!(g.settle_uploads().await.is_empty());
+    // A folder on disk is no object.
+    assert_eq!(
+        get(&g, "clash", ADMIN).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        g.call(Method::HEAD, "clash", ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}

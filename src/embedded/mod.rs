@@ -5,12 +5,16 @@
 //! `s3s-fs` stores objects as files. [`Embedded`] wraps it to add the parts of S3's documented
 //! behaviour the gateway relies on and `s3s-fs` lacks: conditional GET and HEAD
 //! (`If-None-Match`, `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`) and
-//! `ListMultipartUploads`, so tests can see that no upload was left unfinished.
+//! `ListMultipartUploads`, so tests can see that no upload was left unfinished. It also
+//! makes writes to one key one at a time (so `If-None-Match: *` is atomic, as on S3), and
+//! refuses, before anything is written, keys its files cannot hold (`KeyTooLongError`).
 
 mod conditions;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -55,7 +59,11 @@ pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer>
     let access_key = random_secret(15);
     let secret_key = random_secret(30);
 
-    let mut builder = S3ServiceBuilder::new(Embedded { fs, root });
+    let mut builder = S3ServiceBuilder::new(Embedded {
+        fs,
+        root,
+        writing: Default::default(),
+    });
     builder.set_auth(s3s::auth::SimpleAuth::from_single(
         access_key.clone(),
         secret_key.clone(),
@@ -99,6 +107,8 @@ fn random_secret(bytes: usize) -> String {
 struct Embedded {
     fs: FileSystem,
     root: PathBuf,
+    /// Keys being written now, each with its lock.
+    writing: std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 macro_rules! delegate {
@@ -126,15 +136,12 @@ impl S3 for Embedded {
         head_bucket: HeadBucketInput => HeadBucketOutput;
         list_buckets: ListBucketsInput => ListBucketsOutput;
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
-        put_object: PutObjectInput => PutObjectOutput;
         delete_object: DeleteObjectInput => DeleteObjectOutput;
         delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
-        create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput;
         upload_part: UploadPartInput => UploadPartOutput;
         list_parts: ListPartsInput => ListPartsOutput;
-        complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput;
         abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
     }
 
@@ -142,6 +149,7 @@ impl S3 for Embedded {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.not_a_folder(&req.input.bucket, &req.input.key)?;
         let i = &req.input;
         let cond = conditions::Conditions {
             if_match: i.if_match.clone(),
@@ -169,10 +177,39 @@ impl S3 for Embedded {
         Ok(resp)
     }
 
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        self.storable(&bucket, &key)?;
+        let _one_at_a_time = self.lock(&bucket, &key).await;
+        self.fs.put_object(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.storable(&req.input.bucket, &req.input.key)?;
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        self.storable(&bucket, &key)?;
+        let _one_at_a_time = self.lock(&bucket, &key).await;
+        self.fs.complete_multipart_upload(req).await
+    }
+
     async fn head_object(
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.not_a_folder(&req.input.bucket, &req.input.key)?;
         let i = &req.input;
         let cond = conditions::Conditions {
             if_match: i.if_match.clone(),
@@ -203,7 +240,68 @@ impl S3 for Embedded {
     }
 }
 
+/// Longest file name the file systems s3s-fs runs on take.
+const NAME_MAX: usize = 255;
+
 impl Embedded {
+    /// Holds the write lock of one key: a create-only write's look and write are one step.
+    async fn lock(&self, bucket: &str, key: &str) -> KeyLock<'_> {
+        let id = (bucket.to_owned(), key.to_owned());
+        let lock = {
+            let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            writing.entry(id.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        KeyLock {
+            map: &self.writing,
+            id,
+            guard: Some(guard),
+        }
+    }
+
+    /// Refuses, before anything is written, a key s3s-fs's files cannot hold: a path segment
+    /// over 255 bytes, a key whose metadata file name (its base64 with the bucket's and an
+    /// upload id) would be over 255 bytes, or a key that is a folder of other keys or lies
+    /// under a key that is a file. S3 itself stores all of these.
+    fn storable(&self, bucket: &str, key: &str) -> S3Result<()> {
+        let refuse = |why: &str| {
+            Err(s3s::S3Error::with_message(
+                s3s::S3ErrorCode::KeyTooLongError,
+                format!("the embedded backend cannot store this key: {why}"),
+            ))
+        };
+        if key.split('/').any(|segment| segment.len() > NAME_MAX) {
+            return refuse("a path segment is over 255 bytes");
+        }
+        let b64 = |n: usize| n.div_ceil(3) * 4;
+        let upload = ".upload-".len() + 36;
+        let name = ".bucket-.object-.metadata.json".len() + b64(bucket.len()) + b64(key.len());
+        if name + upload > NAME_MAX {
+            return refuse("it is too long for the embedded backend's file names");
+        }
+        let path = self.root.join(bucket).join(key);
+        if path.is_dir() {
+            return refuse("other keys lie under it, as under a folder");
+        }
+        let mut parent = path.parent();
+        let top = self.root.join(bucket);
+        while let Some(p) = parent.filter(|p| *p != top) {
+            if p.is_file() {
+                return refuse("a key that is a prefix of it is a file");
+            }
+            parent = p.parent();
+        }
+        Ok(())
+    }
+
+    /// A key that is a folder on disk (other keys lie under it) is not an object.
+    fn not_a_folder(&self, bucket: &str, key: &str) -> S3Result<()> {
+        if self.root.join(bucket).join(key).is_dir() {
+            return Err(s3s::S3Error::new(s3s::S3ErrorCode::NoSuchKey));
+        }
+        Ok(())
+    }
+
     async fn head_of<T>(
         &self,
         req: &S3Request<T>,
@@ -279,6 +377,23 @@ impl Embedded {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+}
+
+/// The write lock of one key; the map forgets the key once nobody holds or waits for it.
+struct KeyLock<'a> {
+    map: &'a std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    id: (String, String),
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyLock<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&self.id);
+        }
     }
 }
 

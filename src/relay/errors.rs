@@ -60,6 +60,11 @@ pub(super) fn classify(status: u16, code: &str) -> ApiError {
         (400, "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch") => {
             ApiError::new(Code::BadDigest, "the body does not match its digest")
         }
+        // A key the backend's storage cannot hold (the embedded backend's file names).
+        (400, "KeyTooLongError") => ApiError::new(
+            Code::InvalidKey,
+            "the backend cannot store this key (too long, or a path clash)",
+        ),
         (503, _) | (_, "SlowDown") => ApiError::new(
             Code::BackendUnavailable,
             "the backend is unavailable; retry later",
