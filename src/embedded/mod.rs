@@ -108,7 +108,7 @@ struct Embedded {
     fs: FileSystem,
     root: PathBuf,
     /// Keys being written now, each with its lock.
-    writing: std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    writing: KeyLocks,
 }
 
 macro_rules! delegate {
@@ -380,9 +380,12 @@ impl Embedded {
     }
 }
 
+/// The write locks of the keys being written, by bucket and key.
+type KeyLocks = std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
 /// The write lock of one key; the map forgets the key once nobody holds or waits for it.
 struct KeyLock<'a> {
-    map: &'a std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    map: &'a KeyLocks,
     id: (String, String),
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
