@@ -959,3 +959,100 @@ async fn keys_the_embedded_backend_cannot_hold_are_refused_before_a_write() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_with_tag_lists_if_range_and_long_suffixes() {
+    let g = gateway("").await;
+    let data: Vec<u8> = (0..100u8).collect();
+    let resp = put(&g, "cond", ADMIN, data.clone()).await;
+    let etag = resp.json::<Value>().await.unwrap()["etag"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let modified = get(&g, "cond", ADMIN).await.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let with = |pairs: &[(&str, &str)]| {
+        let mut r = g.call(Method::GET, "cond", ADMIN);
+        for (k, v) in pairs {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    let status = |pairs: &'static [(&'static str, &'static str)]| {
+        let r = with(pairs);
+        async move { r.await.unwrap().status() }
+    };
+    // A suffix longer than the object is the whole object.
+    let resp = with(&[("range", "bytes=-500")]).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.headers()["content-range"], "bytes 0-99/100");
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), data);
+    // Lists of tags.
+    let listed = format!("\"x\", {etag}, W/\"y\"");
+    let resp = with(&[("if-match", &listed)]).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        status(&[("if-match", "\"x\", \"y\"")]).await,
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        with(&[("if-none-match", &listed)]).await.unwrap().status(),
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        status(&[("if-none-match", "\"x\", \"y\"")]).await,
+        StatusCode::OK
+    );
+    let weak = format!("W/{etag}");
+    assert_eq!(
+        with(&[("if-none-match", &weak)]).await.unwrap().status(),
+        StatusCode::NOT_MODIFIED,
+        "If-None-Match compares weakly"
+    );
+    assert_eq!(
+        status(&[("if-match", "\"a\"b")]).await,
+        StatusCode::BAD_REQUEST
+    );
+    // If-Match beside a failing date: the tag decides.
+    let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(3600));
+    let resp = with(&[("if-match", &listed), ("if-unmodified-since", &past)])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // If-Match on a missing key: 412, not 404.
+    let missing = g
+        .call(Method::GET, "no-such-key", ADMIN)
+        .header("if-match", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(error_code(missing).await, "precondition_failed");
+    // If-Range: the range while the validator holds, the whole object once it does not.
+    for validator in [etag.as_str(), modified.as_str()] {
+        let resp = with(&[("range", "bytes=0-9"), ("if-range", validator)])
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{validator}");
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), data[..10].to_vec());
+    }
+    for stale in ["\"other\"", "Tue, 01 Jan 2019 00:00:00 GMT", "W/\"weak\""] {
+        let resp = with(&[("range", "bytes=0-9"), ("if-range", stale)])
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{stale}");
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), data, "{stale}");
+    }
+    // PUT takes one tag.
+    let resp = g
+        .call(Method::PUT, "cond", ADMIN)
+        .header("if-match", &listed)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(g.bucket_object("cond").await.unwrap(), data);
+}

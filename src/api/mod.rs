@@ -4,6 +4,7 @@
 //! Errors from any phase become JSON through [`respond::error`], and every phase records
 //! what it learned in the request's access-log note.
 
+mod conditions;
 mod links;
 mod list;
 mod objects;

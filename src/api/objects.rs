@@ -7,6 +7,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use super::conditions::{EntityTags, IfRange};
 use super::{AppState, authenticate, respond, timed};
 use crate::Body;
 use crate::error::{ApiError, Code};
@@ -225,7 +226,13 @@ fn write_condition(headers: &HeaderMap) -> Result<WriteCondition, ApiError> {
         (None, None) => Ok(WriteCondition::None),
         (Some("*"), None) => Ok(WriteCondition::IfNoneMatchAny),
         (Some(_), None) => Err(ApiError::bad_request("If-None-Match on PUT must be `*`")),
-        (None, Some(etag)) => Ok(WriteCondition::IfMatch(etag.to_owned())),
+        // S3 takes one tag on a write.
+        (None, Some(v)) => match EntityTags::parse("If-Match", v)?.for_s3() {
+            Some(tag) if tag != "*" => Ok(WriteCondition::IfMatch(tag)),
+            _ => Err(ApiError::bad_request(
+                "If-Match on PUT takes one entity tag",
+            )),
+        },
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "send If-None-Match or If-Match, not both",
         )),
@@ -265,38 +272,83 @@ pub(super) async fn get(
         None => None,
         Some(r) => Some(parse_range(r)?),
     };
-    let cond = ReadConditions {
-        if_none_match: header_str(headers, header::IF_NONE_MATCH)?.map(str::to_owned),
-        if_modified_since: header_date(headers, header::IF_MODIFIED_SINCE),
-        if_match: header_str(headers, header::IF_MATCH)?.map(str::to_owned),
-        if_unmodified_since: header_date(headers, header::IF_UNMODIFIED_SINCE),
+    let tags = |name: header::HeaderName| {
+        header_str(headers, name.clone())?
+            .map(|v| EntityTags::parse(name.as_str(), v))
+            .transpose()
     };
-    let fetched = timed(
-        &req,
-        if with_body { "get" } else { "head" },
-        state
-            .backend
-            .fetch(&key, range.as_deref(), &cond, with_body),
-    )
-    .await?;
+    let if_match = tags(header::IF_MATCH)?;
+    let if_none_match = tags(header::IF_NONE_MATCH)?;
+    let if_range = match &range {
+        Some(_) => header_str(headers, header::IF_RANGE)?.map(IfRange::parse),
+        None => None,
+    };
+    // What S3 can evaluate goes to S3; a list of tags is evaluated here on its answer. A
+    // date condition is ignored beside its tag condition (RFC 9110 section 13.2.2).
+    let cond = ReadConditions {
+        if_none_match: if_none_match.as_ref().and_then(EntityTags::for_s3),
+        if_modified_since: if if_none_match.is_none() {
+            header_date(headers, header::IF_MODIFIED_SINCE)
+        } else {
+            None
+        },
+        if_match: if_match.as_ref().and_then(EntityTags::for_s3),
+        if_unmodified_since: if if_match.is_none() {
+            header_date(headers, header::IF_UNMODIFIED_SINCE)
+        } else {
+            None
+        },
+    };
+    let op = if with_body { "get" } else { "head" };
+    let has_if_match = if_match.is_some();
+    let fetch = |range: Option<String>| {
+        let cond = &cond;
+        let key = &key;
+        let req = &req;
+        async move {
+            timed(
+                req,
+                op,
+                state.backend.fetch(key, range.as_deref(), cond, with_body),
+            )
+            .await
+            .map_err(|e| match e.code {
+                // If-Match on no representation fails (RFC 9110 section 13.1.1).
+                Code::NotFound if has_if_match => precondition_failed(),
+                _ => e,
+            })
+        }
+    };
+    let mut fetched = fetch(range.clone()).await?;
+    if let Fetched::Object {
+        meta,
+        content_range,
+        ..
+    } = &fetched
+    {
+        let etag = meta.etag.as_deref();
+        if if_match.as_ref().is_some_and(|t| !t.matches_strong(etag)) {
+            return Err(precondition_failed());
+        }
+        if if_none_match.as_ref().is_some_and(|t| t.matches_weak(etag)) {
+            let last_modified = meta.last_modified.map(httpdate::fmt_http_date);
+            return Ok(not_modified(meta.etag.clone(), last_modified));
+        }
+        // A range of a representation that has changed since: the whole one instead.
+        if content_range.is_some()
+            && if_range
+                .as_ref()
+                .is_some_and(|r| !r.holds(etag, meta.last_modified))
+        {
+            fetched = fetch(None).await?;
+        }
+    }
 
     match fetched {
         Fetched::NotModified {
             etag,
             last_modified,
-        } => {
-            let mut resp = Response::new(respond::empty());
-            *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            let h = resp.headers_mut();
-            if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
-                h.insert(header::ETAG, v);
-            }
-            if let Some(v) = last_modified.and_then(|e| HeaderValue::from_str(&e).ok()) {
-                h.insert(header::LAST_MODIFIED, v);
-            }
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-            Ok(resp)
-        }
+        } => Ok(not_modified(etag, last_modified)),
         Fetched::Object {
             meta,
             content_range,
@@ -351,6 +403,28 @@ pub(super) async fn get(
             Ok(resp)
         }
     }
+}
+
+fn precondition_failed() -> ApiError {
+    ApiError::new(
+        Code::PreconditionFailed,
+        "the object's state does not match the request's condition",
+    )
+}
+
+/// `304 Not Modified` with the validators.
+fn not_modified(etag: Option<String>, last_modified: Option<String>) -> Response<Body> {
+    let mut resp = Response::new(respond::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(v) = last_modified.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    resp
 }
 
 /// A single byte range, re-serialized canonically: `bytes=A-B`, `bytes=A-` or `bytes=-N`.

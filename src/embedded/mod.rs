@@ -161,11 +161,24 @@ impl S3 for Embedded {
         // subtracts past zero); S3 answers 416. Other ranges of an empty object s3s-fs
         // already refuses, so only a suffix range costs the extra look.
         let suffix = matches!(i.range, Some(s3s::dto::Range::Suffix { .. }));
+        let (bucket, key) = (i.bucket.clone(), i.key.clone());
+        let mut req = req;
         if !cond.is_empty() || suffix {
-            let head = self.head_of(&req, i.bucket.clone(), i.key.clone()).await?;
+            let head = self.head_of(&req, bucket, key).await?;
             cond.evaluate(&head)?;
-            if suffix && head.content_length.unwrap_or(0) == 0 {
+            let size = head.content_length.unwrap_or(0);
+            if suffix && size == 0 {
                 return Err(s3s::s3_error!(InvalidRange, "the object is empty"));
+            }
+            // A suffix longer than the object is the whole object (RFC 9110 section 14.1.3),
+            // which s3s-fs refuses.
+            if let Some(s3s::dto::Range::Suffix { length }) = req.input.range
+                && length >= u64::try_from(size).unwrap_or(0)
+            {
+                req.input.range = Some(s3s::dto::Range::Int {
+                    first: 0,
+                    last: None,
+                });
             }
         }
         let mut resp = self.fs.get_object(req).await?;
