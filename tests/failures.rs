@@ -696,3 +696,79 @@ async fn a_silent_backend_is_504() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn part_buffers_share_one_budget_and_a_full_one_refuses_with_503() {
+    let g = gateway("[backend]\nupload_buffer_memory = \"6MiB\"\n").await;
+    let chunks = |data: &[u8]| {
+        let mut wire = Vec::new();
+        for c in data.chunks(64 * 1024) {
+            wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            wire.extend_from_slice(c);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire
+    };
+    // A holds 4 MiB of the 6 in its part buffer and stalls.
+    let a_data = random_bytes(5 * 1024 * 1024 + 1000, 21);
+    let mut a = TcpStream::connect(g.addr).await.unwrap();
+    a.write_all(
+        format!(
+            "PUT /v1/objects/budget/a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    a.write_all(&chunks(&a_data[..4 * 1024 * 1024]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B finds no room for its part and is refused, soon, with nothing left behind.
+    let started = std::time::Instant::now();
+    let resp = g
+        .call(Method::PUT, "budget/b", ADMIN)
+        .body(chunked_body(random_bytes(4 * 1024 * 1024, 22), 64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "overloaded");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // A goes on and completes.
+    let mut rest = chunks(&a_data[4 * 1024 * 1024..]);
+    rest.extend_from_slice(b"0\r\n\r\n");
+    a.write_all(&rest).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read(&mut a, &mut answer),
+    )
+    .await
+    .expect("A's answer within 20 s")
+    .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert_eq!(g.bucket_object("budget/a").await.unwrap(), a_data);
+    assert_eq!(g.bucket_keys().await, vec!["budget/a"]);
+    assert!(g.settle_uploads().await.is_empty());
+    // The budget is whole again: B's retry goes through.
+    let b_data = random_bytes(4 * 1024 * 1024, 23);
+    let resp = g
+        .call(Method::PUT, "budget/b", ADMIN)
+        .body(chunked_body(b_data.clone(), 64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(g.bucket_object("budget/b").await.unwrap(), b_data);
+}

@@ -178,6 +178,10 @@ pub struct BackendConfig {
     pub kms_key_id: Option<String>,
     /// Part size for bodies of unknown length (multipart upload). 5MiB to 5GiB, default `8MiB`.
     pub part_size: Size,
+    /// Memory all uploads' part buffers may hold together; past it an upload waits for room
+    /// (reading no more of its body) and gets `503` if none frees up soon. At least
+    /// `part_size`. Default `256MiB`.
+    pub upload_buffer_memory: Size,
     /// Bucket audit at start. Default `"warn"`.
     pub audit: AuditMode,
     /// Limit on opening a connection to S3. Default `3s`.
@@ -208,6 +212,7 @@ impl Default for BackendConfig {
             sse: None,
             kms_key_id: None,
             part_size: Size::mib(8),
+            upload_buffer_memory: Size::mib(256),
             audit: AuditMode::Warn,
             connect_timeout: Span::secs(3),
             first_byte_timeout: Span::secs(30),

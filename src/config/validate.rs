@@ -164,6 +164,15 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             format!("{} is outside S3's part sizes, 5MiB to 5GiB", b.part_size),
         );
     }
+    if b.upload_buffer_memory < b.part_size {
+        bad(
+            "backend.upload_buffer_memory",
+            format!(
+                "{} is less than backend.part_size ({}): no upload of unknown length could buffer a part",
+                b.upload_buffer_memory, b.part_size
+            ),
+        );
+    }
     match (b.sse, &b.kms_key_id) {
         (Some(Sse::AwsKms), None) => bad(
             "backend.kms_key_id",

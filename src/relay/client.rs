@@ -111,6 +111,10 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
             None
         },
         part_size: cfg.part_size.bytes() as usize,
+        buffers: Arc::new(super::buffers::PartBuffers::new(
+            cfg.upload_buffer_memory.bytes(),
+            stall_grace / 2,
+        )),
         stall_grace,
         light,
     }

@@ -12,6 +12,7 @@
 //! part is sent as a plain `PutObject` instead. Downloads hand S3's body straight to hyper, so
 //! backpressure reaches S3.
 
+mod buffers;
 mod client;
 mod errors;
 mod pool;
@@ -26,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 
 pub use client::{BackendSettings, connect};
@@ -40,6 +41,7 @@ use crate::error::{ApiError, Code};
 use crate::limits::BodyWatch;
 use crate::policy::ObjectKey;
 use crate::{Body, BoxError};
+use buffers::PartBuffer;
 
 /// S3's largest single `PutObject`.
 pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
@@ -59,6 +61,8 @@ pub struct Backend {
     sse: Option<Sse>,
     kms_key_id: Option<String>,
     part_size: usize,
+    /// The memory every upload's part buffer draws on.
+    buffers: Arc<buffers::PartBuffers>,
     /// How long S3 may hold upload data without taking it, or leave an uploaded body
     /// unanswered, before the upload fails (`504`): twice `server.body_idle_timeout`.
     stall_grace: Duration,
@@ -284,11 +288,11 @@ impl Backend {
             watch,
             ..
         } = upload;
-        let mut buf = BytesMut::with_capacity(self.part_size);
-        let ended = fill(&mut body, &mut buf, self.part_size, &watch).await?;
+        let mut buf = PartBuffer::new(&self.buffers, self.part_size);
+        let ended = fill(&mut body, &mut buf, &watch).await?;
         if ended {
             // The whole body fits in one part: one PutObject, no multipart bookkeeping.
-            let first = buf.freeze();
+            let (first, _room) = buf.take_all();
             let length = first.len() as u64;
             let body = http_body_util::Full::new(first)
                 .map_err(|e: std::convert::Infallible| match e {})
@@ -345,7 +349,7 @@ impl Backend {
         upload_id: &str,
         condition: WriteCondition,
         mut body: Body,
-        mut buf: BytesMut,
+        mut buf: PartBuffer,
         watch: &BodyWatch,
     ) -> Result<Stored, ApiError> {
         let mut parts = Vec::new();
@@ -359,7 +363,8 @@ impl Backend {
                     "the body needs more than S3's 10,000 parts at the configured part size",
                 ));
             }
-            let part: Bytes = buf.split_to(buf.len().min(self.part_size)).freeze();
+            // The part's room in the budget is given back once S3 has it.
+            let (part, room) = buf.take_part();
             size += part.len() as u64;
             let out = self
                 .client
@@ -373,6 +378,7 @@ impl Backend {
                 .send()
                 .await
                 .map_err(translate)?;
+            drop(room);
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -380,7 +386,7 @@ impl Backend {
                     .build(),
             );
             if !ended {
-                ended = fill(&mut body, &mut buf, self.part_size, watch).await?;
+                ended = fill(&mut body, &mut buf, watch).await?;
             }
         }
         let request = self
@@ -587,20 +593,15 @@ impl Backend {
     }
 }
 
-/// Reads the body into `buf` until it holds at least `part_size` bytes or the body ends.
-/// Returns whether the body ended.
-async fn fill(
-    body: &mut Body,
-    buf: &mut BytesMut,
-    part_size: usize,
-    watch: &BodyWatch,
-) -> Result<bool, ApiError> {
-    while buf.len() < part_size {
+/// Reads the body into `buf` until it holds at least a part or the body ends. Returns
+/// whether the body ended.
+async fn fill(body: &mut Body, buf: &mut PartBuffer, watch: &BodyWatch) -> Result<bool, ApiError> {
+    while !buf.has_part() {
         match body.frame().await {
             None => return Ok(true),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
+                    buf.push(&data).await?;
                 }
             }
             Some(Err(e)) => {
