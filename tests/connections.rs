@@ -615,3 +615,45 @@ async fn a_head_over_64_kib_gets_431() {
     let answer = raw.answer().await;
     assert_eq!(answer.status, 431);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_400_and_closes() {
+    let g = gateway("").await;
+    let heads = [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+    ];
+    for framing in heads {
+        // A normal request first, so the follower has a body to skip before the bad head.
+        let mut raw = Raw::connect(&g).await;
+        raw.send(
+            format!(
+                "PUT /v1/objects/fine HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 5\r\n\r\nhello"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(raw.answer().await.status, 200);
+        raw.send(
+            format!(
+                "PUT /v1/objects/smuggled HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\n{framing}\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let answer = raw.answer().await;
+        assert_eq!(answer.status, 400, "{framing:?}");
+        assert!(answer.head.contains("connection: close"), "{}", answer.head);
+        assert!(
+            raw.closed_within(Duration::from_secs(5)).await,
+            "{framing:?}"
+        );
+    }
+    assert_eq!(g.bucket_keys().await, vec!["fine"]);
+    eventually("the refusal is logged", || async {
+        g.access_log_lines()
+            .iter()
+            .any(|l| l["status"] == 400 && l["error_code"] == "bad_request" && l["method"] == "PUT")
+    })
+    .await;
+}

@@ -86,7 +86,7 @@ impl Service<Request<Body>> for Gateway {
             // Load shedding comes first: over `max_concurrent_requests`, answer at once.
             // Permits (this one, then the principal's) ride on the response body, so a
             // streamed transfer holds its place until its last byte.
-            if let Err(err) = one_host(&req) {
+            if let Err(err) = read_one_way(&req) {
                 let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
                 note(&req, |n| n.error_code = Some(err.code.as_str()));
                 return Ok(respond::error(&err, id.as_deref().unwrap_or("-")));
@@ -131,10 +131,20 @@ impl Service<Request<Body>> for Gateway {
     }
 }
 
-/// An HTTP/1.1 request names its host once (RFC 9112 section 3.2: a server must answer 400 to
-/// a request with none or several); HTTP/1.0 and HTTP/2 (`:authority`) may leave it out, but
-/// never repeat it. Two hops that read different hosts are a request-routing confusion.
-fn one_host<B>(req: &Request<B>) -> Result<(), ApiError> {
+/// Refuses a request that two hops could read two ways: one framed by both `Content-Length`
+/// and `Transfer-Encoding` (SPEC section 6), or without exactly one host. An HTTP/1.1 request
+/// names its host once (RFC 9112 section 3.2: a server must answer 400 to none or several);
+/// HTTP/1.0 and HTTP/2 (`:authority`) may leave it out, but never repeat it.
+fn read_one_way<B>(req: &Request<B>) -> Result<(), ApiError> {
+    if req
+        .extensions()
+        .get::<crate::server::AmbiguousFraming>()
+        .is_some()
+    {
+        return Err(ApiError::bad_request(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
     let hosts = req.headers().get_all(http::header::HOST).iter().count();
     match (req.version(), hosts) {
         (_, 2..) => Err(ApiError::bad_request(

@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::Framing;
 use super::send_deadline::{Deadline, SendWatch, Sending, StreamExecutor, Streams};
 use super::{HttpService, gateway_fn};
 use crate::BoxError;
@@ -208,9 +209,11 @@ impl Protocols {
         info: ConnInfo,
     ) {
         let remote = info.remote;
+        let framing = Arc::new(Framing::default());
+        framing.read(&ahead);
         loop {
             match self
-                .serve_burst(io, ahead, service.clone(), info.clone())
+                .serve_burst(io, ahead, service.clone(), info.clone(), &framing)
                 .await
             {
                 Burst::Closed => return,
@@ -254,13 +257,16 @@ impl Protocols {
         ahead: Bytes,
         service: HttpService,
         info: ConnInfo,
+        framing: &Arc<Framing>,
     ) -> Burst<T> {
         let remote = info.remote;
-        let exchanges = Arc::new(Exchanges::default());
+        let exchanges = Arc::new(Exchanges {
+            framing: framing.clone(),
+            ..Exchanges::default()
+        });
         let svc = gateway_fn(service, info, Some(exchanges.clone()));
-        let mut conn = self
-            .h1
-            .serve_connection(TokioIo::new(Rewind::new(ahead, io)), svc);
+        let io = Rewind::new(ahead, io).following(framing.clone());
+        let mut conn = self.h1.serve_connection(TokioIo::new(io), svc);
         let (mut parking, mut stopping) = (false, false);
         let mut stop = pin!(self.stop.cancelled());
         // Parked after `park_after` without a new request, so a client sending request after
@@ -319,7 +325,9 @@ impl Protocols {
             return Burst::Closed;
         }
         let parts = conn.into_parts();
-        let Rewind { first, mut inner } = parts.io.into_inner();
+        let Rewind {
+            first, mut inner, ..
+        } = parts.io.into_inner();
         if !parking || stopping || exchanges.closing.load(Ordering::Relaxed) {
             let _ = inner.shutdown().await;
             return Burst::Closed;
@@ -363,6 +371,8 @@ pub(super) struct Exchanges {
     /// The connection's task, woken when the last half completes (through its `Quiet`: a
     /// half completed by hyper polling a body, inside the task's own poll, costs no wake).
     waker: AtomicWaker,
+    /// The connection's request framing, as read from its bytes.
+    pub(super) framing: Arc<Framing>,
 }
 
 impl Exchanges {
@@ -397,15 +407,26 @@ impl Half {
     }
 }
 
-/// A socket with bytes already read from it in front.
+/// A socket with bytes already read from it in front; what is read from the socket itself
+/// may be followed by a [`Framing`].
 struct Rewind<T> {
     first: Bytes,
     inner: T,
+    framing: Option<Arc<Framing>>,
 }
 
 impl<T> Rewind<T> {
     fn new(first: Bytes, inner: T) -> Self {
-        Rewind { first, inner }
+        Rewind {
+            first,
+            inner,
+            framing: None,
+        }
+    }
+
+    fn following(mut self, framing: Arc<Framing>) -> Self {
+        self.framing = Some(framing);
+        self
     }
 }
 
@@ -421,7 +442,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
             buf.put_slice(&this.first.split_to(n));
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(framing)) = (&polled, &this.framing) {
+            framing.read(&buf.filled()[before..]);
+        }
+        polled
     }
 }
 

@@ -5,6 +5,7 @@
 mod client_ip;
 mod conn;
 mod drain;
+mod framing;
 mod send_deadline;
 pub mod tls;
 
@@ -42,6 +43,11 @@ const MAX_HEADER_BYTES: u32 = 64 * 1024;
 const H2_MAX_PENDING_RESETS: usize = 32;
 /// Streams the server may reset for a client's protocol errors.
 const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// Marks a request whose head had both `Content-Length` and `Transfer-Encoding`: the gateway
+/// refuses it (`400`), and hyper closes its connection after the answer.
+#[derive(Clone, Copy, Debug)]
+pub struct AmbiguousFraming;
 
 /// Where each TLS handshake gets its config: the current one, swapped on reload.
 #[derive(Clone)]
@@ -226,6 +232,9 @@ fn to_gateway(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (request_half, response_half) = match exchanges {
         Some(e) => {
+            if e.framing.next_is_ambiguous() {
+                parts.extensions.insert(AmbiguousFraming);
+            }
             let (a, b) = e.begin(client_closes(&parts));
             (Some(a), Some(b))
         }
