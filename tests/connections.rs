@@ -657,3 +657,29 @@ async fn content_length_with_transfer_encoding_is_400_and_closes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_closed_at_once() {
+    let g = gateway("[server]\nmax_connections = 3\n").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::connect(&g).await;
+        raw.send(&get("nothing")).await;
+        assert_eq!(raw.answer().await.status, 404);
+        held.push(raw);
+    }
+    let mut extra = Raw::connect(&g).await;
+    assert!(extra.closed_within(Duration::from_secs(5)).await);
+    // One closes: there is room again.
+    drop(held.pop());
+    eventually("a new connection is served", || async {
+        let mut raw = Raw::connect(&g).await;
+        raw.send(&get("nothing")).await;
+        let mut chunk = [0u8; 12];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), raw.s.read(&mut chunk)).await,
+            Ok(Ok(12))
+        )
+    })
+    .await;
+}
