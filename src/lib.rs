@@ -298,6 +298,20 @@ fn cors_layer(c: &config::CorsConfig) -> CorsLayer {
     use http::{Method, header};
     let origins = if c.allowed_origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
+    } else if c.allowed_origins.iter().any(|o| o.ends_with(":*")) {
+        let allowed = c.allowed_origins.clone();
+        AllowOrigin::predicate(move |origin, _| {
+            let Ok(origin) = origin.to_str() else {
+                return false;
+            };
+            allowed.iter().any(|a| match a.strip_suffix('*') {
+                // `scheme://host:` then a port.
+                Some(host) => origin.strip_prefix(host).is_some_and(|port| {
+                    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+                }),
+                None => a == origin,
+            })
+        })
     } else {
         AllowOrigin::list(
             c.allowed_origins

@@ -43,6 +43,13 @@ enum Command {
         /// Admin listener here instead of `admin.listen`.
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// With --dev: also allow browser pages from this origin (repeatable); pages on
+        /// http://localhost and http://127.0.0.1, any port, are always allowed.
+        #[arg(long = "cors-origin", requires = "dev", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
+        /// With --dev: the base of the links it issues (default: its own address).
+        #[arg(long, requires = "dev", value_name = "URL")]
+        public_url: Option<String>,
     },
     /// Ask a running gateway's admin listener whether it is ready (exit 0) or not (exit 1):
     /// a container HEALTHCHECK that needs no curl in the image.
@@ -242,12 +249,18 @@ fn main() -> ExitCode {
             listen,
             data,
             admin_listen,
+            cors_origins,
+            public_url,
         } => {
             let overrides = Overrides {
                 listen,
                 data,
                 admin_listen,
             };
+            let dev = dev.then_some(DevOptions {
+                cors_origins,
+                public_url,
+            });
             let prepared = match prepare(config, dev, &overrides) {
                 Ok(p) => p,
                 Err(e) => {
@@ -286,10 +299,33 @@ struct Prepared {
     dev_key: Option<String>,
 }
 
-fn prepare(path: Option<PathBuf>, dev: bool, overrides: &Overrides) -> anyhow::Result<Prepared> {
-    let (mut config, warnings, dev_key) = if dev {
+/// `serve --dev`'s own flags.
+struct DevOptions {
+    cors_origins: Vec<String>,
+    public_url: Option<String>,
+}
+
+fn prepare(
+    path: Option<PathBuf>,
+    dev: Option<DevOptions>,
+    overrides: &Overrides,
+) -> anyhow::Result<Prepared> {
+    let (mut config, warnings, dev_key) = if let Some(dev) = dev {
         let (key, hash) = generate_key();
-        (dev_config(hash), Vec::new(), Some(key))
+        let mut config = dev_config(hash);
+        for origin in dev.cors_origins {
+            config::check_origin(&origin).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
+            if let Some(cors) = &mut config.cors {
+                cors.allowed_origins.push(origin);
+            }
+        }
+        if let Some(url) = dev.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--public-url: `{url}` must start with http:// or https://");
+            }
+            config.server.public_url = Some(url);
+        }
+        (config, Vec::new(), Some(key))
     } else {
         let path = path.as_ref().expect("clap requires --config without --dev");
         let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -354,15 +390,20 @@ async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "could not sweep abandoned multipart uploads"),
         }
     }
-    let gateway = portcullis::Portcullis::new(&config, handle.backend.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
     let log = Arc::new(AccessLog::open(&config.log.access_log)?);
     let addr: SocketAddr = config.server.listen.parse()?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
+    let mut config = config;
+    if dev_key.is_some() && config.server.public_url.is_none() {
+        // Links a page on another origin can use: absolute, on the address it listens on.
+        config.server.public_url = Some(format!("http://{local}"));
+    }
+    let gateway = portcullis::Portcullis::new(&config, handle.backend.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
     let admin_addr: SocketAddr = config.admin.listen.parse()?;
     let admin = TcpListener::bind(admin_addr)
         .await
@@ -507,6 +548,12 @@ fn dev_config(key_hash: String) -> Config {
     // The embedded backend implements none of the audit's calls: nothing to learn at start.
     c.backend.audit = AuditMode::Off;
     c.rate_limit.max_concurrent_per_principal = 1024;
+    // Pages served by a local dev server (any port) may call it.
+    c.cors = Some(config::CorsConfig {
+        allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
+        max_age: config::units::Span::secs(600),
+        allow_credentials: false,
+    });
     // Signed links with a secret that lives as long as the process.
     let (secret, _) = generate_key();
     c.links = Some(config::LinksConfig {

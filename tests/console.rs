@@ -182,3 +182,70 @@ async fn the_console_works_end_to_end_in_headless_chromium() {
     );
     assert!(g.settle_uploads().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_classic_presigned_page_works_from_another_origin_against_serve_dev() {
+    let (chromium, browser_dir) = match browser_tools() {
+        Ok(t) => t,
+        Err(why) if std::env::var_os("PORTCULLIS_BROWSER_TESTS").is_none() => {
+            eprintln!("SKIPPED the browser run: {why}; .ci/run installs what it needs");
+            return;
+        }
+        Err(why) => panic!("PORTCULLIS_BROWSER_TESTS is set but {why}"),
+    };
+    let gw = DevGateway::start();
+    let files = tempfile::tempdir().unwrap();
+    let upload = files.path().join("holiday photo.bin");
+    let bytes = random_bytes(200 * 1024, 31);
+    std::fs::write(&upload, &bytes).unwrap();
+    // A file name that is no valid key: the refusal must reach the page as JSON.
+    let refused = files.path().join("back\\slash.txt");
+    std::fs::write(&refused, b"x").unwrap();
+    let page_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/presigned-frontend");
+
+    let run = tokio::process::Command::new("node")
+        .arg(browser_dir.join("frontend.mjs"))
+        .current_dir(&browser_dir)
+        .env("GATEWAY_URL", &gw.url)
+        .env("API_KEY", &gw.key)
+        .env("PAGE_DIR", &page_dir)
+        .env("UPLOAD_FILE", &upload)
+        .env("REFUSED_FILE", &refused)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the browser run finishes within 3 minutes")
+        .expect("node runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser run failed:\n{stderr}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let seen: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(seen["pageErrors"], Value::Array(vec![]), "{seen}");
+    assert_ne!(
+        seen["origin"].as_str().unwrap(),
+        gw.url,
+        "the page is on another origin"
+    );
+    assert_eq!(seen["uploaded"], "Uploaded as holiday photo.bin", "{seen}");
+    assert_eq!(
+        seen["downloaded"],
+        format!(
+            "Downloaded {} bytes, sha256 {}",
+            bytes.len(),
+            sha256(&bytes)
+        ),
+        "{seen}"
+    );
+    let refusal = seen["refused"].as_str().unwrap();
+    assert!(
+        refusal.starts_with("Refused: 400 invalid_key: "),
+        "{refusal}"
+    );
+    // Stored under the name the page sent, in the embedded bucket.
+    assert_eq!(
+        std::fs::read(gw.dir.path().join("data/portcullis/holiday photo.bin")).unwrap(),
+        bytes
+    );
+}

@@ -464,3 +464,100 @@ async fn a_content_type_no_header_can_carry_is_refused_when_the_link_is_issued()
     assert_eq!(put.status(), StatusCode::OK);
     assert_eq!(g.bucket_keys().await, vec!["ct/x"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presigned_routes_take_what_a_classic_page_sends() {
+    let dana = "dana-key-0123456789-abcdef";
+    let principal = format!(
+        "[[principals]]\nname = \"dana\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\", \"link\"]\nprefix = \"users/dana/\"\n",
+        portcullis::auth::hash_key(dana)
+    );
+    let g = gateway_tweaked(&principal, Relay::Direct, |c| {
+        c.links = Some(links_config(&[LINK_SECRET]));
+        c.server.public_url = Some("https://files.example.com/".into());
+    })
+    .await;
+    let started = std::time::SystemTime::now();
+    // A bare file name, an empty type (what File.type is for an unknown file), expiresIn.
+    let resp = g
+        .http
+        .post(format!("{}/s3/upload-url", g.url))
+        .header("authorization", bearer(dana))
+        .json(&json!({"key": "photo 1.png", "contentType": "", "expiresIn": 120}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["key"], "users/dana/photo 1.png");
+    let url = v["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://files.example.com/v1/objects/users/dana/photo%201.png?"),
+        "{url}"
+    );
+    let expires = humantime::parse_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
+    let ttl = expires.duration_since(started).unwrap().as_secs();
+    assert!((115..=125).contains(&ttl), "expiresIn honoured: {ttl}");
+    // The link works on the gateway (its own address, as public_url would route it).
+    let local = url.replace("https://files.example.com", &g.url);
+    let put = g.http.put(&local).body("png?").send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    assert!(
+        put.headers().contains_key("etag"),
+        "PUT answers carry an ETag"
+    );
+    // Download by the same bare name.
+    let resp = g
+        .http
+        .get(format!(
+            "{}/s3/download-url?key=photo%201.png&expiresIn=30",
+            g.url
+        ))
+        .header("authorization", bearer(dana))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["key"], "users/dana/photo 1.png");
+    let local = v["url"]
+        .as_str()
+        .unwrap()
+        .replace("https://files.example.com", &g.url);
+    assert_eq!(
+        g.http
+            .get(&local)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        "png?"
+    );
+    // The issuing line names the key.
+    eventually("the link lines name their key", || async {
+        g.access_log_lines()
+            .iter()
+            .filter(|l| l["route"] == "link" && l["key"] == "users/dana/photo 1.png")
+            .count()
+            == 2
+    })
+    .await;
+    // Outside the prefix on /v1: the 403 names the caller's own prefix.
+    let resp = g
+        .call(Method::PUT, "users/other/x", dana)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("users/dana/"),
+        "{v}"
+    );
+}

@@ -38,6 +38,7 @@ struct UploadUrlRequest {
     key: String,
     #[serde(alias = "contentType")]
     content_type: Option<String>,
+    #[serde(alias = "expiresIn")]
     expires_in: Option<u64>,
     max_size: Option<u64>,
     #[serde(default)]
@@ -49,7 +50,8 @@ pub(super) async fn create(
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req, None)?;
-    let r: LinkRequest = read_json(state, req).await?;
+    let mut req = req;
+    let r: LinkRequest = read_json(state, req.body_mut()).await?;
     let method = match r.method.to_ascii_uppercase().as_str() {
         "GET" => Method::GET,
         "PUT" => Method::PUT,
@@ -57,6 +59,7 @@ pub(super) async fn create(
     };
     issue(
         state,
+        &req,
         &identity,
         Wanted {
             key: r.key,
@@ -75,16 +78,19 @@ pub(super) async fn upload_url(
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     let identity = authenticate(state, &req, None)?;
-    let r: UploadUrlRequest = read_json(state, req).await?;
+    let mut req = req;
+    let r: UploadUrlRequest = read_json(state, req.body_mut()).await?;
     issue(
         state,
+        &req,
         &identity,
         Wanted {
-            key: r.key,
+            key: under_prefix(&identity, r.key),
             method: Method::PUT,
             expires_in: r.expires_in,
             max_size: r.max_size,
-            content_type: r.content_type,
+            // `File.type` of a file the browser cannot type is "": no type.
+            content_type: r.content_type.filter(|t| !t.trim().is_empty()),
             create_only: r.create_only,
         },
         StatusCode::OK,
@@ -101,7 +107,7 @@ pub(super) async fn download_url(
     for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         let slot_taken = match &*name {
             "key" => key.replace(value.into_owned()).is_some(),
-            "expires_in" => expires_in
+            "expires_in" | "expiresIn" => expires_in
                 .replace(value.parse::<u64>().map_err(|_| {
                     ApiError::bad_request("expires_in must be a whole number of seconds")
                 })?)
@@ -117,8 +123,10 @@ pub(super) async fn download_url(
         }
     }
     let key = key.ok_or_else(|| ApiError::bad_request("key is required"))?;
+    let key = under_prefix(&identity, key);
     issue(
         state,
+        &req,
         &identity,
         Wanted {
             key,
@@ -130,6 +138,18 @@ pub(super) async fn download_url(
         },
         StatusCode::OK,
     )
+}
+
+/// On the presigned-URL routes a key is what a page has at hand, often a bare file name: one
+/// that does not start with the principal's prefix is placed under it (`photo.png` becomes
+/// `users/alice/photo.png`). The answer says which key the link is for.
+fn under_prefix(identity: &Identity, key: String) -> String {
+    let prefix = &identity.principal.prefix;
+    if key.starts_with(prefix.as_str()) {
+        key
+    } else {
+        format!("{prefix}{}", key.trim_start_matches('/'))
+    }
 }
 
 /// What the caller asked a link to allow.
@@ -146,6 +166,7 @@ struct Wanted {
 /// answers `{"url","method","expires_at"}` (expiry in RFC 3339) with `status`.
 fn issue(
     state: &AppState,
+    req: &Request<Body>,
     identity: &Identity,
     w: Wanted,
     status: StatusCode,
@@ -157,6 +178,7 @@ fn issue(
         )
     })?;
     let key = ObjectKey::parse(w.key).map_err(ApiError::invalid_key)?;
+    crate::obs::note(req, |n| n.key = Some(key.as_str().to_owned()));
     let principal = &identity.principal;
     let action = if w.method == Method::PUT {
         Action::Put
@@ -213,6 +235,7 @@ fn issue(
         status,
         &json!({
             "url": url,
+            "key": grant.key.as_str(),
             "method": grant.method.as_str(),
             "expires_at": humantime::format_rfc3339_seconds(at).to_string(),
         }),
@@ -222,9 +245,8 @@ fn issue(
 /// Reads a small JSON body, within `MAX_JSON` bytes and the body idle timeout.
 async fn read_json<T: serde::de::DeserializeOwned>(
     state: &AppState,
-    req: Request<Body>,
+    body: &mut Body,
 ) -> Result<T, ApiError> {
-    let mut body = req.into_body();
     let mut bytes = Vec::new();
     loop {
         let frame = tokio::time::timeout(state.body_idle_timeout, body.frame())

@@ -178,10 +178,17 @@ pub(super) async fn put(
     } else {
         StatusCode::OK
     };
-    Ok(respond::json(
+    let mut resp = respond::json(
         status,
         &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
-    ))
+    );
+    // As S3's own PUT answers do.
+    if let Ok(etag) = HeaderValue::from_str(&stored.etag)
+        && !stored.etag.is_empty()
+    {
+        resp.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(resp)
 }
 
 /// The body, delayed to the principal's `bytes_per_second` if it has one.

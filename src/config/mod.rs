@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use schema::*;
-pub use validate::{Warning, parse_net};
+pub use validate::{Warning, check_origin, parse_net};
 
 /// One thing wrong with a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -288,7 +288,8 @@ impl Default for RateLimitConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
-    /// Origins allowed to call from a browser, like `https://app.example.com`, or `"*"`.
+    /// Origins allowed to call from a browser, like `https://app.example.com`, or `"*"`;
+    /// `http://localhost:*` allows that host on any port.
     pub allowed_origins: Vec<String>,
     /// How long a browser may cache a preflight answer. Default `50m`.
     #[serde(default = "default_cors_max_age")]

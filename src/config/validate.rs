@@ -246,6 +246,16 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         }
     }
 
+    if c.cors.is_some() && c.links.is_some() && c.server.public_url.is_none() {
+        w.push(Warning {
+            field: "server.public_url".into(),
+            message: "is not set, so signed links are relative (/v1/objects/...): a page on \
+                      another origin (the reason for [cors]) would send its upload to its own \
+                      origin. Set it to this gateway's public URL"
+                .into(),
+        });
+    }
+
     // [links]
     if let Some(links) = &c.links {
         if let Err(reason) = crate::auth::LinkSigner::from_config(links) {
@@ -466,7 +476,10 @@ fn check_patterns(field: &str, patterns: &[String], p: &mut Problems) -> Vec<Typ
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, nothing after.
-fn check_origin(origin: &str) -> Result<(), String> {
+/// A CORS origin: `scheme://host[:port]`, or `scheme://host:*` for any port.
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    // `http://localhost:*`: that host on any port.
+    let origin = origin.strip_suffix(":*").unwrap_or(origin);
     let rest = origin
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"))

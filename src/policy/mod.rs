@@ -104,20 +104,33 @@ impl Principal {
 
     /// May the principal do `action` on `key`? One answer for every refusal.
     pub fn authorize(&self, action: Action, key: &ObjectKey) -> Result<(), ApiError> {
-        if self.may(action) && key.as_str().starts_with(&self.prefix) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
+        if !self.may(action) {
+            return Err(ApiError::forbidden());
         }
+        if !key.as_str().starts_with(&self.prefix) {
+            return Err(self.outside_prefix());
+        }
+        Ok(())
+    }
+
+    /// `403` for a key outside the prefix, naming the prefix: it is the caller's own, and
+    /// the answer is the same whether or not the key exists.
+    fn outside_prefix(&self) -> ApiError {
+        ApiError::new(
+            crate::error::Code::Forbidden,
+            format!("keys of this principal start with `{}`", self.prefix),
+        )
     }
 
     /// May the principal list under `prefix`? Listing is confined to its own prefix.
     pub fn authorize_list(&self, prefix: &str) -> Result<(), ApiError> {
-        if self.may(Action::List) && prefix.starts_with(&self.prefix) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
+        if !self.may(Action::List) {
+            return Err(ApiError::forbidden());
         }
+        if !prefix.starts_with(&self.prefix) {
+            return Err(self.outside_prefix());
+        }
+        Ok(())
     }
 }
 
