@@ -138,6 +138,7 @@ fn main() -> ExitCode {
                     eprintln!("warning: {}: {w}", config.display());
                 }
                 println!("{}: ok", config.display());
+                print!("{}", config::describe(&loaded.config));
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -365,11 +366,18 @@ async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<()> {
     let health = Health::new(handle.backend.clone());
     if !health.check().await {
         if config.backend.kind == BackendKind::Embedded {
-            anyhow::bail!("the embedded backend does not answer");
+            let why = match handle.backend.ping().await {
+                Err(e) => format!("{}: {}", e.message, e.detail.as_deref().unwrap_or("")),
+                Ok(()) => "it answered only on a second try".into(),
+            };
+            anyhow::bail!("the embedded backend does not answer: {why}");
         }
         tracing::error!("the bucket is not reachable now; requests will fail until it is");
     }
-    if config.backend.audit != AuditMode::Off {
+    if config.backend.kind == BackendKind::Embedded && config.backend.audit != AuditMode::Off {
+        // Its S3 server implements none of the audit's calls (and logs each as a 501).
+        tracing::info!("bucket audit skipped: the embedded backend implements none of its checks");
+    } else if config.backend.audit != AuditMode::Off {
         let report = portcullis::audit::run(&handle.backend).await;
         for c in report
             .checks
@@ -543,7 +551,7 @@ fn dev_config(key_hash: String) -> Config {
     c.backend.kind = BackendKind::Embedded;
     // Any free port: 9090 is often taken (Prometheus itself); the banner prints the address.
     c.admin.listen = "127.0.0.1:0".into();
-    c.backend.bucket = "portcullis".into();
+    c.backend.bucket = config::EMBEDDED_BUCKET.into();
     c.log.format = LogFormat::Pretty;
     // The embedded backend implements none of the audit's calls: nothing to learn at start.
     c.backend.audit = AuditMode::Off;
@@ -584,26 +592,28 @@ fn dev_config(key_hash: String) -> Config {
 }
 
 fn init_tracing(format: LogFormat) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Whatever PORTCULLIS_LOG asks, these never log below these levels: the embedded S3
-    // server's debug lines and the SDK's trace lines print whole signed requests, and a
-    // SigV4 signature can be replayed for 15 minutes.
-    for cap in [
-        "s3s=info",
-        "s3s_fs=info",
-        "aws_smithy_runtime=debug",
-        "aws_sigv4=debug",
-    ] {
-        filter = filter.add_directive(cap.parse().expect("a valid directive"));
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
+    let asked =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Whatever PORTCULLIS_LOG asks, these targets never log below these levels: the embedded
+    // S3 server's debug lines and the SDK's trace lines print whole signed requests, and a
+    // SigV4 signature can be replayed for 15 minutes. A cap only lowers what was asked.
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("s3s", LevelFilter::INFO)
+        .with_target("s3s_fs", LevelFilter::INFO)
+        .with_target("aws_smithy_runtime", LevelFilter::DEBUG)
+        .with_target("aws_sigv4", LevelFilter::DEBUG);
+    let filter = asked.and(caps);
+    let layer = fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
+        LogFormat::Pretty => layer.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(layer).init();
 }
 
 /// The first SIGTERM or SIGINT: `/readyz` goes unready, the listener stops accepting and

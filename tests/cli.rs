@@ -50,6 +50,9 @@ async fn serve_dev_prints_a_key_that_works() {
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     // The access log went to stdout, one JSON line per request, without the key.
+    // The default application log is info: no debug lines from any crate.
+    let log: Vec<String> = gw.stderr.try_iter().collect();
+    assert!(!log.iter().any(|l| l.contains("DEBUG")), "{log:?}");
     let stdout = gw.stdout();
     assert_eq!(stdout.lines().count(), 3, "{stdout}");
     assert!(!stdout.contains(&key));

@@ -1,6 +1,7 @@
 //! Configuration: the TOML schema, human units, validation that names file, line, field and
 //! reason, and loading. A bad config is refused with a clear message, never a panic.
 
+mod describe;
 mod schema;
 pub mod units;
 mod validate;
@@ -8,6 +9,7 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use describe::describe;
 pub use schema::*;
 pub use validate::{Warning, check_origin, parse_net};
 
@@ -150,7 +152,7 @@ fn deserialize(text: &str) -> Result<Config, (String, Option<usize>, String)> {
         let line = e.span().map(|s| line_of(text, s.start));
         (String::new(), line, e.message().to_owned())
     })?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
         let inner = e.into_inner();
@@ -159,8 +161,16 @@ fn deserialize(text: &str) -> Result<Config, (String, Option<usize>, String)> {
             .map(|s| line_of(text, s.start))
             .or_else(|| locate(text, &field));
         (field, line, inner.message().to_owned())
-    })
+    })?;
+    // The embedded backend makes its bucket; it needs no name from the operator.
+    if config.backend.kind == BackendKind::Embedded && config.backend.bucket.is_empty() {
+        config.backend.bucket = EMBEDDED_BUCKET.into();
+    }
+    Ok(config)
 }
+
+/// The embedded backend's bucket when the config names none (`serve --dev`'s too).
+pub const EMBEDDED_BUCKET: &str = "portcullis";
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
