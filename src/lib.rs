@@ -279,7 +279,10 @@ impl Live {
             .map_err(|e| format!("server.tls: {e}"))?;
         let gateway = Gateway::new(state.clone());
         let service = match &config.cors {
-            Some(c) => SyncService::new(cors_layer(c).layer(gateway)),
+            Some(c) => SyncService::new(Preflights {
+                inner: cors_layer(c).layer(gateway),
+                allowed: c.allowed_origins.clone().into(),
+            }),
             None => SyncService::new(gateway),
         };
         Ok(Self {
@@ -289,6 +292,91 @@ impl Live {
             tls,
         })
     }
+}
+
+/// Is `origin` one of `allowed` (`"*"`, an exact origin, or `scheme://host:*`)?
+fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed.iter().any(|a| {
+        a == "*"
+            || a == origin
+            || a.strip_suffix('*').is_some_and(|host| {
+                a.ends_with(":*")
+                    && origin.strip_prefix(host).is_some_and(|port| {
+                        !port.is_empty()
+                            && port.len() <= 5
+                            && port.bytes().all(|b| b.is_ascii_digit())
+                    })
+            })
+    })
+}
+
+/// Refuses the preflights of origins `[cors]` does not list, in front of the CORS layer.
+#[derive(Clone)]
+struct Preflights<S> {
+    inner: S,
+    allowed: Arc<[String]>,
+}
+
+impl<S> tower::Service<http::Request<Body>> for Preflights<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<http::Response<Body>, S::Error>>,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        match refused_preflight(&self.allowed, &req) {
+            Some(refused) => futures_util::future::Either::Left(std::future::ready(Ok(refused))),
+            None => futures_util::future::Either::Right(self.inner.call(req)),
+        }
+    }
+}
+
+/// A CORS preflight from an origin `[cors]` does not list: `403`, logged with its `Origin`
+/// (tower-http would answer it `200` without CORS headers, which says nothing in the log).
+fn refused_preflight(
+    allowed: &[String],
+    req: &http::Request<Body>,
+) -> Option<http::Response<Body>> {
+    if req.method() != http::Method::OPTIONS
+        || !req
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return None;
+    }
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let text = String::from_utf8_lossy(origin.as_bytes());
+    if origin_allowed(allowed, &text) {
+        return None;
+    }
+    let err = error::ApiError::new(
+        error::Code::Forbidden,
+        "this origin may not call the gateway from a browser",
+    );
+    obs::note(req, |n| {
+        n.route = "preflight";
+        n.error_code = Some("cors_refused");
+        n.origin = Some(text.chars().take(256).collect());
+    });
+    let id = req
+        .extensions()
+        .get::<obs::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| Arc::from("-"));
+    Some(api::respond::error(&err, &id))
 }
 
 /// `[cors]` as tower-http's layer: the listed origins (or any, without credentials), the
@@ -301,16 +389,9 @@ fn cors_layer(c: &config::CorsConfig) -> CorsLayer {
     } else if c.allowed_origins.iter().any(|o| o.ends_with(":*")) {
         let allowed = c.allowed_origins.clone();
         AllowOrigin::predicate(move |origin, _| {
-            let Ok(origin) = origin.to_str() else {
-                return false;
-            };
-            allowed.iter().any(|a| match a.strip_suffix('*') {
-                // `scheme://host:` then a port.
-                Some(host) => origin.strip_prefix(host).is_some_and(|port| {
-                    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
-                }),
-                None => a == origin,
-            })
+            origin
+                .to_str()
+                .is_ok_and(|origin| origin_allowed(&allowed, origin))
         })
     } else {
         AllowOrigin::list(

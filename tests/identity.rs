@@ -462,6 +462,17 @@ async fn cors_answers_listed_origins_only() {
 
     let resp = preflight("https://evil.example.com").await.unwrap();
     assert!(!resp.headers().contains_key("access-control-allow-origin"));
+    // Refused, and the log says so, with the origin.
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    eventually("the refused preflight is logged", || async {
+        g.access_log_lines().iter().any(|l| {
+            l["method"] == "OPTIONS"
+                && l["error_code"] == "cors_refused"
+                && l["origin"] == "https://evil.example.com"
+                && l["status"] == 403
+        })
+    })
+    .await;
 
     // The real request: ETag exposed to the listed origin; nothing for another.
     let resp = g

@@ -332,3 +332,34 @@ async fn portcullis_load_reports_a_bounded_run() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["errors"], 10, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_and_metrics_an_operator_can_use() {
+    let g = gateway("").await;
+    let resp = g
+        .call(reqwest::Method::PUT, "ops/a.txt", ADMIN)
+        .header("user-agent", "ops-test/1.0")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually("the PUT is logged with its client and protocol", || async {
+        g.access_log_lines().iter().any(|l| {
+            l["key"] == "ops/a.txt"
+                && l["user_agent"] == "ops-test/1.0"
+                && l["http_version"] == "HTTP/1.1"
+        })
+    })
+    .await;
+    let metrics = portcullis::obs::metrics::render();
+    for name in [
+        "portcullis_request_duration_seconds_bucket{route=\"object\",method=\"PUT\",status=\"2xx\"",
+        "portcullis_build_info{version=",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+}

@@ -92,6 +92,8 @@ pub struct RequestNote {
     pub backend_ms: Option<f64>,
     /// Hex SHA-256 of an upload, when the gateway computed one.
     pub sha256: Option<String>,
+    /// The `Origin` of a CORS preflight that was refused.
+    pub origin: Option<String>,
 }
 
 /// Updates the request's note, if the access log gave it one.
@@ -111,6 +113,8 @@ struct Record<'a> {
     principal: Option<&'a str>,
     auth: &'static str,
     method: &'a str,
+    http_version: &'static str,
+    user_agent: Option<&'a str>,
     route: &'static str,
     key: Option<&'a str>,
     status: u16,
@@ -121,6 +125,8 @@ struct Record<'a> {
     error_code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a str>,
 }
 
 /// Everything needed to write the line once the transfer ends.
@@ -131,6 +137,8 @@ struct Pending {
     request_id: Arc<str>,
     remote: Option<String>,
     method: http::Method,
+    version: http::Version,
+    user_agent: Option<String>,
     note: Arc<Mutex<RequestNote>>,
     bytes_in: Arc<AtomicU64>,
     status: u16,
@@ -152,7 +160,16 @@ impl Pending {
         };
         let error_code = note.error_code.or(fallback_error);
         super::metrics::in_flight(-1.0);
-        super::metrics::request_done(route, &self.method, status, bytes_in, bytes_out, error_code);
+        let elapsed = self.start.elapsed();
+        super::metrics::request_done(
+            route,
+            &self.method,
+            status,
+            bytes_in,
+            bytes_out,
+            error_code,
+            elapsed.as_secs_f64(),
+        );
         let record = Record {
             ts: humantime::format_rfc3339_millis(self.ts).to_string(),
             request_id: &self.request_id,
@@ -160,15 +177,18 @@ impl Pending {
             principal: note.principal.as_deref(),
             auth: note.auth.unwrap_or(AuthMethod::None).as_str(),
             method: self.method.as_str(),
+            http_version: version_name(self.version),
+            user_agent: self.user_agent.as_deref(),
             route,
             key: note.key.as_deref(),
             status,
             bytes_in,
             bytes_out,
-            duration_ms: (self.start.elapsed().as_micros() as f64) / 1000.0,
+            duration_ms: (elapsed.as_micros() as f64) / 1000.0,
             backend_ms: note.backend_ms,
             error_code,
             sha256: note.sha256.as_deref(),
+            origin: note.origin.as_deref(),
         };
         self.log.write(&record);
     }
@@ -266,6 +286,10 @@ impl Service<Request<Body>> for AccessLogService {
             request_id: request_id.clone(),
             remote,
             method: req.method().clone(),
+            version: req.version(),
+            user_agent: req.headers().get(http::header::USER_AGENT).map(|v| {
+                String::from_utf8_lossy(&v.as_bytes()[..v.len().min(MAX_USER_AGENT)]).into_owned()
+            }),
             note: note.clone(),
             bytes_in: bytes_in.clone(),
             status: 0,
@@ -307,6 +331,20 @@ impl Service<Request<Body>> for AccessLogService {
             .boxed();
             Ok(Response::from_parts(parts, body))
         })
+    }
+}
+
+/// The most of a `User-Agent` the log keeps.
+const MAX_USER_AGENT: usize = 256;
+
+fn version_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "other",
     }
 }
 

@@ -9,6 +9,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The process's CPU, memory, open files and start time (`process_*`, as Prometheus names
+/// them), read at each scrape.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
 /// Installs the process-wide recorder once; later calls return the same handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -22,11 +26,23 @@ pub fn install() -> PrometheusHandle {
                     ],
                 )
                 .expect("the bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full("portcullis_request_duration_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0, 60.0, 300.0,
+                    ],
+                )
+                .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be set (an embedding program's): keep theirs.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            PROCESS
+                .get_or_init(metrics_process::Collector::default)
+                .describe();
+            gauge!("portcullis_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
@@ -34,7 +50,11 @@ pub fn install() -> PrometheusHandle {
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
-    install().render()
+    let handle = install();
+    if let Some(process) = PROCESS.get() {
+        process.collect();
+    }
+    handle.render()
 }
 
 fn describe() {
@@ -53,6 +73,14 @@ fn describe() {
     metrics::describe_counter!(
         "portcullis_rejections_total",
         "Requests refused or failed, by error code (rate_limited, unauthenticated, payload_too_large, ...)."
+    );
+    metrics::describe_histogram!(
+        "portcullis_request_duration_seconds",
+        "Time from a request's arrival to the end of its response body, by route, method and status class."
+    );
+    metrics::describe_gauge!(
+        "portcullis_build_info",
+        "1, labelled with the running build's version."
     );
     metrics::describe_histogram!(
         "portcullis_backend_seconds",
@@ -122,9 +150,13 @@ pub(crate) fn request_done(
     bytes_in: u64,
     bytes_out: u64,
     error_code: Option<&'static str>,
+    seconds: f64,
 ) {
-    counter!("portcullis_requests_total", "route" => route, "method" => method_label(method), "status" => status_class(status))
+    let (method, class) = (method_label(method), status_class(status));
+    counter!("portcullis_requests_total", "route" => route, "method" => method, "status" => class)
         .increment(1);
+    histogram!("portcullis_request_duration_seconds", "route" => route, "method" => method, "status" => class)
+        .record(seconds);
     counter!("portcullis_request_bytes_total").increment(bytes_in);
     counter!("portcullis_response_bytes_total").increment(bytes_out);
     if let Some(code) = error_code {
