@@ -236,12 +236,15 @@ fn main() -> ExitCode {
             else {
                 return ExitCode::FAILURE;
             };
-            if runtime.block_on(portcullis::admin::probe(admin, &path)) {
-                println!("ok");
-                ExitCode::SUCCESS
-            } else {
-                println!("not ok");
-                ExitCode::FAILURE
+            match runtime.block_on(portcullis::admin::probe(admin, &path)) {
+                Ok(_) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    println!("not ok: {why}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Serve {

@@ -223,18 +223,26 @@ async fn portcullis_health_asks_the_admin_listener() {
     let gw = DevGateway::start();
     let admin = gw.admin.trim_start_matches("http://").to_owned();
     let health = |admin: &str, path: &str| {
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["health", "--admin", admin, "--path", path])
             .output()
-            .unwrap()
-            .status
-            .success()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
     };
-    assert!(health(&admin, "/readyz"));
-    assert!(health(&admin, "/healthz"));
-    assert!(!health(&admin, "/nope"));
+    assert_eq!(health(&admin, "/readyz"), (true, "ok".into()));
+    assert!(health(&admin, "/healthz").0);
+    // Not ok, and why.
+    let (ok, said) = health(&admin, "/nope");
+    assert!(
+        !ok && said.starts_with("not ok: /nope: HTTP/1.0 404"),
+        "{said}"
+    );
     let (_held, closed) = refusing_addr();
-    assert!(!health(&closed.to_string(), "/healthz"));
+    let (ok, said) = health(&closed.to_string(), "/healthz");
+    assert!(!ok && said.contains("cannot connect"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

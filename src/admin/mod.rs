@@ -144,22 +144,35 @@ async fn answer(
     Ok(resp)
 }
 
-/// `portcullis health`: asks a running gateway's admin listener (for container health
-/// checks, where the image has no curl). True when it answers 200.
-pub async fn probe(addr: std::net::SocketAddr, path: &str) -> bool {
+/// Asks the admin listener at `addr` for `path`: `Ok` with its answer when it is `200`, else
+/// `Err` with why not (its status and answer, or what failed), for `portcullis health`.
+pub async fn probe(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
-            .ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.0 200") || head.starts_with(b"HTTP/1.1 200"))
+            .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+        let mut answer = Vec::new();
+        s.take(4096)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("no answer from {addr}: {e}"))?;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status = head.lines().next().unwrap_or("").trim().to_owned();
+        let body = body.trim().to_owned();
+        if status.starts_with("HTTP/1.0 200") || status.starts_with("HTTP/1.1 200") {
+            Ok(body)
+        } else if status.is_empty() {
+            Err(format!("{addr} closed the connection without answering"))
+        } else {
+            Err(format!("{path}: {status}: {body}"))
+        }
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
         .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+        .unwrap_or_else(|_| Err(format!("{addr} did not answer within 5 s")))
 }
