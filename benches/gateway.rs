@@ -226,6 +226,7 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>, only: Option<V
                         duration: cell,
                         requests: Some(cap),
                         prefix: prefix.clone(),
+                        content_type: None,
                         progress: false,
                         presigned,
                         prepared,

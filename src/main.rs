@@ -89,9 +89,13 @@ enum Command {
         /// Stop after this many requests.
         #[arg(long)]
         requests: Option<u64>,
-        /// Keys used are PREFIX + worker number.
-        #[arg(long, default_value = "load/")]
-        prefix: String,
+        /// Keys used are PREFIX + worker number (default: the key's principal's own prefix,
+        /// from GET /v1/me, then `load/`).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Content-Type of the uploads (default: none, the gateway sniffs).
+        #[arg(long)]
+        content_type: Option<String>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -155,10 +159,23 @@ fn main() -> ExitCode {
             duration,
             requests,
             prefix,
+            content_type,
             json,
         } => {
             let Ok(runtime) = tokio::runtime::Runtime::new() else {
                 return ExitCode::FAILURE;
+            };
+            let prefix = match prefix {
+                Some(p) => p,
+                None => match runtime.block_on(portcullis::load::own_prefix(&url, &key)) {
+                    Ok(own) => format!("{own}load/"),
+                    Err(e) => {
+                        eprintln!(
+                            "portcullis: cannot learn the key's prefix (or pass --prefix): {e:#}"
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
             };
             let opts = portcullis::load::LoadOptions {
                 url,
@@ -169,6 +186,7 @@ fn main() -> ExitCode {
                 duration: duration.get(),
                 requests,
                 prefix,
+                content_type,
                 progress: !json,
                 presigned: None,
                 prepared: false,
@@ -183,7 +201,11 @@ fn main() -> ExitCode {
                     } else {
                         print!("{}", summary.text());
                     }
-                    ExitCode::SUCCESS
+                    if summary.mostly_errors() {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("portcullis: {e:#}");

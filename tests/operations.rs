@@ -319,26 +319,72 @@ async fn portcullis_load_reports_a_bounded_run() {
         assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
         assert!(v["megabytes_per_second"].as_f64().unwrap() > 0.0);
     }
-    // A wrong key: every request is an error, counted by status.
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "load",
-            "--url",
-            &gw.url,
-            "--op",
-            "put",
-            "--concurrency",
-            "2",
-            "--requests",
-            "10",
-            "--json",
-        ])
-        .env("PORTCULLIS_KEY", "wrong")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    // A wrong key: every request is an error, counted by status, said on the last line,
+    // and the exit status is not 0.
+    let wrong = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "load",
+                "--url",
+                &gw.url,
+                "--op",
+                "put",
+                "--concurrency",
+                "2",
+            ])
+            .args(["--requests", "10"])
+            .args(extra)
+            .env("PORTCULLIS_KEY", "wrong")
+            .output()
+            .unwrap()
+    };
+    let out = wrong(&["--prefix", "load/", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["errors"], 10, "{v}");
+    let out = wrong(&["--prefix", "load/"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("MOSTLY ERRORS: 10 of 10"), "{text}");
+    // Without --prefix it asks the gateway whose key it is, and says why it cannot.
+    let out = wrong(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/v1/me answered 4"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_writes_under_a_confined_principal_own_prefix() {
+    let g = gateway("").await;
+    let prefix = portcullis::load::own_prefix(&g.url, ALICE).await.unwrap();
+    assert_eq!(prefix, "users/alice/");
+    let summary = portcullis::load::run(portcullis::load::LoadOptions {
+        url: g.url.clone(),
+        key: ALICE.into(),
+        op: portcullis::load::Op::Put,
+        size: 1024,
+        concurrency: 2,
+        duration: Duration::from_secs(5),
+        requests: Some(10),
+        prefix: format!("{prefix}load/"),
+        content_type: Some("text/plain".into()),
+        progress: false,
+        presigned: None,
+        prepared: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    assert!(!summary.mostly_errors());
+    let keys = g.bucket_keys().await;
+    assert_eq!(keys, vec!["users/alice/load/0", "users/alice/load/1"]);
+    let head = g
+        .call(Method::HEAD, "users/alice/load/0", ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.headers()["content-type"], "text/plain");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

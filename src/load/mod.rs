@@ -43,6 +43,8 @@ pub struct LoadOptions {
     pub requests: Option<u64>,
     /// Keys used: `{prefix}{worker}`.
     pub prefix: String,
+    /// `Content-Type` of the PUTs (none: the gateway takes the sniffed type).
+    pub content_type: Option<String>,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
     /// Instead of the gateway's API: ready-made URLs per worker, `(GET, PUT)`, sent without
@@ -273,6 +275,10 @@ async fn send(
             ))
             .header(http::header::AUTHORIZATION, format!("Bearer {}", opts.key)),
     };
+    let builder = match &opts.content_type {
+        Some(t) if sent > 0 => builder.header(http::header::CONTENT_TYPE, t),
+        _ => builder,
+    };
     let req = builder.body(if sent > 0 {
         Full::new(body)
     } else {
@@ -300,7 +306,35 @@ fn pseudo_random(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The prefix of the principal `key` belongs to, from the gateway's `GET /v1/me`: where a
+/// run may write without being refused.
+pub async fn own_prefix(url: &str, key: &str) -> anyhow::Result<String> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::get(format!("{}/v1/me", url.trim_end_matches('/')))
+        .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Full::new(Bytes::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| anyhow::anyhow!("{url} did not answer GET /v1/me within 10 s"))??;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "GET /v1/me answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let me: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(me["prefix"].as_str().unwrap_or_default().to_owned())
+}
+
 impl Summary {
+    /// More than half of the requests failed (an error status or no answer): the figures
+    /// measure refusals, not the work asked for.
+    pub fn mostly_errors(&self) -> bool {
+        self.errors * 2 > self.requests
+    }
+
     /// The summary for people.
     pub fn text(&self) -> String {
         let statuses: Vec<String> = self
@@ -327,6 +361,15 @@ impl Summary {
             self.latency_ms.p99,
             self.latency_ms.p999,
             self.latency_ms.max,
-        )
+        ) + &if self.mostly_errors() {
+            format!(
+                "  MOSTLY ERRORS: {} of {} requests failed ({}); these figures measure refusals\n",
+                self.errors,
+                self.requests,
+                statuses.join(", ")
+            )
+        } else {
+            String::new()
+        }
     }
 }
