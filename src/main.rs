@@ -67,7 +67,11 @@ enum Command {
         config: PathBuf,
     },
     /// Print a new random API key and the `sha256:` hash to paste into a config.
-    Keygen,
+    Keygen {
+        /// Print `{"key","hash"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate load against a gateway (bounded by --duration and --requests).
     Load {
         /// The gateway, e.g. http://127.0.0.1:8080.
@@ -100,13 +104,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run only the embedded S3 server (s3s-fs), on 127.0.0.1, and print its endpoint and
-    /// generated credentials as one JSON line: a backend in its own process, for benchmarks.
-    #[command(hide = true)]
+    /// Run only the embedded S3 server (s3s + s3s-fs, for development and benchmarks, not
+    /// production) and print its endpoint, bucket and generated credentials as one JSON line.
     S3Server {
         /// Data folder.
         #[arg(long)]
         root: PathBuf,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
         /// The bucket to create.
         #[arg(long, default_value = "portcullis")]
         bucket: String,
@@ -129,11 +135,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen => {
+        Command::Keygen { json } => {
             let (key, hash) = generate_key();
-            println!("key:  {key}");
-            println!("hash: {hash}");
-            println!("\nGive the key to the client; put the hash in its principal's api_keys.");
+            if json {
+                println!("{}", serde_json::json!({ "key": key, "hash": hash }));
+            } else {
+                println!("key:  {key}");
+                println!("hash: {hash}");
+                println!("\nGive the key to the client; put the hash in its principal's api_keys.");
+            }
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => match config::load(&config) {
@@ -226,12 +236,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::S3Server { root, bucket } => {
+        Command::S3Server {
+            root,
+            listen,
+            bucket,
+        } => {
             let Ok(runtime) = tokio::runtime::Runtime::new() else {
                 return ExitCode::FAILURE;
             };
             runtime.block_on(async {
-                let server = match portcullis::embedded::start(&root, &bucket).await {
+                let server = match portcullis::embedded::start_on(&root, &bucket, listen).await {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("portcullis: {e}");

@@ -132,6 +132,44 @@ fn keygen_prints_a_key_and_its_hash() {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "URL-safe: {key}"
     );
+    // For scripts: JSON.
+    let out = Command::new(BIN)
+        .args(["keygen", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = v["key"].as_str().unwrap();
+    assert_eq!(v["hash"], portcullis::auth::hash_key(key));
+}
+
+#[test]
+fn s3_server_prints_its_endpoint_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["s3-server", "--listen", "127.0.0.1:0", "--root"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(
+        v["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{v}"
+    );
+    assert_eq!(v["bucket"], "portcullis");
+    assert!(v["access_key"].is_string() && v["secret_key"].is_string());
 }
 
 fn check_config(path: &std::path::Path) -> std::process::Output {

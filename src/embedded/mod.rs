@@ -44,8 +44,18 @@ impl Drop for EmbeddedServer {
     }
 }
 
-/// Starts an S3 server storing under `root` (created if missing) with `bucket` in it.
+/// Starts an S3 server storing under `root` (created if missing) with `bucket` in it, on
+/// 127.0.0.1 and a free port.
 pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer> {
+    start_on(root, bucket, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Like [`start`], on `addr`.
+pub async fn start_on(
+    root: &Path,
+    bucket: &str,
+    addr: SocketAddr,
+) -> std::io::Result<EmbeddedServer> {
     std::fs::create_dir_all(root.join(bucket))?;
     // Only the gateway's user may look inside: s3s-fs writes its files with the umask's
     // modes (often world-readable), so the folder is what keeps other users out.
@@ -70,7 +80,7 @@ pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer>
     ));
     let service = builder.build();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
