@@ -209,3 +209,27 @@ async fn debug_logs_carry_no_signature_and_the_data_is_private() {
         .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
 }
+
+#[test]
+fn the_image_checks_liveness_and_builds_from_a_small_context() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let healthcheck = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .take(2)
+        .collect::<String>();
+    assert!(healthcheck.contains("\"/healthz\""), "{healthcheck}");
+    assert!(dockerfile.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"));
+    let exposed: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("EXPOSE"))
+        .collect();
+    assert_eq!(
+        exposed,
+        ["EXPOSE 8080"],
+        "the admin listener is loopback by default"
+    );
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    assert!(ignored.lines().any(|l| l.trim() == "target/"), "{ignored}");
+}
