@@ -134,6 +134,7 @@ async fn the_console_works_end_to_end_in_headless_chromium() {
         .current_dir(&browser_dir)
         .env("GATEWAY_URL", &g.url)
         .env("CONSOLE_KEY", CAROL)
+        .env("READER_KEY", READER)
         .env("PREFIX", "users/carol/")
         .env("SMALL_FILE", &small)
         .env("BIG_FILE", &big)
@@ -162,6 +163,23 @@ async fn the_console_works_end_to_end_in_headless_chromium() {
     );
     let too_large = seen["tooLargeText"].as_str().unwrap();
     assert!(too_large.contains("too large"), "{too_large}");
+    let bar = &seen["failedBar"];
+    assert_eq!(bar["value"], 100, "{bar}");
+    assert_ne!(bar["accent"], "auto", "{bar}");
+    assert!(
+        seen["replaceQuestion"]
+            .as_str()
+            .unwrap()
+            .contains("exists. Replace it?"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["lifetimes"],
+        serde_json::json!(["60", "900"]),
+        "max_ttl is 15 min"
+    );
+    assert_eq!(seen["readerUploadHidden"], true);
+    assert_eq!(seen["readerListVisible"], true);
     assert_eq!(seen["shareStatus"], 200);
     assert_eq!(seen["shareSha256"], sha256(&small_bytes));
     assert!(

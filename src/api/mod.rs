@@ -237,6 +237,8 @@ fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> 
             "allow": allow,
             "max_object_size": p.limits.max_object_size.bytes(),
             "links": state.links.is_some() && p.may(Action::Link),
+            // The longest link lifetime that may be asked for, in seconds.
+            "max_link_seconds": state.links.as_ref().map(|l| l.max_ttl.as_secs()),
         }),
     ))
 }

@@ -80,12 +80,29 @@ async function signIn(candidate) {
   setStatus($('key-status'), 'Key accepted.', 'ok');
   $('who').textContent = 'Signed in as ' + me.principal + (me.prefix ? ' (files under ' + me.prefix + ')' : '');
   $('folder').value = me.prefix;
+  limitLifetimes(me.max_link_seconds);
   showSignedIn(true);
   await refresh();
 }
 
+// Share lifetimes the gateway would refuse are not offered; its longest one is.
+function limitLifetimes(max) {
+  const select = $('lifetime');
+  if (!select.dataset.all) {
+    select.dataset.all = JSON.stringify([...select.options].map((o) => [o.value, o.textContent]));
+  }
+  const all = JSON.parse(select.dataset.all);
+  const fits = all.filter(([v]) => !max || Number(v) <= max);
+  if (max && !fits.some(([v]) => Number(v) === max)) {
+    fits.push([String(max), 'up to ' + (max >= 3600 ? (max / 3600).toFixed(1) + ' hours' : Math.round(max / 60) + ' minutes')]);
+  }
+  select.replaceChildren(...fits.map(([v, text]) => new Option(text, v)));
+  select.value = fits[Math.min(1, fits.length - 1)][0];
+}
+
 function showSignedIn(on) {
-  $('upload-section').hidden = !on;
+  // A principal that may not upload gets no upload panel.
+  $('upload-section').hidden = !on || !(me && me.allow.includes('put'));
   $('list-section').hidden = !on;
   if (!on) {
     $('who').textContent = 'Not signed in';
@@ -108,7 +125,8 @@ function folder() {
   return $('folder').value;
 }
 
-function upload(file) {
+// Uploads create only: an existing file is replaced after the user says so.
+function upload(file, replace) {
   const objectKey = folder() + file.name;
   const li = document.createElement('li');
   const name = document.createElement('span');
@@ -135,6 +153,9 @@ function upload(file) {
   if (file.type) {
     xhr.setRequestHeader('Content-Type', file.type);
   }
+  if (!replace) {
+    xhr.setRequestHeader('If-None-Match', '*');
+  }
   const started = performance.now();
   xhr.upload.onprogress = (e) => {
     if (!e.lengthComputable) {
@@ -150,8 +171,21 @@ function upload(file) {
     detail.textContent = text;
     li.className = kind;
     li.dataset.state = kind;
+    if (kind === 'bad') {
+      // The bar shows the failure: full, and red (console.css).
+      bar.value = 100;
+    }
   };
   xhr.onload = () => {
+    if (xhr.status === 412 && !replace) {
+      li.remove();
+      if (window.confirm(objectKey + ' exists. Replace it?')) {
+        upload(file, true);
+      } else {
+        setStatus($('list-status'), objectKey + ' was kept as it was.', '');
+      }
+      return;
+    }
     if (xhr.status >= 200 && xhr.status < 300) {
       bar.value = 100;
       const secs = Math.max((performance.now() - started) / 1000, 0.001);

@@ -19,6 +19,7 @@ const big = env('BIG_FILE');
 const prefix = env('PREFIX');
 const downloads = env('DOWNLOAD_DIR');
 const screenshot = env('SCREENSHOT');
+const reader = env('READER_KEY');
 
 const step = (what) => process.stderr.write(`console test: ${what}\n`);
 const expect = (cond, what) => {
@@ -97,6 +98,22 @@ try {
   const bigItem = `#uploads li[data-key="${prefix}${big.split('/').pop()}"]`;
   await page.waitForSelector(`${bigItem}[data-state="bad"]`);
   result.tooLargeText = await page.$eval(`${bigItem} .detail`, (d) => d.textContent);
+  // Its bar turns red: full, in the failure colour.
+  result.failedBar = await page.$eval(`${bigItem} progress`, (p) => ({
+    value: p.value,
+    accent: getComputedStyle(p).accentColor,
+    bad: getComputedStyle(document.documentElement).getPropertyValue('--bad').trim(),
+  }));
+
+  step('the same file again: asked before it is replaced');
+  const asked = new Promise((ok) => page.once('dialog', async (d) => { ok(d.message()); await d.accept(); }));
+  await page.setInputFiles('#files', small);
+  result.replaceQuestion = await asked;
+  await page.waitForSelector(`${item}[data-state="ok"]`);
+  result.errors = result.errors.filter((e) => !e.includes('412'));
+
+  step('share lifetimes stop at the gateway\'s longest');
+  result.lifetimes = await page.$$eval('#lifetime option', (os) => os.map((o) => o.value));
   result.errors = result.errors.filter((e) => !e.includes('413'));
 
   step('copy a share link and fetch it');
@@ -127,6 +144,13 @@ try {
   await page.click('#forget-key');
   expect(await page.evaluate(() => sessionStorage.length) === 0, 'sessionStorage is empty');
   expect(await page.isHidden('#upload-section'), 'the upload section is hidden again');
+
+  step('a key that may not upload gets no upload panel');
+  await page.fill('#key', reader);
+  await page.click('#use-key');
+  await page.waitForFunction(() => document.getElementById('who').textContent.startsWith('Signed in as'));
+  result.readerUploadHidden = await page.isHidden('#upload-section');
+  result.readerListVisible = await page.isVisible('#list-section');
 } finally {
   await context.close();
 }
