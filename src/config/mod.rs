@@ -335,4 +335,26 @@ mod tests {
         let e = &errors("[server\nlisten = 1\n")[0];
         assert_eq!(e.line, Some(1), "{e}");
     }
+
+    #[test]
+    fn cors_and_links_without_public_url_are_warned_about() {
+        let text =
+            "[backend]\nkind = \"embedded\"\n[cors]\nallowed_origins = [\"http://localhost:*\"]\n";
+        let mut config = parse(text, None).unwrap().config;
+        config.links = Some(LinksConfig {
+            secrets_env: Vec::new(),
+            default_ttl: units::Span::secs(60),
+            max_ttl: units::Span::secs(600),
+            secrets: vec!["a-test-secret-of-at-least-32-bytes!".into()],
+        });
+        let warned = |c: &Config| {
+            validate::validate(c)
+                .unwrap()
+                .iter()
+                .any(|w| w.field == "server.public_url" && w.message.contains("relative"))
+        };
+        assert!(warned(&config));
+        config.server.public_url = Some("https://files.example.com".into());
+        assert!(!warned(&config));
+    }
 }
