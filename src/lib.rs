@@ -24,6 +24,8 @@ pub mod config;
 pub mod console;
 pub mod embedded;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_props;
 pub mod limits;
 pub mod load;
 pub mod obs;
@@ -179,7 +181,7 @@ type SyncService = tower::util::BoxCloneSyncService<
     std::convert::Infallible,
 >;
 
-/// The running gateway: its current [`Live`] config, swapped whole on reload. A request or
+/// The running gateway: its current `Live` config, swapped whole on reload. A request or
 /// a handshake takes the config current when it starts and keeps it to its end, so a reload
 /// never disturbs a transfer in flight.
 pub struct Portcullis {

@@ -3,10 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Err(errors) = portcullis::config::parse(text, None) {
-        assert!(!errors.0.is_empty());
-        let _ = errors.to_string();
-    }
-});
+fuzz_target!(|data: &[u8]| portcullis::fuzz_props::config(data));

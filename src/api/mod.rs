@@ -1,7 +1,7 @@
 //! The HTTP front: turns a request into one operation, runs the phases in order, and turns
 //! the outcome into a response. Each handler is a sequence of plain async phases:
 //! route → authenticate → resolve the key → authorize → check limits → relay → respond.
-//! Errors from any phase become JSON through [`respond::error`], and every phase records
+//! Errors from any phase become JSON through `respond::error`, and every phase records
 //! what it learned in the request's access-log note.
 
 mod conditions;

@@ -1,5 +1,5 @@
-//! Authentication: who is calling. Bearer API keys (here), bearer JWTs ([`jwt`]), signed
-//! links ([`links`]) and TLS client certificates all produce the same [`Identity`].
+//! Authentication: who is calling. Bearer API keys (here), bearer JWTs (`jwt`), signed
+//! links (`links`) and TLS client certificates all produce the same [`Identity`].
 //!
 //! API keys are stored only as SHA-256 hashes. The presented key is hashed and compared in
 //! constant time against every configured hash, so neither the time taken nor the log

@@ -2,7 +2,7 @@
 //! 127.0.0.1 and an ephemeral port, with generated credentials. The gateway talks to it
 //! through aws-sdk-s3 exactly as it talks to AWS: one code path.
 //!
-//! `s3s-fs` stores objects as files. [`Embedded`] wraps it to add the parts of S3's documented
+//! `s3s-fs` stores objects as files. `Embedded` wraps it to add the parts of S3's documented
 //! behaviour the gateway relies on and `s3s-fs` lacks: conditional GET and HEAD
 //! (`If-None-Match`, `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`) and
 //! `ListMultipartUploads`, so tests can see that no upload was left unfinished. It also

@@ -1,10 +1,8 @@
 //! The object API end to end: a real gateway, a real S3 server (s3s-fs), spoken to over HTTP.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 

@@ -1,10 +1,8 @@
 //! Rate limits, fairness, overload and connection deadlines, against a real gateway.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use portcullis::auth::hash_key;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

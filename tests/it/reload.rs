@@ -2,15 +2,13 @@
 //! requests keep flowing; a bad config is refused and the old one keeps serving. And the TLS
 //! certificate is swapped for new handshakes.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use portcullis::auth::hash_key;
 use reqwest::StatusCode;
 use serde_json::json;

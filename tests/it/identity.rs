@@ -1,13 +1,11 @@
 //! Identity at the edge, against a real gateway and bucket: bearer JWTs of every kind, TLS
 //! (h2 and http/1.1 by ALPN), client certificates (mTLS), and CORS.
 
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode, Version};
 use serde_json::{Value, json};

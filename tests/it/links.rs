@@ -1,11 +1,9 @@
 //! Signed links (SPEC section 5) against a real gateway and bucket: issue, use, tamper,
 //! expire, constrain, rotate, revoke, and the presigned-URL-shaped routes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -3,6 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+mod faults;
+pub use faults::*;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

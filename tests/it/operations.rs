@@ -1,11 +1,9 @@
 //! Operations: metrics that move, readiness that follows the backend, graceful shutdown.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use portcullis::admin::Health;
 use reqwest::{Method, StatusCode};
 use tokio::io::AsyncReadExt;

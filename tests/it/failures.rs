@@ -1,11 +1,9 @@
 //! Every way an upload can fail leaves the bucket as it was: no new object, no partial
 //! object, no unfinished multipart upload, the previous version intact.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use portcullis::auth::hash_key;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

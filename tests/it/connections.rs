@@ -2,11 +2,9 @@
 //! requests), pipelined requests, heads in pieces, `Connection: close`, the keep-alive and
 //! header deadlines, an early answer to an unread body, and shutdown with parked connections.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

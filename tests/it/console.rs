@@ -6,12 +6,10 @@
 //! installs both and sets `PORTCULLIS_BROWSER_TESTS=1`, which makes their absence a failure.
 //! Without that variable, a machine without them skips the browser run and says so.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use portcullis::auth::hash_key;
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -1,11 +1,9 @@
 //! The `portcullis` binary as a user runs it: `serve --dev`, `check-config`, `keygen`.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::DevGateway;
+use crate::common::DevGateway;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
