@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod dev;
 pub mod embedded;
 pub mod error;
 #[doc(hidden)]
@@ -32,6 +33,7 @@ pub mod obs;
 pub mod policy;
 mod quiet;
 pub mod relay;
+pub mod serve;
 pub mod server;
 
 use std::collections::HashMap;

@@ -1,0 +1,312 @@
+//! `portcullis serve`: everything between a config and a gateway answering on its listener.
+//! [`prepare`] reads the config (or makes `--dev`'s) before the runtime exists, since it sizes
+//! the runtime; [`serve`] starts the backend, checks it (readiness, audit, the sweep of
+//! abandoned uploads), binds the listeners, prints `--dev`'s banner, reloads on `SIGHUP`
+//! ([`reload_on_sighup`]) and drains on `SIGTERM` ([`shutdown_signal`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::admin::Health;
+use crate::auth::generate_key;
+use crate::config::{self, AuditMode, BackendKind, Config, LogFormat};
+use crate::obs::AccessLog;
+
+/// The config `serve` starts with, read before the runtime is built (it sizes the runtime).
+pub struct Prepared {
+    pub path: Option<PathBuf>,
+    pub config: Config,
+    pub warnings: Vec<config::Warning>,
+    /// `--dev`: the generated key, shown once.
+    pub dev_key: Option<String>,
+}
+
+/// `serve --dev`'s own flags.
+pub struct DevOptions {
+    pub cors_origins: Vec<String>,
+    pub public_url: Option<String>,
+}
+
+pub fn prepare(
+    path: Option<PathBuf>,
+    dev: Option<DevOptions>,
+    overrides: &Overrides,
+) -> anyhow::Result<Prepared> {
+    let (mut config, warnings, dev_key) = if let Some(dev) = dev {
+        let (key, hash) = generate_key();
+        let mut config = crate::dev::config(hash);
+        for origin in dev.cors_origins {
+            config::check_origin(&origin).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
+            if let Some(cors) = &mut config.cors {
+                cors.allowed_origins.push(origin);
+            }
+        }
+        if let Some(url) = dev.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--public-url: `{url}` must start with http:// or https://");
+            }
+            config.server.public_url = Some(url);
+        }
+        (config, Vec::new(), Some(key))
+    } else {
+        let path = path.as_ref().expect("clap requires --config without --dev");
+        let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        (loaded.config, loaded.warnings, None)
+    };
+    overrides.apply(&mut config);
+    Ok(Prepared {
+        path,
+        config,
+        warnings,
+        dev_key,
+    })
+}
+
+pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<()> {
+    let Prepared {
+        path,
+        config,
+        warnings,
+        dev_key,
+    } = prepared;
+    init_tracing(config.log.format);
+    // Every connection is a descriptor: take all the process may have (as nginx's
+    // worker_rlimit_nofile would), so a burst of clients meets max_concurrent_requests, not
+    // EMFILE.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+    crate::obs::metrics::install();
+    for w in warnings {
+        tracing::warn!(field = %w.field, "{}", w.message);
+    }
+
+    let handle = crate::start_backend(&config).await?;
+    // One bucket check at start; it also primes `/readyz`.
+    let health = Health::new(handle.backend.clone());
+    if !health.check().await {
+        if config.backend.kind == BackendKind::Embedded {
+            let why = match handle.backend.ping().await {
+                Err(e) => format!("{}: {}", e.message, e.detail.as_deref().unwrap_or("")),
+                Ok(()) => "it answered only on a second try".into(),
+            };
+            anyhow::bail!("the embedded backend does not answer: {why}");
+        }
+        tracing::error!("the bucket is not reachable now; requests will fail until it is");
+    }
+    if config.backend.kind == BackendKind::Embedded && config.backend.audit != AuditMode::Off {
+        // Its S3 server implements none of the audit's calls (and logs each as a 501).
+        tracing::info!("bucket audit skipped: the embedded backend implements none of its checks");
+    } else if config.backend.audit != AuditMode::Off {
+        let report = crate::audit::run(&handle.backend).await;
+        for c in report
+            .checks
+            .iter()
+            .filter(|c| c.state != crate::audit::State::Pass)
+        {
+            tracing::warn!(check = c.check, state = ?c.state, seen = %c.detail, why = c.why, fix = c.fix, "bucket audit");
+        }
+        report
+            .enforce(config.backend.audit)
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", report.table()))?;
+    }
+    let age = config.backend.abandoned_upload_age.get();
+    if !age.is_zero() {
+        match handle.backend.sweep_abandoned_uploads(age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(aborted = n, "swept abandoned multipart uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep abandoned multipart uploads"),
+        }
+    }
+    let log = Arc::new(AccessLog::open(&config.log.access_log)?);
+    let addr: SocketAddr = config.server.listen.parse()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    let mut config = config;
+    if dev_key.is_some() && config.server.public_url.is_none() {
+        // Links a page on another origin can use: absolute, on the address it listens on.
+        config.server.public_url = Some(format!("http://{local}"));
+    }
+    let gateway = crate::Portcullis::new(&config, handle.backend.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
+    let admin_addr: SocketAddr = config.admin.listen.parse()?;
+    let admin = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {admin_addr} (admin): {e}"))?;
+    let admin_local = admin.local_addr()?;
+    let _watch = health.watch(READINESS_INTERVAL);
+    tokio::spawn(crate::admin::serve(
+        admin,
+        health.clone(),
+        std::future::pending(),
+    ));
+    tracing::info!(listen = %local, admin = %admin_local, bucket = handle.backend.bucket(), "portcullis is serving");
+
+    if let Some(key) = dev_key {
+        let root = config.backend.root.display();
+        eprintln!();
+        eprintln!("  Portcullis dev gateway on http://{local}  (embedded S3 storing under {root})");
+        eprintln!("  API key (shown once): {key}");
+        eprintln!("  Console (upload and download in a browser): http://{local}/");
+        eprintln!("  Admin (healthz, readyz, metrics): http://{admin_local}");
+        eprintln!();
+        eprintln!("  Try:  echo hello > hello.txt");
+        eprintln!(
+            "        curl -T hello.txt -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt"
+        );
+        eprintln!(
+            "        curl -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt"
+        );
+        eprintln!();
+    }
+
+    crate::run(
+        listener,
+        shutdown_signal(health.clone()),
+        gateway,
+        log,
+        crate::server_options(&config),
+    )
+    .await;
+    tracing::info!("stopped");
+    drop(handle);
+    Ok(())
+}
+
+/// Command-line values that replace the config's, at start and on every reload.
+#[derive(Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl Overrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.server.listen = listen.to_string();
+        }
+        if let Some(data) = &self.data {
+            config.backend.root = data.clone();
+        }
+        if let Some(admin) = self.admin_listen {
+            config.admin.listen = admin.to_string();
+        }
+    }
+}
+
+/// `SIGHUP`: reads the config file again and swaps it in. A config that fails validation is
+/// refused, the running one keeps serving, and the log says why.
+pub async fn reload_on_sighup(
+    gateway: Arc<crate::Portcullis>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload is unavailable");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let Some(path) = &path else {
+                tracing::info!("SIGHUP: serve --dev has no config file to reload");
+                continue;
+            };
+            let loaded = match config::load(path) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    crate::obs::metrics::config_reload(false);
+                    tracing::error!(config = %path.display(), "reload refused; the running config keeps serving:\n{e}");
+                    continue;
+                }
+            };
+            let mut new = loaded.config;
+            overrides.apply(&mut new);
+            for w in loaded.warnings {
+                tracing::warn!(field = %w.field, "{}", w.message);
+            }
+            match gateway.reload(&new) {
+                Ok(notes) => {
+                    crate::obs::metrics::config_reload(true);
+                    for n in notes {
+                        tracing::warn!("{n}");
+                    }
+                    tracing::info!(config = %path.display(), "config reloaded");
+                }
+                Err(e) => {
+                    crate::obs::metrics::config_reload(false);
+                    tracing::error!(config = %path.display(), "reload refused; the running config keeps serving: {e}");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (gateway, path, overrides);
+}
+
+/// How often `/readyz` asks the bucket.
+pub const READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
+    let asked =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Whatever PORTCULLIS_LOG asks, these targets never log below these levels: the embedded
+    // S3 server's debug lines and the SDK's trace lines print whole signed requests, and a
+    // SigV4 signature can be replayed for 15 minutes. A cap only lowers what was asked.
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("s3s", LevelFilter::INFO)
+        .with_target("s3s_fs", LevelFilter::INFO)
+        .with_target("aws_smithy_runtime", LevelFilter::DEBUG)
+        .with_target("aws_sigv4", LevelFilter::DEBUG);
+    let filter = asked.and(caps);
+    let layer = fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
+        LogFormat::Pretty => layer.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// The first SIGTERM or SIGINT: `/readyz` goes unready, the listener stops accepting and
+/// in-flight requests may finish (up to `shutdown_grace`). A second one exits at once.
+pub async fn shutdown_signal(health: Arc<Health>) {
+    wait_for_signal().await;
+    health.drain();
+    tracing::info!("signal received: draining (a second signal exits at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+}
+
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return ctrl_c.await.unwrap_or(());
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
