@@ -157,6 +157,13 @@ fn read_one_way<B>(req: &Request<B>) -> Result<(), ApiError> {
     }
 }
 
+/// What a read answers with: the object (GET), or its headers alone (HEAD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Read {
+    Body,
+    Head,
+}
+
 /// The routes of SPEC section 3 that this build serves.
 ///
 /// Each handler's future is boxed: inline, this future would be as large as the largest of
@@ -167,8 +174,8 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
         note(&req, |n| n.route = "object");
         let encoded_key = encoded_key.to_owned();
         return match *req.method() {
-            Method::GET => Box::pin(objects::get(state, req, &encoded_key, true)).await,
-            Method::HEAD => Box::pin(objects::get(state, req, &encoded_key, false)).await,
+            Method::GET => Box::pin(objects::get(state, req, &encoded_key, Read::Body)).await,
+            Method::HEAD => Box::pin(objects::get(state, req, &encoded_key, Read::Head)).await,
             Method::PUT => Box::pin(objects::put(state, req, &encoded_key)).await,
             Method::DELETE => Box::pin(objects::delete(state, req, &encoded_key)).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),

@@ -269,8 +269,9 @@ pub(super) async fn get(
     state: &AppState,
     req: Request<Body>,
     encoded_key: &str,
-    with_body: bool,
+    read: super::Read,
 ) -> Result<Response<Body>, ApiError> {
+    let with_body = read == super::Read::Body;
     let key = resolve(&req, encoded_key)?;
     let identity = authenticate(state, &req, Some(&key))?;
     identity.principal.authorize(Action::Get, &key)?;

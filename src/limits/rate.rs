@@ -33,12 +33,20 @@ pub fn rate_limited(wait: Duration, message: &'static str) -> ApiError {
         .header(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
 }
 
+/// What a [`PrincipalGate`] is built from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct GateSettings {
+    rate: Rate,
+    max_transfers: usize,
+    bytes_per_second: Option<u64>,
+}
+
 /// One principal's request rate and concurrent-transfer cap.
 #[derive(Debug)]
 pub struct PrincipalGate {
     /// What it was built from: a reload keeps a gate (and its state) whose settings did
     /// not change.
-    settings: (u32, u32, usize, Option<u64>),
+    settings: GateSettings,
     rate: DefaultDirectRateLimiter,
     transfers: Arc<Semaphore>,
     /// `bytes_per_second`, shared by all of the principal's bodies.
@@ -48,7 +56,11 @@ pub struct PrincipalGate {
 impl PrincipalGate {
     pub fn new(rate: Rate, max_transfers: usize) -> Self {
         Self {
-            settings: (rate.requests_per_second, rate.burst, max_transfers, None),
+            settings: GateSettings {
+                rate,
+                max_transfers,
+                bytes_per_second: None,
+            },
             rate: DefaultDirectRateLimiter::direct(quota(rate)),
             transfers: Arc::new(Semaphore::new(max_transfers)),
             bytes: None,
@@ -58,7 +70,7 @@ impl PrincipalGate {
     /// With a byte rate for the principal's bodies.
     pub fn with_byte_rate(mut self, bytes_per_second: Option<u64>) -> Self {
         self.bytes = bytes_per_second.map(|b| Arc::new(super::ByteRate::new(b)));
-        self.settings.3 = bytes_per_second;
+        self.settings.bytes_per_second = bytes_per_second;
         self
     }
 

@@ -11,7 +11,7 @@ use aws_sdk_s3::config::{
     RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
 
-use super::{Backend, signed};
+use super::{Backend, light};
 use crate::config::{Config, Sse};
 
 /// What the relay needs to know beyond the config file.
@@ -78,7 +78,7 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
     );
     let light = match (cfg.light_path, shared.credentials_provider()) {
         (true, Some(credentials)) => {
-            let setup = signed::Setup {
+            let setup = light::Setup {
                 bucket: &cfg.bucket,
                 region: &cfg.region,
                 endpoint: endpoint.as_deref(),
@@ -90,7 +90,7 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Backend {
                 first_byte_timeout: cfg.first_byte_timeout.get(),
                 stall_grace,
             };
-            match signed::Relay::new(setup).await {
+            match light::Relay::new(setup).await {
                 Ok(relay) => Some(Arc::new(relay)),
                 Err(why) => {
                     tracing::info!(reason = %why, "the light path does not apply to this backend; every call goes through the SDK");

@@ -2,7 +2,7 @@
 //! becomes an [`ApiError`].
 //!
 //! GET and HEAD of objects and single-request uploads take a lighter path when they can:
-//! signed by the gateway and sent on a plain hyper client (`signed.rs`), with the SDK's
+//! signed by the gateway and sent on a plain hyper client (`light.rs`), with the SDK's
 //! endpoint, credentials, timeouts, retries and error mapping, for a fraction of the SDK's CPU
 //! per call.
 //!
@@ -15,9 +15,9 @@
 mod buffers;
 mod client;
 mod errors;
+mod light;
 mod pool;
 mod posture;
-mod signed;
 mod sigv4;
 mod watch;
 
@@ -68,7 +68,7 @@ pub struct Backend {
     stall_grace: Duration,
     /// The light signed path for GET, HEAD and PutObject, when `backend.light_path` is on and the
     /// endpoint allows it.
-    light: Option<Arc<signed::Relay>>,
+    light: Option<Arc<light::Relay>>,
 }
 
 /// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
@@ -238,7 +238,7 @@ impl Backend {
         let (if_none_match, if_match) = condition.headers();
         let (sse, kms_key_id) = self.encryption();
         if let Some(light) = &self.light {
-            let put = signed::PutHeaders {
+            let put = light::PutHeaders {
                 content_type: &content_type,
                 length,
                 if_none_match: if_none_match.as_deref(),

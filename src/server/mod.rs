@@ -4,8 +4,8 @@
 
 mod client_ip;
 mod conn;
-mod drain;
 mod framing;
+mod lingering;
 mod send_deadline;
 pub mod tls;
 
@@ -241,7 +241,7 @@ fn to_gateway(
         None => (None, None),
     };
     let no_body = parts.method == http::Method::HEAD;
-    let body = drain::Lingering::new(body, expects_continue, request_half);
+    let body = lingering::Lingering::new(body, expects_continue, request_half);
     let req = Request::from_parts(parts, body.map_err(box_hyper_error).boxed());
     let answer = service.clone().oneshot(req);
     // The body is made (and so joins its task's send deadline) inside hyper's poll.
