@@ -1,17 +1,10 @@
 // Drives Debian's Chromium through the console, as a person would. Started by
-// tests/console.rs with the gateway's URL, a key and the files to use; prints one JSON line
+// tests/it/console.rs with the gateway's URL, a key and the files to use; prints one JSON line
 // with what it saw, and exits non-zero on the first step that fails.
-import { chromium } from 'playwright-core';
 import { createHash } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { env, launch, stepper } from './chromium.mjs';
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
 const url = env('GATEWAY_URL');
 const key = env('CONSOLE_KEY');
 const small = env('SMALL_FILE');
@@ -21,21 +14,12 @@ const downloads = env('DOWNLOAD_DIR');
 const screenshot = env('SCREENSHOT');
 const reader = env('READER_KEY');
 
-const step = (what) => process.stderr.write(`console test: ${what}\n`);
+const step = stepper('console test');
 const expect = (cond, what) => {
   if (!cond) throw new Error(`expected: ${what}`);
 };
 
-const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'pc-chromium-')), {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  acceptDownloads: true,
-  viewport: { width: 1100, height: 900 },
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const context = await launch({ acceptDownloads: true, viewport: { width: 1100, height: 900 } });
 const result = { errors: [] };
 try {
   const page = await context.newPage();

@@ -1,24 +1,18 @@
 // Drives the classic presigned-URL page (examples/presigned-frontend) in Debian's Chromium,
 // served from another origin than the gateway, as its users would: upload, download back, and
-// a refusal that must reach the page as readable JSON. Started by tests/console.rs; prints one
+// a refusal that must reach the page as readable JSON. Started by tests/it/console.rs; prints one
 // JSON line with what the page showed.
-import { chromium } from 'playwright-core';
 import { createServer } from 'node:http';
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { env, launch, stepper } from './chromium.mjs';
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
 const gateway = env('GATEWAY_URL');
 const key = env('API_KEY');
 const pageDir = env('PAGE_DIR');
 const file = env('UPLOAD_FILE');
 const refused = env('REFUSED_FILE');
-const step = (what) => process.stderr.write(`frontend test: ${what}\n`);
+const step = stepper('frontend test');
 
 // The page's own origin: a static server on another port.
 const types = { '.html': 'text/html', '.js': 'text/javascript' };
@@ -31,14 +25,7 @@ const server = createServer((req, res) => {
 await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
 const origin = `http://127.0.0.1:${server.address().port}`;
 
-const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'pc-chromium-')), {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const context = await launch();
 const result = { origin, pageErrors: [] };
 try {
   const page = await context.newPage();

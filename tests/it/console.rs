@@ -6,6 +6,7 @@
 //! installs both and sets `PORTCULLIS_BROWSER_TESTS=1`, which makes their absence a failure.
 //! Without that variable, a machine without them skips the browser run and says so.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -88,6 +89,44 @@ async fn me_says_who_the_key_is() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// The browser run's tools, or `None` (with a line saying so) when they are missing and
+/// `PORTCULLIS_BROWSER_TESTS` is not set; with it set, their absence fails the test.
+fn browser_or_skip() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    match browser_tools() {
+        Ok(t) => Some(t),
+        Err(why) if std::env::var_os("PORTCULLIS_BROWSER_TESTS").is_none() => {
+            eprintln!("SKIPPED the browser run: {why}; .ci/run installs what it needs");
+            None
+        }
+        Err(why) => panic!("PORTCULLIS_BROWSER_TESTS is set but {why}"),
+    }
+}
+
+/// Runs `script` from `tests/browser/` in node with these variables (and `CHROMIUM`), within
+/// 3 minutes; returns the one JSON line it prints.
+async fn run_in_chromium(
+    chromium: &Path,
+    browser_dir: &Path,
+    script: &str,
+    env: &[(&str, &OsStr)],
+) -> Value {
+    let run = tokio::process::Command::new("node")
+        .arg(browser_dir.join(script))
+        .current_dir(browser_dir)
+        .envs(env.iter().copied())
+        .env("CHROMIUM", chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the browser run finishes within 3 minutes")
+        .expect("node runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser run failed:\n{stderr}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
 /// What the browser run needs, or why it cannot run here.
 fn browser_tools() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
     let chromium = std::env::var_os("CHROMIUM")
@@ -108,13 +147,8 @@ fn browser_tools() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_end_to_end_in_headless_chromium() {
-    let (chromium, browser_dir) = match browser_tools() {
-        Ok(t) => t,
-        Err(why) if std::env::var_os("PORTCULLIS_BROWSER_TESTS").is_none() => {
-            eprintln!("SKIPPED the browser run: {why}; .ci/run installs what it needs");
-            return;
-        }
-        Err(why) => panic!("PORTCULLIS_BROWSER_TESTS is set but {why}"),
+    let Some((chromium, browser_dir)) = browser_or_skip() else {
+        return;
     };
     let g = gateway_with_links(&console_principal()).await;
     let files = tempfile::tempdir().unwrap();
@@ -127,28 +161,22 @@ async fn the_console_works_end_to_end_in_headless_chromium() {
     std::fs::create_dir(&downloads).unwrap();
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png");
 
-    let run = tokio::process::Command::new("node")
-        .arg(browser_dir.join("console.mjs"))
-        .current_dir(&browser_dir)
-        .env("GATEWAY_URL", &g.url)
-        .env("CONSOLE_KEY", CAROL)
-        .env("READER_KEY", READER)
-        .env("PREFIX", "users/carol/")
-        .env("SMALL_FILE", &small)
-        .env("BIG_FILE", &big)
-        .env("DOWNLOAD_DIR", &downloads)
-        .env("SCREENSHOT", &screenshot)
-        .env("CHROMIUM", &chromium)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run finishes within 3 minutes")
-        .expect("node runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser run failed:\n{stderr}");
-    let line = String::from_utf8_lossy(&out.stdout);
-    let seen: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let seen = run_in_chromium(
+        &chromium,
+        &browser_dir,
+        "console.mjs",
+        &[
+            ("GATEWAY_URL", OsStr::new(&g.url)),
+            ("CONSOLE_KEY", OsStr::new(CAROL)),
+            ("READER_KEY", OsStr::new(READER)),
+            ("PREFIX", OsStr::new("users/carol/")),
+            ("SMALL_FILE", small.as_os_str()),
+            ("BIG_FILE", big.as_os_str()),
+            ("DOWNLOAD_DIR", downloads.as_os_str()),
+            ("SCREENSHOT", screenshot.as_os_str()),
+        ],
+    )
+    .await;
 
     assert_eq!(seen["errors"], Value::Array(vec![]), "no console errors");
     assert_eq!(seen["progress"], 100, "the progress bar reached 100%");
@@ -201,13 +229,8 @@ async fn the_console_works_end_to_end_in_headless_chromium() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_classic_presigned_page_works_from_another_origin_against_serve_dev() {
-    let (chromium, browser_dir) = match browser_tools() {
-        Ok(t) => t,
-        Err(why) if std::env::var_os("PORTCULLIS_BROWSER_TESTS").is_none() => {
-            eprintln!("SKIPPED the browser run: {why}; .ci/run installs what it needs");
-            return;
-        }
-        Err(why) => panic!("PORTCULLIS_BROWSER_TESTS is set but {why}"),
+    let Some((chromium, browser_dir)) = browser_or_skip() else {
+        return;
     };
     let gw = DevGateway::start();
     let files = tempfile::tempdir().unwrap();
@@ -219,25 +242,19 @@ async fn the_classic_presigned_page_works_from_another_origin_against_serve_dev(
     std::fs::write(&refused, b"x").unwrap();
     let page_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/presigned-frontend");
 
-    let run = tokio::process::Command::new("node")
-        .arg(browser_dir.join("frontend.mjs"))
-        .current_dir(&browser_dir)
-        .env("GATEWAY_URL", &gw.url)
-        .env("API_KEY", &gw.key)
-        .env("PAGE_DIR", &page_dir)
-        .env("UPLOAD_FILE", &upload)
-        .env("REFUSED_FILE", &refused)
-        .env("CHROMIUM", &chromium)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run finishes within 3 minutes")
-        .expect("node runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser run failed:\n{stderr}");
-    let line = String::from_utf8_lossy(&out.stdout);
-    let seen: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let seen = run_in_chromium(
+        &chromium,
+        &browser_dir,
+        "frontend.mjs",
+        &[
+            ("GATEWAY_URL", OsStr::new(&gw.url)),
+            ("API_KEY", OsStr::new(&gw.key)),
+            ("PAGE_DIR", page_dir.as_os_str()),
+            ("UPLOAD_FILE", upload.as_os_str()),
+            ("REFUSED_FILE", refused.as_os_str()),
+        ],
+    )
+    .await;
     assert_eq!(seen["pageErrors"], Value::Array(vec![]), "{seen}");
     assert_ne!(
         seen["origin"].as_str().unwrap(),
