@@ -442,14 +442,20 @@ fn cors_layer(c: &config::CorsConfig) -> CorsLayer {
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
 ///
-/// The tower stack, outermost first (each `.layer()` wraps the ones after it):
-/// 1. request id, client address and access log: sees every request, even refused or
-///    abandoned ones;
-/// 2. the current config's service (swapped on reload): CORS when `[cors]` is set, then the
-///    gateway: load shedding over `max_concurrent_requests` (503 at once), panics caught
-///    and turned into a logged 500, then routing and per handler: authenticate (failed
-///    attempts limited per address) → principal rate and concurrency (429) → policy (403) →
-///    streaming limits → relay. Admission permits ride on the response body.
+/// What a request passes, outermost first (each layer wraps the ones after it):
+/// 1. `server`: the connection (TLS, HTTP/1.1 or h2, deadlines, the send deadline, the
+///    framing follower that marks a head with two framings);
+/// 2. `obs::AccessLogLayer`: request id, client address (behind `trusted_proxies`), the access
+///    log line and metrics; it sees every request, even refused or abandoned ones;
+/// 3. the current config's service, swapped whole on reload: with `[cors]`, refused
+///    preflights (`403`, logged) and tower-http's CORS layer;
+/// 4. `api::Gateway`: a request two hops could read two ways is `400`; load shedding over
+///    `max_concurrent_requests` and `max_requests_per_address` (`503` at once); panics caught
+///    and turned into a logged `500`; then the router;
+/// 5. the handler: admission (resolve the key → authenticate → authorize → admit within the
+///    principal's rate and transfer cap) → streaming limits → relay → respond.
+///
+/// The admission permits ride on the response body to its last byte.
 pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,

@@ -8,7 +8,8 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AppState, authenticate, respond};
+use super::admission::authenticate;
+use super::{AppState, respond};
 use crate::Body;
 use crate::auth::{Identity, LinkGrant, LinkSigner, unix_now};
 use crate::error::{ApiError, Code};
@@ -49,7 +50,7 @@ pub(super) async fn create(
     state: &AppState,
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req, None)?;
+    let identity = authenticate(state, &req)?;
     let mut req = req;
     let r: LinkRequest = read_json(state, req.body_mut()).await?;
     let method = match r.method.to_ascii_uppercase().as_str() {
@@ -77,7 +78,7 @@ pub(super) async fn upload_url(
     state: &AppState,
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req, None)?;
+    let identity = authenticate(state, &req)?;
     let mut req = req;
     let r: UploadUrlRequest = read_json(state, req.body_mut()).await?;
     issue(
@@ -101,7 +102,7 @@ pub(super) async fn download_url(
     state: &AppState,
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req, None)?;
+    let identity = authenticate(state, &req)?;
     let mut key = None;
     let mut expires_in = None;
     for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {

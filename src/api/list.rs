@@ -8,7 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::{AppState, authenticate, respond, timed};
+use super::admission::authenticate;
+use super::{AppState, respond, timed};
 use crate::Body;
 use crate::error::ApiError;
 use crate::policy::{MAX_KEY_BYTES, check_chars};
@@ -72,7 +73,7 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
 }
 
 pub(super) async fn list(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req, None)?;
+    let identity = authenticate(state, &req)?;
     let q = parse_query(req.uri().query())?;
     let prefix = q
         .prefix

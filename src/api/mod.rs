@@ -1,9 +1,12 @@
 //! The HTTP front: turns a request into one operation, runs the phases in order, and turns
-//! the outcome into a response. Each handler is a sequence of plain async phases:
-//! route → authenticate → resolve the key → authorize → check limits → relay → respond.
-//! Errors from any phase become JSON through `respond::error`, and every phase records
-//! what it learned in the request's access-log note.
+//! the outcome into a response. [`Gateway`] refuses a request two hops could read two ways,
+//! sheds load and catches panics, then routes; each handler is a sequence of plain async
+//! phases: admission (`admission.rs`: resolve the key → authenticate → authorize → admit
+//! within the principal's rate and transfer cap) → check limits → relay → respond. Errors
+//! from any phase become JSON through `respond::error`, and every phase records what it
+//! learned in the request's access-log note.
 
+mod admission;
 mod conditions;
 mod links;
 mod list;
@@ -26,13 +29,11 @@ use http::{Method, Request, Response};
 use tower::Service;
 
 use crate::Body;
-use crate::auth::{
-    AuthMethod, Identity, JwtVerifier, KeyTable, LinkSigner, bearer, looks_like_jwt, unix_now,
-};
+use crate::auth::{JwtVerifier, KeyTable, LinkSigner};
 use crate::error::ApiError;
 use crate::limits::{AuthFailures, Permit, Shed};
-use crate::obs::{ClientIp, ConnInfo, RequestId, note};
-use crate::policy::{Action, ObjectKey, Principal};
+use crate::obs::{ClientIp, RequestId, note};
+use crate::policy::{Action, Principal};
 use crate::relay::Backend;
 
 /// What every request can reach. Built from one config and swapped whole on reload, so a
@@ -91,7 +92,7 @@ impl Service<Request<Body>> for Gateway {
                 note(&req, |n| n.error_code = Some(err.code.as_str()));
                 return Ok(respond::error(&err, id.as_deref().unwrap_or("-")));
             }
-            let admission = Admission::default();
+            let admission = admission::Admission::default();
             let client = req.extensions().get::<ClientIp>().map(|c| c.0);
             match state.shed.admit(client) {
                 Ok(permit) => admission.hold(Permit::Request(permit)),
@@ -222,7 +223,7 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
 /// `GET /v1/me`: who the credential is and what it may do, for the console (and any client
 /// that wants to know its prefix before it uploads).
 fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req, None)?;
+    let identity = admission::authenticate(state, &req)?;
     let p = &identity.principal;
     let allow: Vec<&str> = [
         Action::Get,
@@ -267,157 +268,4 @@ fn timed<'a, B, T>(
         });
         crate::obs::metrics::backend_call(op, elapsed.as_secs_f64());
     })
-}
-
-/// Authenticates the request, records who it is, and admits it within the principal's rate
-/// and concurrent-transfer cap. Failed attempts count against the client's address; while it
-/// is over that budget its requests are refused before any credential is checked.
-///
-/// `object` is the key of an object route, where a signed link may stand in for a header.
-fn authenticate(
-    state: &AppState,
-    req: &Request<Body>,
-    object: Option<&ObjectKey>,
-) -> Result<Identity, ApiError> {
-    let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
-    if let Some(ip) = ip {
-        state.auth_failures.check(ip)?;
-    }
-    let identity = match credential(state, req, object) {
-        Ok(identity) => identity,
-        // Only a presented credential that fails is an attempt; a missing one is not.
-        Err((err, true)) => {
-            return Err(match ip {
-                Some(ip) => state.auth_failures.failed(ip, err),
-                None => err,
-            });
-        }
-        Err((err, false)) => return Err(err),
-    };
-    note(req, |n| {
-        n.principal = Some(identity.principal.name.clone());
-        n.auth = Some(identity.method);
-    });
-    let permit = identity.principal.gate.admit()?;
-    if let Some(admission) = req.extensions().get::<Admission>() {
-        admission.hold(Permit::Transfer(permit));
-    }
-    Ok(identity)
-}
-
-/// Finds the request's credential and checks it: a signed link on an object route, else the
-/// `Authorization` header (a JWT when it looks like one and `[jwt]` is set, else an API key),
-/// else a client certificate. The flag says whether a credential was presented.
-fn credential(
-    state: &AppState,
-    req: &Request<Body>,
-    object: Option<&ObjectKey>,
-) -> Result<Identity, (ApiError, bool)> {
-    let has_header = req.headers().contains_key(http::header::AUTHORIZATION);
-    // On an object route `resolve` has admitted no query but a link's.
-    let link = object.zip(req.uri().query());
-    if let Some((key, query)) = link {
-        if has_header {
-            return Err((
-                ApiError::bad_request("send a signed link or an Authorization header, not both"),
-                false,
-            ));
-        }
-        let signer = state.links.as_ref().ok_or_else(|| {
-            (
-                ApiError::new(crate::error::Code::LinkInvalid, "the link is not valid")
-                    .detail("signed links are not configured"),
-                true,
-            )
-        })?;
-        let grant = signer
-            .verify(req.method(), key, query, unix_now())
-            .map_err(|e| (e, true))?;
-        // The principal as it is now: gone, or no longer allowed to link, and the link dies.
-        let principal = state
-            .principals
-            .get(&grant.principal)
-            .filter(|p| p.may(Action::Link))
-            .cloned()
-            .ok_or_else(|| {
-                (
-                    ApiError::new(crate::error::Code::LinkInvalid, "the link is not valid")
-                        .detail("its principal is gone or may no longer issue links"),
-                    true,
-                )
-            })?;
-        return Ok(Identity {
-            principal,
-            method: AuthMethod::Link,
-            link: Some(grant),
-        });
-    }
-    if has_header {
-        let token = bearer(req.headers()).map_err(|e| (e, true))?;
-        let result = match &state.jwt {
-            Some(jwt) if looks_like_jwt(token) => jwt.authenticate(token),
-            _ => state.keys.authenticate_key(token),
-        };
-        return result.map_err(|e| (e, true));
-    }
-    if let Some(cert) = req
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|c| c.client_cert.as_deref())
-    {
-        // The subject and every SAN must agree on one principal.
-        let mut found: Option<&Arc<Principal>> = None;
-        for name in cert.names() {
-            if let Some(p) = state.subjects.get(name) {
-                if found.is_some_and(|f| !Arc::ptr_eq(f, p)) {
-                    return Err((
-                        ApiError::unauthenticated(
-                            "the client certificate names more than one principal",
-                            false,
-                        ),
-                        true,
-                    ));
-                }
-                found = Some(p);
-            }
-        }
-        return found
-            .map(|p| Identity {
-                principal: p.clone(),
-                method: AuthMethod::Mtls,
-                link: None,
-            })
-            .ok_or_else(|| {
-                (
-                    ApiError::unauthenticated(
-                        "the client certificate is not mapped to a principal",
-                        false,
-                    ),
-                    true,
-                )
-            });
-    }
-    Err((
-        ApiError::unauthenticated("an Authorization: Bearer header is required", false),
-        false,
-    ))
-}
-
-/// The permits a request holds; they are moved onto its response body at the end.
-#[derive(Clone, Debug, Default)]
-struct Admission(Arc<std::sync::Mutex<Vec<Permit>>>);
-
-impl Admission {
-    fn hold(&self, permit: Permit) {
-        if let Ok(mut p) = self.0.lock() {
-            p.push(permit);
-        }
-    }
-
-    fn take(&self) -> Vec<Permit> {
-        self.0
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default()
-    }
 }

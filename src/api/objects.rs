@@ -7,46 +7,28 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use super::admission::admit_object;
 use super::conditions::{EntityTags, IfRange};
-use super::{AppState, authenticate, respond, timed};
+use super::{AppState, respond, timed};
 use crate::Body;
 use crate::error::{ApiError, Code};
 use bytes::{Bytes, BytesMut};
 
-use crate::auth::{Identity, is_link_query};
+use crate::auth::Identity;
 use crate::limits::{
     BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, Throttled, expected_digests,
     media_type, sniff,
 };
 use crate::obs::note;
-use crate::policy::{Action, ObjectKey};
+use crate::policy::Action;
 use crate::relay::{Fetched, ReadConditions, Upload, WriteCondition};
-
-/// Resolves the key (the one decode), records it, and refuses query strings other than a
-/// signed link's (whose parameters the link check accepts one by one): an object route is
-/// exactly one S3 operation, and no `?acl`, `?versionId`, `?uploads` or `?response-*` can
-/// turn it into another.
-fn resolve(req: &Request<Body>, encoded_key: &str) -> Result<ObjectKey, ApiError> {
-    if let Some(q) = req.uri().query()
-        && !is_link_query(q)
-    {
-        return Err(ApiError::bad_request(
-            "object routes take no query parameters (other than a signed link's)",
-        ));
-    }
-    let key = ObjectKey::from_path(encoded_key).map_err(ApiError::invalid_key)?;
-    note(req, |n| n.key = Some(key.as_str().to_owned()));
-    Ok(key)
-}
 
 pub(super) async fn put(
     state: &AppState,
     req: Request<Body>,
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let key = resolve(&req, encoded_key)?;
-    let identity = authenticate(state, &req, Some(&key))?;
-    identity.principal.authorize(Action::Put, &key)?;
+    let (key, identity) = admit_object(state, &req, encoded_key, Action::Put)?;
     let limits = &identity.limits();
     let link = identity.link.as_ref();
     let headers = req.headers();
@@ -272,9 +254,7 @@ pub(super) async fn get(
     read: super::Read,
 ) -> Result<Response<Body>, ApiError> {
     let with_body = read == super::Read::Body;
-    let key = resolve(&req, encoded_key)?;
-    let identity = authenticate(state, &req, Some(&key))?;
-    identity.principal.authorize(Action::Get, &key)?;
+    let (key, identity) = admit_object(state, &req, encoded_key, Action::Get)?;
     let headers = req.headers();
     let range = match header_str(headers, header::RANGE)? {
         None => None,
@@ -482,9 +462,7 @@ pub(super) async fn delete(
     req: Request<Body>,
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let key = resolve(&req, encoded_key)?;
-    let identity = authenticate(state, &req, Some(&key))?;
-    identity.principal.authorize(Action::Delete, &key)?;
+    let (key, _) = admit_object(state, &req, encoded_key, Action::Delete)?;
     timed(&req, "delete", state.backend.delete(&key)).await?;
     let mut resp = Response::new(respond::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
