@@ -207,6 +207,17 @@ impl S3 for Embedded {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.storable(&bucket, &key)?;
         let _one_at_a_time = self.lock(&bucket, &key).await;
+        // s3s-fs refuses a failed condition before reading the body, and its HTTP server then
+        // closes the connection under a client still sending (which sees a broken pipe, not
+        // the 412). S3 takes the body, then answers: so does this.
+        let mut req = req;
+        if self.write_refused(&req, bucket, key).await {
+            if let Some(mut body) = req.input.body.take() {
+                use futures_util::StreamExt;
+                while let Some(Ok(_)) = body.next().await {}
+            }
+            return Err(s3s::S3Error::new(s3s::S3ErrorCode::PreconditionFailed));
+        }
         self.fs.put_object(req).await
     }
 
@@ -315,6 +326,32 @@ impl Embedded {
             parent = p.parent();
         }
         Ok(())
+    }
+
+    /// Does a write's `If-None-Match: *` or `If-Match` fail on the key as it is now?
+    async fn write_refused(
+        &self,
+        req: &S3Request<PutObjectInput>,
+        bucket: String,
+        key: String,
+    ) -> bool {
+        let (if_none_match, if_match) = (&req.input.if_none_match, &req.input.if_match);
+        if if_none_match.is_none() && if_match.is_none() {
+            return false;
+        }
+        let current = self.head_of(req, bucket, key).await.ok();
+        if if_none_match.as_ref().is_some_and(|c| c.is_any()) && current.is_some() {
+            return true;
+        }
+        match (if_match, &current) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(ETagCondition::Any), Some(_)) => false,
+            (Some(ETagCondition::ETag(want)), Some(head)) => !head
+                .e_tag
+                .as_ref()
+                .is_some_and(|have| want.strong_cmp(have)),
+        }
     }
 
     /// A key that is a folder on disk (other keys lie under it) is not an object.

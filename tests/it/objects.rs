@@ -878,7 +878,17 @@ async fn concurrent_create_only_writes_of_one_key_create_it_once() {
                 .call(Method::PUT, &key, ADMIN)
                 .header("if-none-match", "*")
                 .body(random_bytes(256 * 1024, i));
-            async move { (i, req.send().await.unwrap().status()) }
+            async move {
+                let resp = req.send().await.unwrap();
+                let status = resp.status();
+                if status != StatusCode::CREATED && status != StatusCode::PRECONDITION_FAILED {
+                    eprintln!(
+                        "writer {i}: {status}: {}",
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                (i, status)
+            }
         });
         let answers = futures_util::future::join_all(writers).await;
         let created: Vec<u64> = answers

@@ -43,34 +43,14 @@ use crate::error::{ApiError, Code};
 use crate::policy::ObjectKey;
 use crate::{Body, BoxError};
 
-/// The SDK's standard retry mode: attempts per call, backoff, and the retry quota.
-const MAX_ATTEMPTS: u32 = 3;
-const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(20);
-const RETRY_QUOTA: i64 = 500;
-const RETRY_COST: i64 = 5;
-const TIMEOUT_RETRY_COST: i64 = 10;
-/// Statuses and S3 error codes the SDK retries.
-const TRANSIENT_STATUSES: &[u16] = &[500, 502, 503, 504];
-const TRANSIENT_CODES: &[&str] = &["RequestTimeout", "RequestTimeoutException"];
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "ProvisionedThroughputExceededException",
-    "TransactionInProgressException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-    "LimitExceededException",
-    "RequestThrottled",
-    "SlowDown",
-    "PriorRequestNotComplete",
-    "EC2ThrottledException",
-];
-/// Credentials are refreshed this long before they expire.
-const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
+mod credentials;
+mod endpoint;
+mod retry;
+
+use credentials::Credentials;
+use endpoint::{Target, platform_roots};
+use retry::*;
+
 /// The most a connection to S3 reads ahead. hyper's default (about 400 KiB) lets each of 64
 /// concurrent downloads grow a buffer that large (peak RSS 56-66 MiB at 64 concurrent 1 MiB
 /// GETs; 41-44 MiB with this cap). 64 KiB saved a little more memory but cost more CPU: a
@@ -446,102 +426,6 @@ impl Relay {
     }
 }
 
-/// Where and how reads are sent: the bucket's endpoint as the SDK's rules resolve it.
-#[derive(Debug)]
-struct Target {
-    /// Scheme, authority and path up to the key, e.g. `http://127.0.0.1:9000/bucket/`.
-    base: String,
-    host: HeaderValue,
-    https: bool,
-    signing_name: String,
-    signing_region: String,
-}
-
-impl Target {
-    async fn resolve(setup: &Setup<'_>) -> Result<Target, String> {
-        let params = Params::builder()
-            .bucket(setup.bucket)
-            .region(setup.region)
-            .set_endpoint(setup.endpoint.map(str::to_owned))
-            .force_path_style(setup.force_path_style)
-            .use_fips(setup.use_fips)
-            .use_dual_stack(setup.use_dual_stack)
-            .build()
-            .map_err(|e| format!("endpoint parameters: {e}"))?;
-        let endpoint = DefaultResolver::new()
-            .resolve_endpoint(&params)
-            .await
-            .map_err(|e| format!("endpoint rules: {e}"))?;
-        if endpoint.headers().next().is_some() {
-            return Err("the endpoint needs extra headers".into());
-        }
-        let (signing_name, signing_region) = sigv4_scheme(endpoint.properties(), setup.region)?;
-        let url: http::Uri = endpoint
-            .url()
-            .parse()
-            .map_err(|e| format!("endpoint URL {}: {e}", endpoint.url()))?;
-        let authority = url.authority().ok_or("the endpoint URL has no host")?;
-        let https = match url.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            other => return Err(format!("endpoint scheme {other:?}")),
-        };
-        let scheme = if https { "https" } else { "http" };
-        let mut base = format!("{scheme}://{authority}{}", url.path());
-        if !base.ends_with('/') {
-            base.push('/');
-        }
-        Ok(Target {
-            host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
-            base,
-            https,
-            signing_name,
-            signing_region,
-        })
-    }
-}
-
-/// The signing name and region of the endpoint's auth scheme, if it is plain SigV4.
-fn sigv4_scheme(
-    properties: &std::collections::HashMap<std::borrow::Cow<'static, str>, Document>,
-    region: &str,
-) -> Result<(String, String), String> {
-    let Some(Document::Array(schemes)) = properties.get("authSchemes") else {
-        // No scheme listed: the service's default, SigV4 for "s3" in the client's region.
-        return Ok(("s3".into(), region.into()));
-    };
-    let Some(Document::Object(first)) = schemes.first() else {
-        return Err("the endpoint lists no auth scheme".into());
-    };
-    let text = |k: &str| match first.get(k) {
-        Some(Document::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    match text("name").as_deref() {
-        Some("sigv4") => Ok((
-            text("signingName").unwrap_or_else(|| "s3".into()),
-            text("signingRegion").unwrap_or_else(|| region.into()),
-        )),
-        other => Err(format!("the endpoint is signed with {other:?}, not SigV4")),
-    }
-}
-
-/// The trust roots the SDK's own HTTPS client uses: the platform's.
-fn platform_roots() -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "no trusted root certificates found: {:?}",
-            found.errors
-        ));
-    }
-    Ok(roots)
-}
-
 /// What an upload sends besides its key and body.
 pub(super) struct PutHeaders<'a> {
     pub(super) content_type: &'a str,
@@ -558,50 +442,6 @@ fn no_credentials(e: &(dyn std::error::Error + 'static)) -> ApiError {
         .detail(format!("no backend credentials: {e}"))
 }
 
-/// Why an attempt failed, and whether the SDK would try again.
-struct Failure {
-    error: ApiError,
-    retry: Retry,
-}
-
-enum Retry {
-    No,
-    Transient,
-    Timeout,
-}
-
-/// The SDK's mapping of a failure to send: cannot connect or the connection broke ->
-/// unavailable (and retried); anything else (a malformed answer) -> backend error.
-fn transport_failure(e: &SendError) -> Failure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut io = e.is_connect();
-    while let Some(s) = source {
-        io |= s.is::<std::io::Error>();
-        source = s.source();
-    }
-    let detail = error_chain(e);
-    if io {
-        Failure {
-            error: ApiError::new(Code::BackendUnavailable, "the backend cannot be reached")
-                .detail(detail),
-            retry: Retry::Transient,
-        }
-    } else {
-        Failure {
-            error: ApiError::new(Code::BackendError, "the backend failed").detail(detail),
-            retry: Retry::No,
-        }
-    }
-}
-
-/// The SDK's backoff before retry number `attempt`: a random share of 1 s, 2 s, 4 s...
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = INITIAL_BACKOFF
-        .saturating_mul(2u32.saturating_pow(attempt - 1))
-        .min(MAX_BACKOFF);
-    ceiling.mul_f64(rand::random::<f64>())
-}
-
 fn header_text(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
     h.get(name)?.to_str().ok().map(str::to_owned)
 }
@@ -612,46 +452,6 @@ fn xml_text<'a>(doc: &'a str, tag: &str) -> Option<&'a str> {
     let start = doc.find(&open)? + open.len();
     let len = doc[start..].find(&format!("</{tag}>"))?;
     Some(&doc[start..start + len])
-}
-
-/// Credentials from the provider, kept until shortly before they expire. Concurrent
-/// requests that find them stale wait for one refresh.
-struct Credentials {
-    provider: SharedCredentialsProvider,
-    current: ArcSwapOption<Identity>,
-    refresh: tokio::sync::Mutex<()>,
-}
-
-impl Credentials {
-    fn new(provider: SharedCredentialsProvider) -> Self {
-        Credentials {
-            provider,
-            current: ArcSwapOption::empty(),
-            refresh: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    async fn get(&self) -> Result<Arc<Identity>, BoxError> {
-        if let Some(identity) = self.fresh() {
-            return Ok(identity);
-        }
-        let _one_refresh = self.refresh.lock().await;
-        if let Some(identity) = self.fresh() {
-            return Ok(identity);
-        }
-        let credentials = self.provider.provide_credentials().await?;
-        let identity = Arc::new(Identity::from(credentials));
-        self.current.store(Some(identity.clone()));
-        Ok(identity)
-    }
-
-    fn fresh(&self) -> Option<Arc<Identity>> {
-        let identity = self.current.load_full()?;
-        match identity.expiration() {
-            Some(expiry) if expiry <= SystemTime::now() + REFRESH_BEFORE_EXPIRY => None,
-            _ => Some(identity),
-        }
-    }
 }
 
 /// A download body that fails when S3 sends nothing for `grace` while it is being read (the
