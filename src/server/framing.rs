@@ -15,6 +15,8 @@ use std::sync::Mutex;
 
 /// Longest head (or chunk-size or trailer line) followed; hyper refuses longer heads (`431`).
 const MAX_LINE: usize = 64 * 1024;
+/// What a follower keeps of its head buffer between requests.
+const SMALL_HEAD: usize = 1024;
 /// Headers a head may have for httparse here (hyper's own limit is 100).
 const MAX_HEADERS: usize = 128;
 
@@ -154,6 +156,8 @@ impl Follower {
         }
         self.verdicts.push_back(chunked && length.is_some());
         self.pending.clear();
+        // A parked connection keeps this follower: it holds no large head's buffer.
+        self.pending.shrink_to(SMALL_HEAD);
         self.at = match (chunked, length) {
             (true, _) => At::ChunkSize,
             (false, Some(n)) if n > 0 => At::Body(n),
