@@ -233,14 +233,8 @@ impl Portcullis {
             old.server.worker_threads == config.server.worker_threads,
         );
         unchanged("admin.listen", old.admin.listen == config.admin.listen);
-        unchanged(
-            "backend",
-            format!("{:?}", old.backend) == format!("{:?}", config.backend),
-        );
-        unchanged(
-            "log",
-            format!("{:?}", old.log) == format!("{:?}", config.log),
-        );
+        unchanged("backend", old.backend == config.backend);
+        unchanged("log", old.log == config.log);
         unchanged(
             "server.max_concurrent_requests and max_requests_per_address",
             old.server.max_concurrent_requests == config.server.max_concurrent_requests
