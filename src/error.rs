@@ -110,8 +110,11 @@ pub struct ApiError {
     pub origin: Origin,
     /// Safe to show the client.
     pub message: Cow<'static, str>,
-    /// For the log only: backend text, request ids, the underlying error.
+    /// For the log only: backend text, request ids.
     pub detail: Option<String>,
+    /// The error this one was made from, kept whole (its chain is logged, and walked to
+    /// find who is to blame).
+    pub source: Option<crate::BoxError>,
     /// Extra response headers (`WWW-Authenticate`, `Allow`, `Retry-After`, `Content-Range`).
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
@@ -128,8 +131,30 @@ impl ApiError {
             origin,
             message: message.into(),
             detail: None,
+            source: None,
             headers: Vec::new(),
         }
+    }
+
+    /// Keeps the error this one was made from.
+    pub fn caused_by(mut self, source: impl Into<crate::BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The first error of type `E` in this error's source chain.
+    pub fn find_cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        while let Some(e) = cause {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            cause = e.source();
+        }
+        None
     }
 
     /// Adds log-only detail.
@@ -210,7 +235,25 @@ impl fmt::Display for ApiError {
     }
 }
 
-impl std::error::Error for ApiError {}
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// An error and its causes, as one line: `outer: inner: innermost`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
 
 /// The JSON body of an error response.
 pub fn error_body(err: &ApiError, request_id: &str) -> String {

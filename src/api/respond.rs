@@ -33,12 +33,14 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
 /// The response for an error: status, extra headers and the JSON body of SPEC section 7.
 /// The error's log-only detail is logged here, once, with the request id.
 pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
+    let cause = err.source.as_deref().map(|e| crate::error::chain(e));
     match err.origin {
         crate::error::Origin::Client => {
             tracing::debug!(
                 request_id,
                 code = err.code.as_str(),
                 detail = err.detail.as_deref(),
+                cause = cause.as_deref(),
                 "request refused"
             )
         }
@@ -46,6 +48,7 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
             request_id,
             code = err.code.as_str(),
             detail = err.detail.as_deref(),
+            cause = cause.as_deref(),
             "request failed"
         ),
     }

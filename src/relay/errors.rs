@@ -32,7 +32,7 @@ where
         }
         _ => ApiError::new(Code::BackendError, "the backend failed"),
     };
-    api.detail(detail)
+    api.detail(detail).caused_by(err)
 }
 
 /// Maps S3's status and error code to the gateway's error. Shared by both read paths.
@@ -105,14 +105,7 @@ where
     }
 }
 
-/// An error and its sources, `outer: inner: innermost`.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+/// An error and its causes, as one line.
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::error::chain(e)
 }

@@ -38,7 +38,7 @@ use watch::UploadWatch;
 
 use crate::config::Sse;
 use crate::error::{ApiError, Code};
-use crate::limits::BodyWatch;
+use crate::limits::{BodyFailure, BodyWatch};
 use crate::policy::ObjectKey;
 use crate::{Body, BoxError};
 
@@ -463,8 +463,14 @@ impl Backend {
 /// A failed call whose request body failed first is the body's fault (too large, stalled,
 /// wrong digest, cut off), not the backend's.
 fn blame(watch: &BodyWatch, err: ApiError) -> ApiError {
-    match watch.failure() {
-        Some(failure) => ApiError::from(failure).detail(err),
+    // The body's own error, where the failure's chain kept it; else what the body's watch
+    // saw (the SDK's errors do not always keep their cause).
+    let failure = err
+        .find_cause::<BodyFailure>()
+        .copied()
+        .or_else(|| watch.failure());
+    match failure {
+        Some(failure) => ApiError::from(failure).detail(&err).caused_by(err),
         None => err,
     }
 }

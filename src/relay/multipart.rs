@@ -162,7 +162,7 @@ async fn fill(body: &mut Body, buf: &mut PartBuffer, watch: &BodyWatch) -> Resul
             Some(Err(e)) => {
                 return Err(blame(
                     watch,
-                    ApiError::new(Code::BadRequest, "the request body failed").detail(e),
+                    ApiError::new(Code::BadRequest, "the request body failed").caused_by(e),
                 ));
             }
         }
