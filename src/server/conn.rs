@@ -161,6 +161,9 @@ impl Protocols {
         let streams = Streams::new();
         let mut idle_timer = pin!(tokio::time::sleep(self.header_read_timeout));
         let mut closing = false;
+        // An idle connection's GOAWAY waits for the peer to answer a PING; one that never
+        // does is dropped this long after.
+        let mut idle_closing = false;
         let mut stop = pin!(self.stop.cancelled());
         let result = poll_fn(|cx| {
             loop {
@@ -170,6 +173,13 @@ impl Protocols {
                 }
                 if let Poll::Ready(r) = streams.enter(cx, |cx| conn.as_mut().poll(cx)) {
                     return Poll::Ready(r);
+                }
+                if idle_closing {
+                    if idle_timer.as_mut().poll(cx).is_ready() {
+                        tracing::debug!(%remote, "idle HTTP/2 connection dropped: no answer to its GOAWAY");
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
                 }
                 if closing {
                     return Poll::Pending;
@@ -191,7 +201,10 @@ impl Protocols {
                 }
                 tracing::debug!(%remote, ?limit, "idle HTTP/2 connection closed");
                 closing = true;
+                idle_closing = true;
                 conn.as_mut().graceful_shutdown();
+                let drop_at = tokio::time::Instant::now() + self.header_read_timeout;
+                idle_timer.as_mut().reset(drop_at);
             }
         })
         .await;

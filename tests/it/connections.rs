@@ -681,3 +681,23 @@ async fn connections_past_max_connections_are_closed_at_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_peer_that_answers_nothing_is_dropped() {
+    // A bare h2 preface and SETTINGS, then silence: no ACK, no PING answer, no request. The
+    // gateway's GOAWAY waits for a PING answer that never comes; the connection must still go.
+    let g = gateway("[server]\nheader_read_timeout = \"1s\"\n").await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "still open after 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
