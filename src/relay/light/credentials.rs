@@ -1,7 +1,14 @@
 //! The light path's credentials: the SDK's provider, cached until shortly before they
 //! expire.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_runtime_api::client::identity::Identity;
+
+use crate::BoxError;
 
 /// Credentials are refreshed this long before they expire.
 pub(super) const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(60);

@@ -1,7 +1,11 @@
 //! Where the light path sends its requests: the endpoint resolved once by the SDK's own
 //! rules, its SigV4 scheme, and the platform's root certificates for TLS.
 
-use super::*;
+use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+use aws_smithy_types::Document;
+use http::HeaderValue;
+
+use super::Setup;
 
 /// Where and how reads are sent: the bucket's endpoint as the SDK's rules resolve it.
 #[derive(Debug)]

@@ -22,11 +22,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
-use aws_smithy_runtime_api::client::identity::Identity;
-use aws_smithy_types::Document;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame};
@@ -34,8 +30,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::errors::{classify, describe_answer, error_chain};
-use super::pool::{Driven, Pool, SendError};
+use super::errors::{classify, describe_answer};
+use super::pool::{Driven, Pool};
 use super::sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD};
 use super::watch::UploadWatch;
 use super::{Fetched, ObjectMeta, ReadConditions};

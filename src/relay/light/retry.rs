@@ -1,7 +1,11 @@
 //! The SDK's standard retry mode, as the light path applies it: which failures are
 //! retried, how long to wait, and what a failure is.
 
-use super::*;
+use std::time::Duration;
+
+use super::super::errors::error_chain;
+use super::super::pool::SendError;
+use crate::error::{ApiError, Code};
 
 /// The SDK's standard retry mode: attempts per call, backoff, and the retry quota.
 pub(super) const MAX_ATTEMPTS: u32 = 3;
