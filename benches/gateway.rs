@@ -36,7 +36,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// (size, concurrencies) of the matrix.
 const CELLS: [(u64, &[usize]); 3] = [
-    (KIB, &[1, 16, 64]),
+    (KIB, &[1, 4, 16, 64]),
     (MIB, &[1, 16, 64]),
     (64 * MIB, &[1, 4]),
 ];
@@ -319,6 +319,16 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>, only: Option<V
         table.push_str(&r.split_line());
         table.push('\n');
     }
+    table.push_str(
+        "\nLatency the gateway adds to small objects: its client-side latency minus the direct \
+         path's, same client, same run (ms).\n\n\
+         | op | size | conc | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| r.size < MIB) {
+        table.push_str(&r.latency_line());
+        table.push('\n');
+    }
     table.push('\n');
     table.push_str(&idle_line);
     table.push('\n');
@@ -327,6 +337,23 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>, only: Option<V
 }
 
 impl Row {
+    /// p50 and p99 of the client's latency, direct and through the gateway.
+    fn latency_line(&self) -> String {
+        let (d, g) = (&self.direct.latency_ms, &self.gateway.latency_ms);
+        format!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            op_name(self.op),
+            human(self.size),
+            self.concurrency,
+            d.p50,
+            g.p50,
+            g.p50 - d.p50,
+            d.p99,
+            g.p99,
+            g.p99 - d.p99
+        )
+    }
+
     fn line(&self) -> String {
         let gib = self.gateway.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
         let direct_gib = self.direct.requests as f64 * self.size as f64 / (1024.0 * MIB as f64);
