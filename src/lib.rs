@@ -366,15 +366,12 @@ fn refused_preflight(
     );
     obs::note(req, |n| {
         n.route = "preflight";
-        n.error_code = Some("cors_refused");
         n.origin = Some(text.chars().take(256).collect());
     });
-    let id = req
-        .extensions()
-        .get::<obs::RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(|| Arc::from("-"));
-    Some(api::respond::error(&err, &id))
+    let resp = api::respond::refuse(req, &err);
+    // A refused origin, not a refused principal: its own code in the log.
+    obs::note(req, |n| n.error_code = Some("cors_refused"));
+    Some(resp)
 }
 
 /// `[cors]` as tower-http's layer: the listed origins (or any, without credentials), the

@@ -84,23 +84,18 @@ impl Service<Request<Body>> for Gateway {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move {
-            // Load shedding comes first: over `max_concurrent_requests`, answer at once.
+            // A request two hops could read two ways is refused first; then load shedding:
+            // over `max_concurrent_requests` (or the address's share), answer at once.
             // Permits (this one, then the principal's) ride on the response body, so a
             // streamed transfer holds its place until its last byte.
             if let Err(err) = read_one_way(&req) {
-                let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-                note(&req, |n| n.error_code = Some(err.code.as_str()));
-                return Ok(respond::error(&err, id.as_deref().unwrap_or("-")));
+                return Ok(respond::refuse(&req, &err));
             }
             let admission = admission::Admission::default();
             let client = req.extensions().get::<ClientIp>().map(|c| c.0);
             match state.shed.admit(client) {
                 Ok(permit) => admission.hold(Permit::Request(permit)),
-                Err(err) => {
-                    let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-                    note(&req, |n| n.error_code = Some(err.code.as_str()));
-                    return Ok(respond::error(&err, id.as_deref().unwrap_or("-")));
-                }
+                Err(err) => return Ok(respond::refuse(&req, &err)),
             }
             req.extensions_mut().insert(admission.clone());
             let request_id = req

@@ -73,6 +73,14 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
     resp
 }
 
+/// The answer to a request refused before it reached a handler: the error's code in its
+/// access-log note, and the error response with its request id.
+pub(crate) fn refuse<B>(req: &http::Request<B>, err: &ApiError) -> Response<Body> {
+    crate::obs::note(req, |n| n.error_code = Some(err.code.as_str()));
+    let id = req.extensions().get::<crate::obs::RequestId>();
+    error(err, id.map_or("-", |r| &r.0))
+}
+
 /// Moves `permits` onto the response body: they are released when it ends or is dropped.
 pub(crate) fn holding(resp: Response<Body>, permits: Vec<Permit>) -> Response<Body> {
     if permits.is_empty() {
