@@ -72,6 +72,7 @@ fn hot_path(c: &mut Criterion) {
         key: key.clone(),
         expires: 4_000_000_000,
         principal: "alice".into(),
+        bucket: "files".into(),
         max_size: Some(10 << 20),
         content_type: Some("image/jpeg".into()),
         create_only: true,

@@ -71,7 +71,7 @@ async fn run(size: u64) {
         },
     )
     .await;
-    let direct = direct.client().clone();
+    let direct = direct.first().client().clone();
 
     let port = support::free_port();
     let config = dir.path().join("bench.toml");

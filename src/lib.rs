@@ -56,7 +56,7 @@ use crate::embedded::EmbeddedServer;
 use crate::limits::{AuthFailures, Limits, Shed};
 use crate::obs::{AccessLog, AccessLogLayer};
 use crate::policy::Principal;
-use crate::relay::{Backend, BackendSettings};
+use crate::relay::{BackendSettings, Buckets};
 use crate::server::{ServerOptions, TlsSource, TrustedProxies};
 
 /// Errors that cross module boundaries inside bodies.
@@ -76,16 +76,19 @@ pub type HttpService = tower::util::BoxCloneService<
 /// when this is dropped).
 #[derive(Debug)]
 pub struct BackendHandle {
-    pub backend: Backend,
+    pub buckets: Buckets,
     pub embedded: Option<EmbeddedServer>,
 }
 
-/// Connects to the configured backend, starting the embedded server first if asked.
+/// Connects to the configured buckets, starting the embedded server first if asked.
 pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
     let (settings, embedded) = match config.backend.kind {
         BackendKind::S3 => (BackendSettings::default(), None),
         BackendKind::Embedded => {
-            let server = embedded::start(&config.backend.root, &config.backend.bucket).await?;
+            let buckets = config.bucket_configs();
+            let names: Vec<&str> = buckets.iter().map(|b| b.bucket.as_str()).collect();
+            let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let server = embedded::start_with(&config.backend.root, &names, local).await?;
             let settings = BackendSettings {
                 endpoint: Some(server.endpoint.clone()),
                 credentials: Some((server.access_key.clone(), server.secret_key.clone())),
@@ -93,8 +96,8 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
             (settings, Some(server))
         }
     };
-    let backend = relay::connect(config, settings).await;
-    Ok(BackendHandle { backend, embedded })
+    let buckets = relay::connect(config, settings).await;
+    Ok(BackendHandle { buckets, embedded })
 }
 
 /// Builds the per-request state from a validated config. On reload, `previous` is the state
@@ -102,14 +105,28 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
 /// principal's rate state when its settings did not change.
 pub fn build_state(
     config: &Config,
-    backend: Backend,
+    buckets: Buckets,
     previous: Option<&AppState>,
 ) -> Result<AppState, String> {
     let defaults = Limits::from_config(&config.limits);
+    // Every principal's bucket must be one the process runs: adding a bucket is a restart.
+    let bucket_of = |field: String, name: &Option<String>| match name {
+        None => Ok(Some(buckets.first().name().to_owned())),
+        Some(name) if buckets.get(name).is_some() => Ok(Some(name.clone())),
+        Some(name) => Err(format!(
+            "{field}: the bucket `{name}` is not running (running: {}); adding a bucket \
+             takes a restart",
+            buckets.names().join(", ")
+        )),
+    };
     let mut keys = KeyTable::default();
     let mut principals = HashMap::new();
     let mut subjects = HashMap::new();
-    for p in &config.principals {
+    for (i, p) in config.principals.iter().enumerate() {
+        let p = &config::PrincipalConfig {
+            bucket: bucket_of(format!("principals[{i}].bucket"), &p.bucket)?,
+            ..p.clone()
+        };
         let mut principal = Principal::from_config(p, &defaults, &config.rate_limit);
         if let Some(old) = previous.and_then(|s| s.principals.get(&p.name)) {
             principal = principal.keeping_gate_of(old);
@@ -135,7 +152,13 @@ pub fn build_state(
     let jwt = config
         .jwt
         .as_ref()
-        .map(|j| JwtVerifier::from_config(j, &defaults, &config.rate_limit))
+        .map(|j| {
+            let j = config::JwtConfig {
+                bucket: bucket_of("jwt.bucket".into(), &j.bucket)?,
+                ..j.clone()
+            };
+            JwtVerifier::from_config(&j, &defaults, &config.rate_limit)
+        })
         .transpose()
         .map_err(|e| format!("jwt: {e}"))?;
     let links = config
@@ -145,7 +168,7 @@ pub fn build_state(
         .transpose()
         .map_err(|e| format!("links: {e}"))?;
     Ok(AppState {
-        backend,
+        buckets,
         keys,
         jwt,
         links,
@@ -198,8 +221,8 @@ impl std::fmt::Debug for Portcullis {
 
 impl Portcullis {
     /// Builds the gateway from a validated config.
-    pub fn new(config: &Config, backend: Backend) -> Result<Arc<Self>, String> {
-        let live = Live::build(config, backend, None)?;
+    pub fn new(config: &Config, buckets: Buckets) -> Result<Arc<Self>, String> {
+        let live = Live::build(config, buckets, None)?;
         Ok(Arc::new(Self {
             live: ArcSwap::from_pointee(live),
         }))
@@ -234,6 +257,7 @@ impl Portcullis {
         );
         unchanged("admin.listen", old.admin.listen == config.admin.listen);
         unchanged("backend", old.backend == config.backend);
+        unchanged("buckets", old.bucket_configs() == config.bucket_configs());
         unchanged("log", old.log == config.log);
         unchanged(
             "server.max_concurrent_requests and max_requests_per_address",
@@ -255,7 +279,7 @@ impl Portcullis {
                 && old.server.keep_alive_timeout == config.server.keep_alive_timeout
                 && old.server.shutdown_grace == config.server.shutdown_grace,
         );
-        let live = Live::build(config, current.state.backend.clone(), Some(&current.state))?;
+        let live = Live::build(config, current.state.buckets.clone(), Some(&current.state))?;
         self.live.store(Arc::new(live));
         Ok(notes)
     }
@@ -264,10 +288,10 @@ impl Portcullis {
 impl Live {
     fn build(
         config: &Config,
-        backend: Backend,
+        buckets: Buckets,
         previous: Option<&AppState>,
     ) -> Result<Self, String> {
-        let state = Arc::new(build_state(config, backend, previous)?);
+        let state = Arc::new(build_state(config, buckets, previous)?);
         let tls = config
             .server
             .tls

@@ -326,15 +326,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// `portcullis audit`: true when no check failed.
+/// `portcullis audit`: every bucket's checks; true when none failed. `--json` prints one
+/// report, or an array of them when there are several buckets.
 async fn audit(path: &std::path::Path, json: bool) -> anyhow::Result<bool> {
     let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = portcullis::start_backend(&loaded.config).await?;
-    let report = portcullis::audit::run(&handle.backend).await;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
+    let mut reports = Vec::new();
+    for backend in handle.buckets.iter() {
+        reports.push(portcullis::audit::run(backend).await);
     }
-    Ok(!report.any_failed())
+    if json {
+        match reports.as_slice() {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            all => println!("{}", serde_json::to_string_pretty(all)?),
+        }
+    } else {
+        for (i, (report, backend)) in reports.iter().zip(handle.buckets.iter()).enumerate() {
+            if i > 0 {
+                println!();
+            }
+            if reports.len() > 1 {
+                println!("bucket {}:", backend.name());
+            }
+            print!("{}", report.table());
+        }
+    }
+    Ok(!reports.iter().any(|r| r.any_failed()))
 }

@@ -86,40 +86,36 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
     }
 
     let handle = crate::start_backend(&config).await?;
-    // One bucket check at start; it also primes `/readyz`.
-    let health = Health::new(handle.backend.clone());
+    // One check of every bucket at start; it also primes `/readyz`.
+    let health = Health::new(&handle.buckets);
     if !health.check().await {
         if config.backend.kind == BackendKind::Embedded {
-            let why = match handle.backend.ping().await {
+            let why = match handle.buckets.first().ping().await {
                 Err(e) => format!("{}: {}", e.message, e.detail.as_deref().unwrap_or("")),
                 Ok(()) => "it answered only on a second try".into(),
             };
             anyhow::bail!("the embedded backend does not answer: {why}");
         }
-        tracing::error!("the bucket is not reachable now; requests will fail until it is");
+        tracing::error!("a bucket is not reachable now; its requests will fail until it is");
     }
-    if config.backend.kind == BackendKind::Embedded && config.backend.audit != AuditMode::Off {
-        // Its S3 server implements none of the audit's calls (and logs each as a 501).
-        tracing::info!("bucket audit skipped: the embedded backend implements none of its checks");
-    } else if config.backend.audit != AuditMode::Off {
-        let report = crate::audit::run(&handle.backend).await;
-        for c in report
-            .checks
-            .iter()
-            .filter(|c| c.state != crate::audit::State::Pass)
-        {
-            tracing::warn!(check = c.check, state = ?c.state, seen = %c.detail, why = c.why, fix = c.fix, "bucket audit");
-        }
-        report
-            .enforce(config.backend.audit)
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", report.table()))?;
+    let configs = config.bucket_configs();
+    for (backend, bucket) in handle.buckets.iter().zip(configs.iter()) {
+        audit_at_start(&config, backend, bucket.audit).await?;
     }
     let age = config.backend.abandoned_upload_age.get();
     if !age.is_zero() {
-        match handle.backend.sweep_abandoned_uploads(age).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(aborted = n, "swept abandoned multipart uploads"),
-            Err(e) => tracing::warn!(error = %e, "could not sweep abandoned multipart uploads"),
+        for backend in handle.buckets.iter() {
+            match backend.sweep_abandoned_uploads(age).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    bucket = backend.name(),
+                    aborted = n,
+                    "swept abandoned multipart uploads"
+                ),
+                Err(e) => {
+                    tracing::warn!(bucket = backend.name(), error = %e, "could not sweep abandoned multipart uploads")
+                }
+            }
         }
     }
     let log = Arc::new(AccessLog::open(&config.log.access_log)?);
@@ -133,7 +129,7 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         // Links a page on another origin can use: absolute, on the address it listens on.
         config.server.public_url = Some(format!("http://{local}"));
     }
-    let gateway = crate::Portcullis::new(&config, handle.backend.clone())
+    let gateway = crate::Portcullis::new(&config, handle.buckets.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
     let admin_addr: SocketAddr = config.admin.listen.parse()?;
@@ -147,7 +143,8 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         health.clone(),
         std::future::pending(),
     ));
-    tracing::info!(listen = %local, admin = %admin_local, bucket = handle.backend.bucket(), "portcullis is serving");
+    let names = handle.buckets.names().join(", ");
+    tracing::info!(listen = %local, admin = %admin_local, buckets = %names, "portcullis is serving");
 
     if let Some(key) = dev_key {
         let root = config.backend.root.display();
@@ -200,6 +197,36 @@ impl Overrides {
             config.admin.listen = admin.to_string();
         }
     }
+}
+
+/// The bucket audit at start, as `mode` asks: `enforce` refuses to start on a public bucket.
+async fn audit_at_start(
+    config: &Config,
+    backend: &crate::relay::Backend,
+    mode: AuditMode,
+) -> anyhow::Result<()> {
+    if mode == AuditMode::Off {
+        return Ok(());
+    }
+    if config.backend.kind == BackendKind::Embedded {
+        // Its S3 server implements none of the audit's calls (and logs each as a 501).
+        tracing::info!(
+            bucket = backend.name(),
+            "bucket audit skipped: the embedded backend implements none of its checks"
+        );
+        return Ok(());
+    }
+    let report = crate::audit::run(backend).await;
+    for c in report
+        .checks
+        .iter()
+        .filter(|c| c.state != crate::audit::State::Pass)
+    {
+        tracing::warn!(bucket = backend.name(), check = c.check, state = ?c.state, seen = %c.detail, why = c.why, fix = c.fix, "bucket audit");
+    }
+    report
+        .enforce(mode)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", report.table()))
 }
 
 /// `SIGHUP`: reads the config file again and swaps it in. A config that fails validation is

@@ -184,6 +184,8 @@ impl S3Server {
             },
         )
         .await
+        .first()
+        .clone()
     }
 }
 

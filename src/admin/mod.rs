@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz` (the process is alive), `/readyz` (the bucket answered the
-//! last check and the gateway is not draining) and `/metrics` (Prometheus text). It is a
+//! The admin listener: `/healthz` (the process is alive), `/readyz` (every bucket answered
+//! its last check and the gateway is not draining) and `/metrics` (Prometheus text). It is a
 //! separate listener, loopback by default, never the public one.
 //!
 //! Readiness is a cached `HeadBucket`, refreshed in the background, so a probe every second
@@ -19,40 +19,51 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::relay::Backend;
+use crate::relay::{Backend, Buckets};
 
 /// What the probes report.
 #[derive(Debug)]
 pub struct Health {
-    backend: Backend,
-    backend_ok: AtomicBool,
+    /// Each bucket, and whether it answered the last check.
+    buckets: Vec<(Backend, AtomicBool)>,
     draining: AtomicBool,
 }
 
 impl Health {
-    pub fn new(backend: Backend) -> Arc<Self> {
+    pub fn new(buckets: &Buckets) -> Arc<Self> {
         Arc::new(Self {
-            backend,
-            backend_ok: AtomicBool::new(false),
+            buckets: buckets
+                .iter()
+                .map(|b| (b.clone(), AtomicBool::new(false)))
+                .collect(),
             draining: AtomicBool::new(false),
         })
     }
 
-    /// Asks the bucket now and remembers the answer.
+    /// Asks every bucket now and remembers the answers; `true` when all answered.
     pub async fn check(&self) -> bool {
-        let ok = self.backend.ping().await.is_ok();
-        if ok != self.backend_ok.swap(ok, Ordering::Relaxed) {
-            if ok {
-                tracing::info!("the bucket answers: ready");
-            } else {
-                tracing::warn!("the bucket does not answer: not ready");
+        let answers =
+            futures_util::future::join_all(self.buckets.iter().map(|(b, _)| b.ping())).await;
+        let mut all = true;
+        for ((backend, was), answer) in self.buckets.iter().zip(answers) {
+            let ok = answer.is_ok();
+            all &= ok;
+            if ok != was.swap(ok, Ordering::Relaxed) {
+                if ok {
+                    tracing::info!(bucket = backend.name(), "the bucket answers: ready");
+                } else {
+                    tracing::warn!(
+                        bucket = backend.name(),
+                        "the bucket does not answer: not ready"
+                    );
+                }
             }
+            crate::obs::metrics::backend_ready(backend.name(), ok);
         }
-        crate::obs::metrics::backend_ready(ok);
-        ok
+        all
     }
 
-    /// Checks the bucket every `interval` for as long as the process runs (the first check
+    /// Checks the buckets every `interval` for as long as the process runs (the first check
     /// one interval from now: start-up has just made one).
     pub fn watch(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
@@ -69,8 +80,18 @@ impl Health {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Every bucket answered its last check, and the gateway is not draining.
     pub fn is_ready(&self) -> bool {
-        self.backend_ok.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.unready().is_empty() && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The names of the buckets that did not answer their last check.
+    fn unready(&self) -> Vec<&str> {
+        self.buckets
+            .iter()
+            .filter(|(_, ok)| !ok.load(Ordering::Relaxed))
+            .map(|(b, _)| b.name())
+            .collect()
     }
 }
 
@@ -113,10 +134,11 @@ async fn answer(
                     "draining\n".to_owned(),
                 )
             } else {
+                let names = health.unready().join(", ");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "the bucket does not answer\n".to_owned(),
+                    format!("not ready: the bucket does not answer: {names}\n"),
                 )
             }
         }

@@ -67,6 +67,7 @@ fn identify(
     };
     note(req, |n| {
         n.principal = Some(identity.principal.name.clone());
+        n.bucket = Some(identity.principal.bucket.clone());
         n.auth = Some(identity.method);
     });
     Ok(identity)
@@ -110,16 +111,17 @@ fn credential(
         let grant = signer
             .verify(req.method(), key, query, unix_now())
             .map_err(|e| (e, true))?;
-        // The principal as it is now: gone, or no longer allowed to link, and the link dies.
+        // The principal as it is now: gone, no longer allowed to link, or moved to another
+        // bucket, and the link dies.
         let principal = state
             .principals
             .get(&grant.principal)
-            .filter(|p| p.may(Action::Link))
+            .filter(|p| p.may(Action::Link) && *p.bucket == *grant.bucket)
             .cloned()
             .ok_or_else(|| {
                 (
                     ApiError::new(crate::error::Code::LinkInvalid, "the link is not valid")
-                        .detail("its principal is gone or may no longer issue links"),
+                        .detail("its principal is gone, may no longer issue links, or works in another bucket now"),
                     true,
                 )
             })?;

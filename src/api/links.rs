@@ -222,6 +222,7 @@ fn issue(
         key,
         expires,
         principal: principal.name.clone(),
+        bucket: principal.bucket.to_string(),
         max_size: w.max_size,
         content_type: w.content_type,
         create_only: w.create_only,

@@ -84,7 +84,9 @@ pub(super) async fn list(state: &AppState, req: Request<Body>) -> Result<Respons
     let page = timed(
         &req,
         "list",
-        state.backend.list(&prefix, q.limit, q.start_after),
+        state
+            .bucket_of(&identity.principal)?
+            .list(&prefix, q.limit, q.start_after),
     )
     .await?;
 

@@ -34,13 +34,14 @@ use crate::error::ApiError;
 use crate::limits::{AuthFailures, Permit, Shed};
 use crate::obs::{ClientIp, RequestId, note};
 use crate::policy::{Action, Principal};
-use crate::relay::Backend;
+use crate::relay::{Backend, Buckets};
 
 /// What every request can reach. Built from one config and swapped whole on reload, so a
 /// request sees one consistent config from start to end; it holds no locks.
 #[derive(Debug)]
 pub struct AppState {
-    pub backend: Backend,
+    /// Every bucket, fixed for the process; a principal names its own.
+    pub buckets: Buckets,
     pub keys: KeyTable,
     /// `[jwt]`, when bearer JWTs are accepted.
     pub jwt: Option<JwtVerifier>,
@@ -58,6 +59,19 @@ pub struct AppState {
     pub shed: Arc<Shed>,
     /// `server.body_idle_timeout`.
     pub body_idle_timeout: std::time::Duration,
+}
+
+impl AppState {
+    /// The bucket a principal works in.
+    pub fn bucket_of(&self, principal: &Principal) -> Result<&Backend, ApiError> {
+        // `build_state` refuses a principal whose bucket is not running.
+        self.buckets.get(&principal.bucket).ok_or_else(|| {
+            ApiError::internal(format!(
+                "the principal's bucket `{}` is not running",
+                principal.bucket
+            ))
+        })
+    }
 }
 
 /// The innermost service: routing and handlers.
@@ -235,6 +249,7 @@ fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> 
         http::StatusCode::OK,
         &serde_json::json!({
             "principal": p.name,
+            "bucket": &*p.bucket,
             "auth": identity.method.as_str(),
             "prefix": p.prefix,
             "allow": allow,
@@ -258,9 +273,11 @@ fn timed<'a, B, T>(
     let start = Instant::now();
     call.inspect(move |_| {
         let elapsed = start.elapsed();
+        let mut bucket = None;
         note(req, |n| {
-            n.backend_ms = Some(elapsed.as_micros() as f64 / 1000.0)
+            n.backend_ms = Some(elapsed.as_micros() as f64 / 1000.0);
+            bucket = n.bucket.clone();
         });
-        crate::obs::metrics::backend_call(op, elapsed.as_secs_f64());
+        crate::obs::metrics::backend_call(bucket.as_ref(), op, elapsed.as_secs_f64());
     })
 }

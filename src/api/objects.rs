@@ -85,7 +85,7 @@ pub(super) async fn put(
     }
     if let Some(length) = length {
         limits.check_length(length)?;
-        state.backend.admits(length)?;
+        state.bucket_of(&identity.principal)?.admits(length)?;
     }
     let mut condition = write_condition(headers)?;
     if link.is_some_and(|l| l.create_only) {
@@ -151,7 +151,8 @@ pub(super) async fn put(
         body: throttled(&identity, Prefixed::new(prefix, body).boxed()),
         watch: watch.clone(),
     };
-    let stored = timed(&head, "put", state.backend.put(upload)).await?;
+    let bucket = state.bucket_of(&identity.principal)?;
+    let stored = timed(&head, "put", bucket.put(upload)).await?;
     if let Some(sha) = watch.sha256() {
         note(&head, |n| n.sha256 = Some(sha));
     }
@@ -288,6 +289,7 @@ pub(super) async fn get(
         },
     };
     let op = if with_body { "get" } else { "head" };
+    let bucket = state.bucket_of(&identity.principal)?;
     let has_if_match = if_match.is_some();
     let fetch = |range: Option<String>| {
         let cond = &cond;
@@ -297,7 +299,7 @@ pub(super) async fn get(
             timed(
                 req,
                 op,
-                state.backend.fetch(key, range.as_deref(), cond, with_body),
+                bucket.fetch(key, range.as_deref(), cond, with_body),
             )
             .await
             .map_err(|e| match e.code {
@@ -462,8 +464,9 @@ pub(super) async fn delete(
     req: Request<Body>,
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let (key, _) = admit_object(state, &req, encoded_key, Action::Delete)?;
-    timed(&req, "delete", state.backend.delete(&key)).await?;
+    let (key, identity) = admit_object(state, &req, encoded_key, Action::Delete)?;
+    let bucket = state.bucket_of(&identity.principal)?;
+    timed(&req, "delete", bucket.delete(&key)).await?;
     let mut resp = Response::new(respond::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)

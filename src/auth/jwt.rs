@@ -125,6 +125,7 @@ impl JwtVerifier {
             template: c.prefix_template.clone().unwrap_or_default(),
             config: crate::config::PrincipalConfig {
                 allow: c.allow.clone(),
+                bucket: c.bucket.clone(),
                 ..Default::default()
             },
             defaults: defaults.clone(),

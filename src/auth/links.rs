@@ -25,13 +25,14 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Domain separation for the MAC input; a new link format gets a new tag.
-const MAC_TAG: &[u8] = b"portcullis-link-v1";
+const MAC_TAG: &[u8] = b"portcullis-link-v2";
 
 /// The query parameters a link may carry; any other, or any twice, and it is refused.
-const PARAMS: [&str; 7] = [
+const PARAMS: [&str; 8] = [
     "method",
     "expires",
     "principal",
+    "bucket",
     "max_size",
     "content_type",
     "create_only",
@@ -48,6 +49,8 @@ pub struct LinkGrant {
     pub expires: u64,
     /// The issuing principal, by name.
     pub principal: String,
+    /// The bucket the key is in, by name: a link opens its key in that bucket only.
+    pub bucket: String,
     /// A PUT link's size cap (the principal's own still applies).
     pub max_size: Option<u64>,
     /// A PUT link's content type: the upload must declare it (or declares nothing and gets it).
@@ -140,6 +143,7 @@ impl LinkSigner {
         query.append_pair("method", grant.method.as_str());
         query.append_pair("expires", &grant.expires.to_string());
         query.append_pair("principal", &grant.principal);
+        query.append_pair("bucket", &grant.bucket);
         if let Some(max) = grant.max_size {
             query.append_pair("max_size", &max.to_string());
         }
@@ -181,12 +185,14 @@ impl LinkSigner {
             m,
             expires,
             principal,
+            bucket,
             max_size,
             content_type,
             create_only,
             sig,
         ] = fields;
-        let (Some(m), Some(expires), Some(principal), Some(sig)) = (m, expires, principal, sig)
+        let (Some(m), Some(expires), Some(principal), Some(bucket), Some(sig)) =
+            (m, expires, principal, bucket, sig)
         else {
             return Err(invalid("the link is missing a parameter"));
         };
@@ -199,6 +205,7 @@ impl LinkSigner {
             key: key.clone(),
             expires: number(&expires)?,
             principal,
+            bucket,
             max_size: max_size.as_deref().map(number).transpose()?,
             content_type,
             create_only: match create_only.as_deref() {
@@ -248,11 +255,12 @@ fn mac(secret: &[u8], g: &LinkGrant) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
     let max = g.max_size.map(|m| m.to_string()).unwrap_or_default();
     let expires = g.expires.to_string();
-    let fields: [&[u8]; 7] = [
+    let fields: [&[u8]; 8] = [
         g.method.as_str().as_bytes(),
         g.key.as_str().as_bytes(),
         expires.as_bytes(),
         g.principal.as_bytes(),
+        g.bucket.as_bytes(),
         max.as_bytes(),
         g.content_type.as_deref().unwrap_or("").as_bytes(),
         if g.create_only { b"1" } else { b"" },
@@ -302,6 +310,7 @@ mod tests {
             key: ObjectKey::parse("users/alice/a b+c.png".into()).unwrap(),
             expires: 2_000,
             principal: "alice".into(),
+            bucket: "files".into(),
             max_size: Some(1024),
             content_type: Some("image/png".into()),
             create_only: true,

@@ -49,25 +49,31 @@ pub fn describe(c: &Config) -> String {
         s.max_connections
     ));
     let b = &c.backend;
-    line(match b.kind {
-        BackendKind::Embedded => format!(
-            "backend: embedded, bucket {}, data in {}",
-            b.bucket,
-            b.root.display()
-        ),
-        BackendKind::S3 => format!(
-            "backend: S3 bucket {} in {}{}",
-            b.bucket,
-            b.region,
-            b.endpoint
-                .as_ref()
-                .map(|e| format!(" at {e}"))
-                .unwrap_or_default()
-        ),
-    });
+    let buckets = c.bucket_configs();
+    for bucket in buckets.iter() {
+        line(match b.kind {
+            BackendKind::Embedded => format!(
+                "bucket {}: embedded, S3 bucket {}, data in {}",
+                bucket.name,
+                bucket.bucket,
+                b.root.display()
+            ),
+            BackendKind::S3 => format!(
+                "bucket {}: S3 bucket {} in {}{}, part_size {}",
+                bucket.name,
+                bucket.bucket,
+                bucket.region,
+                bucket
+                    .endpoint
+                    .as_ref()
+                    .map(|e| format!(" at {e}"))
+                    .unwrap_or_default(),
+                size(bucket.part_size)
+            ),
+        });
+    }
     line(format!(
-        "uploads: part_size {}, part buffers at most {} together",
-        size(b.part_size),
+        "uploads: part buffers at most {} together",
         size(b.upload_buffer_memory)
     ));
     let l = &c.limits;
@@ -119,8 +125,9 @@ pub fn describe(c: &Config) -> String {
         );
         let _ = writeln!(
             out,
-            "  principal {}: prefix {:?}, allow {}, max_object_size {}, content_types {}, rate {}, {} key(s), {} certificate name(s)",
+            "  principal {}: bucket {}, prefix {:?}, allow {}, max_object_size {}, content_types {}, rate {}, {} key(s), {} certificate name(s)",
             p.name,
+            p.bucket.as_deref().unwrap_or(&buckets[0].name),
             p.prefix,
             actions(&p.allow),
             size(max),
@@ -159,11 +166,11 @@ mod tests {
         let text = super::describe(&loaded.config);
         assert!(text.contains("max_object_size 1000000 bytes"), "{text}");
         assert!(
-            text.contains("principal a: prefix \"p/\", allow get"),
+            text.contains("principal a: bucket files, prefix \"p/\", allow get"),
             "{text}"
         );
         assert!(
-            text.contains("backend: embedded, bucket portcullis"),
+            text.contains("bucket files: embedded, S3 bucket portcullis"),
             "{text}"
         );
     }

@@ -162,11 +162,55 @@ fn deserialize(text: &str) -> Result<Config, (String, Option<usize>, String)> {
             .or_else(|| locate(text, &field));
         (field, line, inner.message().to_owned())
     })?;
-    // The embedded backend makes its bucket; it needs no name from the operator.
-    if config.backend.kind == BackendKind::Embedded && config.backend.bucket.is_empty() {
-        config.backend.bucket = EMBEDDED_BUCKET.into();
+    // With several buckets, each bucket's settings live in its own entry: `[backend]`
+    // setting one of them too would leave it unclear which wins.
+    if !config.buckets.is_empty() {
+        let both = backend_bucket_fields(text);
+        if let Some(first) = both.first() {
+            let field = format!("backend.{first}");
+            let line = locate(text, &field);
+            let named = both
+                .iter()
+                .map(|f| format!("backend.{f}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err((
+                field,
+                line,
+                format!(
+                    "{named} and [[buckets]] are both given: with [[buckets]], each bucket's \
+                     settings go in its own entry (keep [backend] for kind, root, timeouts, \
+                     light_path, upload_buffer_memory and abandoned_upload_age)"
+                ),
+            ));
+        }
+    }
+    // The embedded backend makes its buckets; they need no S3 name from the operator.
+    if config.backend.kind == BackendKind::Embedded {
+        if config.backend.bucket.is_empty() {
+            config.backend.bucket = EMBEDDED_BUCKET.into();
+        }
+        for b in &mut config.buckets {
+            if b.bucket.is_empty() && validate::valid_bucket_name(&b.name) {
+                b.bucket = b.name.clone();
+            }
+        }
     }
     Ok(config)
+}
+
+/// The bucket fields (`BUCKET_FIELDS`) the text's `[backend]` table sets.
+fn backend_bucket_fields(text: &str) -> Vec<&'static str> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let Some(backend) = table.get("backend").and_then(toml::Value::as_table) else {
+        return Vec::new();
+    };
+    BUCKET_FIELDS
+        .into_iter()
+        .filter(|f| backend.contains_key(*f))
+        .collect()
 }
 
 /// The embedded backend's bucket when the config names none (`serve --dev`'s too).

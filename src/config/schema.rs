@@ -15,6 +15,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub backend: BackendConfig,
+    /// `[[buckets]]`: several buckets behind one gateway. Empty: the one bucket of `[backend]`
+    /// (see [`Config::bucket_configs`]).
+    pub buckets: Vec<BucketConfig>,
     pub limits: LimitsConfig,
     pub rate_limit: RateLimitConfig,
     pub cors: Option<CorsConfig>,
@@ -158,12 +161,14 @@ pub enum AuditMode {
     Off,
 }
 
-/// `[backend]`.
+/// `[backend]`: how the gateway reaches S3, and (without `[[buckets]]`) its one bucket.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
     /// `"s3"` (default) or `"embedded"`.
     pub kind: BackendKind,
+    /// The name clients, logs and metrics see for the one bucket. Default `files`.
+    pub name: Option<String>,
     /// The bucket. Required for `s3`; default `portcullis` for `embedded`.
     pub bucket: String,
     /// Default `us-east-1`.
@@ -205,6 +210,7 @@ impl Default for BackendConfig {
     fn default() -> Self {
         Self {
             kind: BackendKind::S3,
+            name: None,
             bucket: String::new(),
             region: "us-east-1".into(),
             endpoint: None,
@@ -219,6 +225,94 @@ impl Default for BackendConfig {
             abandoned_upload_age: Span::secs(24 * 3600),
             root: PathBuf::from("./data"),
             light_path: true,
+        }
+    }
+}
+
+/// The fields of `[backend]` that describe its one bucket: with `[[buckets]]`, they go in
+/// each bucket's entry instead, and `[backend]` may not set them.
+pub const BUCKET_FIELDS: [&str; 9] = [
+    "name",
+    "bucket",
+    "region",
+    "endpoint",
+    "force_path_style",
+    "sse",
+    "kms_key_id",
+    "part_size",
+    "audit",
+];
+
+/// The bucket name clients see when `[backend]` names none.
+pub const DEFAULT_BUCKET_NAME: &str = "files";
+
+/// `[[buckets]]`: one bucket behind the gateway.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// What clients, logs and metrics call it; never the S3 bucket's name.
+    pub name: String,
+    /// The S3 bucket. Required for `kind = "s3"`; the embedded backend defaults it to `name`.
+    #[serde(default)]
+    pub bucket: String,
+    /// Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// As `backend.endpoint`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// As `backend.force_path_style`.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// As `backend.sse`.
+    #[serde(default)]
+    pub sse: Option<Sse>,
+    /// As `backend.kms_key_id`.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// As `backend.part_size`.
+    #[serde(default = "default_part_size")]
+    pub part_size: Size,
+    /// As `backend.audit`.
+    #[serde(default)]
+    pub audit: AuditMode,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_part_size() -> Size {
+    Size::mib(8)
+}
+
+impl Config {
+    /// The buckets behind the gateway, in order (the first is the default of principals and
+    /// JWTs): `[[buckets]]`, or else the one bucket `[backend]` describes.
+    pub fn bucket_configs(&self) -> std::borrow::Cow<'_, [BucketConfig]> {
+        if !self.buckets.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.buckets);
+        }
+        let b = &self.backend;
+        std::borrow::Cow::Owned(vec![BucketConfig {
+            name: b.name.clone().unwrap_or_else(|| DEFAULT_BUCKET_NAME.into()),
+            bucket: b.bucket.clone(),
+            region: b.region.clone(),
+            endpoint: b.endpoint.clone(),
+            force_path_style: b.force_path_style,
+            sse: b.sse,
+            kms_key_id: b.kms_key_id.clone(),
+            part_size: b.part_size,
+            audit: b.audit,
+        }])
+    }
+
+    /// Where `[backend]`'s one bucket's fields are reported: `backend.X`, or `buckets[i].X`.
+    pub fn bucket_field(&self, index: usize, field: &str) -> String {
+        if self.buckets.is_empty() {
+            format!("backend.{field}")
+        } else {
+            format!("buckets[{index}].{field}")
         }
     }
 }
@@ -381,6 +475,8 @@ pub struct PrincipalConfig {
     /// mTLS: subject alternative names that identify this principal: `dns:NAME`, `uri:URI`
     /// (a SPIFFE ID) or `email:ADDRESS`.
     pub client_cert_sans: Vec<String>,
+    /// The bucket it works in, by name. Default: the first bucket.
+    pub bucket: Option<String>,
 }
 
 /// `[jwt]`.
@@ -407,6 +503,9 @@ pub struct JwtConfig {
     /// Actions of every JWT principal (`link` is not among them: see the README).
     #[serde(default)]
     pub allow: Vec<Action>,
+    /// The bucket JWT principals work in, by name. Default: the first bucket.
+    #[serde(default)]
+    pub bucket: Option<String>,
 }
 
 fn default_principal_claim() -> String {

@@ -121,69 +121,115 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         );
     }
 
-    // [backend]
+    // [backend] and [[buckets]]
     let b = &c.backend;
-    match b.kind {
-        BackendKind::S3 => {
-            if b.bucket.is_empty() {
-                bad("backend.bucket", "is required for kind = \"s3\"".into());
+    let buckets = c.bucket_configs();
+    let mut names = HashSet::new();
+    for (i, bucket) in buckets.iter().enumerate() {
+        let field = |f: &str| c.bucket_field(i, f);
+        if !valid_display_name(&bucket.name) {
+            bad(
+                &field("name"),
+                format!(
+                    "`{}` is not a bucket name clients can use (1-63 of a-z 0-9 . _ -, starting \
+                     with a letter or digit)",
+                    bucket.name
+                ),
+            );
+        } else if !names.insert(bucket.name.as_str()) {
+            bad(
+                &field("name"),
+                format!("`{}` names two buckets", bucket.name),
+            );
+        }
+        match b.kind {
+            BackendKind::S3 => {
+                if bucket.bucket.is_empty() {
+                    bad(&field("bucket"), "is required for kind = \"s3\"".into());
+                }
+                if bucket.region.is_empty() {
+                    bad(&field("region"), "must not be empty".into());
+                }
             }
-            if b.region.is_empty() {
-                bad("backend.region", "must not be empty".into());
+            BackendKind::Embedded => {
+                if bucket.bucket.is_empty() && !c.buckets.is_empty() {
+                    bad(
+                        &field("bucket"),
+                        format!(
+                            "is required: the name `{}` is not an S3 bucket name the embedded \
+                             backend can use for it",
+                            bucket.name
+                        ),
+                    );
+                }
+                if bucket.endpoint.is_some() {
+                    bad(
+                        &field("endpoint"),
+                        "does not go with kind = \"embedded\"".into(),
+                    );
+                }
             }
         }
-        BackendKind::Embedded => {
-            if b.endpoint.is_some() {
-                bad(
-                    "backend.endpoint",
-                    "does not go with kind = \"embedded\"".into(),
-                );
-            }
+        if !bucket.bucket.is_empty() && !valid_bucket_name(&bucket.bucket) {
+            bad(
+                &field("bucket"),
+                format!(
+                    "`{}` is not a valid bucket name (3-63 of a-z 0-9 . -)",
+                    bucket.bucket
+                ),
+            );
+        }
+        if let Some(endpoint) = &bucket.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            bad(
+                &field("endpoint"),
+                format!("`{endpoint}` must start with http:// or https://"),
+            );
+        }
+        if bucket.part_size < MIN_PART || bucket.part_size > MAX_PART {
+            bad(
+                &field("part_size"),
+                format!(
+                    "{} is outside S3's part sizes, 5MiB to 5GiB",
+                    bucket.part_size
+                ),
+            );
+        }
+        if b.upload_buffer_memory < bucket.part_size {
+            bad(
+                "backend.upload_buffer_memory",
+                format!(
+                    "{} is less than {} ({}): no upload of unknown length could buffer a part",
+                    b.upload_buffer_memory,
+                    field("part_size"),
+                    bucket.part_size
+                ),
+            );
+        }
+        match (bucket.sse, &bucket.kms_key_id) {
+            (Some(Sse::AwsKms), None) => bad(
+                &field("kms_key_id"),
+                "is required with sse = \"aws:kms\"".into(),
+            ),
+            (Some(Sse::Aes256) | None, Some(_)) => bad(
+                &field("kms_key_id"),
+                "only goes with sse = \"aws:kms\"".into(),
+            ),
+            _ => {}
         }
     }
-    if !b.bucket.is_empty() && !valid_bucket_name(&b.bucket) {
-        bad(
-            "backend.bucket",
-            format!(
-                "`{}` is not a valid bucket name (3-63 of a-z 0-9 . -)",
-                b.bucket
-            ),
-        );
-    }
-    if let Some(endpoint) = &b.endpoint
-        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-    {
-        bad(
-            "backend.endpoint",
-            format!("`{endpoint}` must start with http:// or https://"),
-        );
-    }
-    if b.part_size < MIN_PART || b.part_size > MAX_PART {
-        bad(
-            "backend.part_size",
-            format!("{} is outside S3's part sizes, 5MiB to 5GiB", b.part_size),
-        );
-    }
-    if b.upload_buffer_memory < b.part_size {
-        bad(
-            "backend.upload_buffer_memory",
-            format!(
-                "{} is less than backend.part_size ({}): no upload of unknown length could buffer a part",
-                b.upload_buffer_memory, b.part_size
-            ),
-        );
-    }
-    match (b.sse, &b.kms_key_id) {
-        (Some(Sse::AwsKms), None) => bad(
-            "backend.kms_key_id",
-            "is required with sse = \"aws:kms\"".into(),
-        ),
-        (Some(Sse::Aes256) | None, Some(_)) => bad(
-            "backend.kms_key_id",
-            "only goes with sse = \"aws:kms\"".into(),
-        ),
-        _ => {}
-    }
+    let known_bucket = |name: &Option<String>| {
+        name.as_ref()
+            .is_none_or(|n| buckets.iter().any(|b| &b.name == n))
+    };
+    let bucket_names = || {
+        buckets
+            .iter()
+            .map(|b| format!("`{}`", b.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
     // [limits]
     let l = &c.limits;
@@ -312,6 +358,16 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 }
             }
         }
+        if !known_bucket(&jwt.bucket) {
+            p.push((
+                "jwt.bucket".into(),
+                format!(
+                    "`{}` is not one of the buckets ({})",
+                    jwt.bucket.as_deref().unwrap_or_default(),
+                    bucket_names()
+                ),
+            ));
+        }
         if jwt.allow.contains(&crate::policy::Action::Link) {
             p.push((
                 "jwt.allow".into(),
@@ -336,6 +392,16 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     let mut subjects = HashSet::new();
     for (i, pr) in c.principals.iter().enumerate() {
         let at = |f: &str| format!("principals[{i}].{f}");
+        if !known_bucket(&pr.bucket) {
+            p.push((
+                at("bucket"),
+                format!(
+                    "`{}` is not one of the buckets ({})",
+                    pr.bucket.as_deref().unwrap_or_default(),
+                    bucket_names()
+                ),
+            ));
+        }
         if pr.name.is_empty()
             || !pr
                 .name
@@ -506,7 +572,16 @@ fn check_rate(field: &str, rps: u32, burst: u32, p: &mut Problems) {
 }
 
 /// S3's bucket naming rules, the parts that matter for addressing.
-fn valid_bucket_name(name: &str) -> bool {
+/// A bucket's name as clients see it: also a path segment of the S3 door's URLs, so no `/`.
+fn valid_display_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+pub(super) fn valid_bucket_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
         && name
             .bytes()

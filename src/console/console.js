@@ -78,7 +78,8 @@ async function signIn(candidate) {
   sessionStorage.setItem(KEY_SLOT, key);
   $('key').value = '';
   setStatus($('key-status'), 'Key accepted.', 'ok');
-  $('who').textContent = 'Signed in as ' + me.principal + (me.prefix ? ' (files under ' + me.prefix + ')' : '');
+  $('who').textContent = 'Signed in as ' + me.principal + ' in ' + me.bucket +
+    (me.prefix ? ' (files under ' + me.prefix + ')' : '');
   $('folder').value = me.prefix;
   limitLifetimes(me.max_link_seconds);
   showSignedIn(true);

@@ -47,7 +47,7 @@ impl Drop for EmbeddedServer {
 /// Starts an S3 server storing under `root` (created if missing) with `bucket` in it, on
 /// 127.0.0.1 and a free port.
 pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer> {
-    start_on(root, bucket, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    start_with(root, &[bucket], SocketAddr::from(([127, 0, 0, 1], 0))).await
 }
 
 /// Like [`start`], on `addr`.
@@ -56,7 +56,18 @@ pub async fn start_on(
     bucket: &str,
     addr: SocketAddr,
 ) -> std::io::Result<EmbeddedServer> {
-    std::fs::create_dir_all(root.join(bucket))?;
+    start_with(root, &[bucket], addr).await
+}
+
+/// Like [`start_on`], with each of `buckets` in it.
+pub async fn start_with(
+    root: &Path,
+    buckets: &[&str],
+    addr: SocketAddr,
+) -> std::io::Result<EmbeddedServer> {
+    for bucket in buckets {
+        std::fs::create_dir_all(root.join(bucket))?;
+    }
     // Only the gateway's user may look inside: s3s-fs writes its files with the umask's
     // modes (often world-readable), so the folder is what keeps other users out.
     #[cfg(unix)]

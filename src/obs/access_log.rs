@@ -85,6 +85,8 @@ pub struct RequestId(pub Arc<str>);
 #[derive(Clone, Debug, Default)]
 pub struct RequestNote {
     pub principal: Option<String>,
+    /// The name of the caller's bucket (never the S3 bucket's).
+    pub bucket: Option<Arc<str>>,
     pub auth: Option<AuthMethod>,
     pub route: &'static str,
     pub key: Option<String>,
@@ -111,6 +113,7 @@ struct Record<'a> {
     request_id: &'a str,
     remote_addr: Option<&'a str>,
     principal: Option<&'a str>,
+    bucket: Option<&'a str>,
     auth: &'static str,
     method: &'a str,
     http_version: &'static str,
@@ -161,20 +164,22 @@ impl Pending {
         let error_code = note.error_code.or(fallback_error);
         super::metrics::in_flight(-1.0);
         let elapsed = self.start.elapsed();
-        super::metrics::request_done(
+        super::metrics::request_done(super::metrics::Done {
+            bucket: note.bucket.as_ref(),
             route,
-            &self.method,
+            method: &self.method,
             status,
             bytes_in,
             bytes_out,
             error_code,
-            elapsed.as_secs_f64(),
-        );
+            seconds: elapsed.as_secs_f64(),
+        });
         let record = Record {
             ts: humantime::format_rfc3339_millis(self.ts).to_string(),
             request_id: &self.request_id,
             remote_addr: self.remote.as_deref(),
             principal: note.principal.as_deref(),
+            bucket: note.bucket.as_deref(),
             auth: note.auth.unwrap_or(AuthMethod::None).as_str(),
             method: self.method.as_str(),
             http_version: version_name(self.version),

@@ -1,6 +1,7 @@
 //! Prometheus metrics (the `metrics` facade with its Prometheus exporter), served on the
-//! admin listener. Label values come from small fixed sets (route, method, status class,
-//! error code, S3 operation); keys and principal names are never labels.
+//! admin listener. Label values come from small fixed sets (bucket name as configured,
+//! route, method, status class, error code, S3 operation); keys and principal names are
+//! never labels.
 
 use std::sync::OnceLock;
 
@@ -142,23 +143,39 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// What the metrics record of an answered request.
+pub(crate) struct Done<'a> {
+    pub(crate) bucket: Option<&'a std::sync::Arc<str>>,
+    pub(crate) route: &'static str,
+    pub(crate) method: &'a http::Method,
+    pub(crate) status: u16,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) error_code: Option<&'static str>,
+    pub(crate) seconds: f64,
+}
+
 /// A request has been answered (its body ended or was abandoned).
-pub(crate) fn request_done(
-    route: &'static str,
-    method: &http::Method,
-    status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
-    error_code: Option<&'static str>,
-    seconds: f64,
-) {
+pub(crate) fn request_done(done: Done<'_>) {
+    let Done {
+        bucket,
+        route,
+        method,
+        status,
+        bytes_in,
+        bytes_out,
+        error_code,
+        seconds,
+    } = done;
     let (method, class) = (method_label(method), status_class(status));
-    counter!("portcullis_requests_total", "route" => route, "method" => method, "status" => class)
+    // A request refused before it named a principal has no bucket: `bucket=""`.
+    let bucket = bucket_label(bucket);
+    counter!("portcullis_requests_total", "bucket" => bucket.clone(), "route" => route, "method" => method, "status" => class)
         .increment(1);
-    histogram!("portcullis_request_duration_seconds", "route" => route, "method" => method, "status" => class)
+    histogram!("portcullis_request_duration_seconds", "bucket" => bucket.clone(), "route" => route, "method" => method, "status" => class)
         .record(seconds);
-    counter!("portcullis_request_bytes_total").increment(bytes_in);
-    counter!("portcullis_response_bytes_total").increment(bytes_out);
+    counter!("portcullis_request_bytes_total", "bucket" => bucket.clone()).increment(bytes_in);
+    counter!("portcullis_response_bytes_total", "bucket" => bucket).increment(bytes_out);
     if let Some(code) = error_code {
         counter!("portcullis_rejections_total", "reason" => code).increment(1);
     }
@@ -175,13 +192,29 @@ pub(crate) fn connections(delta: f64) {
 }
 
 /// Time spent in one S3 call.
-pub(crate) fn backend_call(operation: &'static str, seconds: f64) {
-    histogram!("portcullis_backend_seconds", "op" => operation).record(seconds);
+/// A bucket's name as a label value, without copying it.
+fn bucket_label(bucket: Option<&std::sync::Arc<str>>) -> metrics::SharedString {
+    bucket.map_or(metrics::SharedString::const_str(""), |b| {
+        metrics::SharedString::from(b.clone())
+    })
+}
+
+pub(crate) fn backend_call(
+    bucket: Option<&std::sync::Arc<str>>,
+    operation: &'static str,
+    seconds: f64,
+) {
+    histogram!("portcullis_backend_seconds", "bucket" => bucket_label(bucket), "op" => operation)
+        .record(seconds);
 }
 
 /// Whether the bucket answered the last readiness check.
-pub(crate) fn backend_ready(ready: bool) {
-    gauge!("portcullis_backend_ready").set(if ready { 1.0 } else { 0.0 });
+pub(crate) fn backend_ready(bucket: &str, ready: bool) {
+    gauge!("portcullis_backend_ready", "bucket" => bucket.to_owned()).set(if ready {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// A TLS handshake failed.

@@ -60,6 +60,8 @@ impl fmt::Display for Action {
 pub struct Principal {
     pub name: String,
     allow: u8,
+    /// The bucket it works in, by the name clients see.
+    pub bucket: Arc<str>,
     /// Every key it touches starts with this (empty: the whole bucket).
     pub prefix: String,
     /// Its effective limits (defaults narrowed by its own).
@@ -70,7 +72,8 @@ pub struct Principal {
 
 impl Principal {
     /// Builds a principal from its (validated) config, the gateway's default limits and
-    /// `[rate_limit]`.
+    /// `[rate_limit]`. Its `bucket` is resolved already (the builder puts the first bucket's
+    /// name where the file names none).
     pub fn from_config(c: &PrincipalConfig, defaults: &Limits, rates: &RateLimitConfig) -> Self {
         let rate = c.rate_limit.unwrap_or(Rate {
             requests_per_second: rates.requests_per_second,
@@ -79,6 +82,7 @@ impl Principal {
         Self {
             name: c.name.clone(),
             allow: c.allow.iter().fold(0, |acc, a| acc | a.bit()),
+            bucket: Arc::from(c.bucket.as_deref().unwrap_or_default()),
             prefix: c.prefix.clone(),
             limits: defaults.narrowed(c.max_object_size, c.content_types.as_deref()),
             gate: Arc::new(

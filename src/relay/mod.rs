@@ -47,15 +47,13 @@ pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
 /// S3's most parts in one multipart upload.
 pub const MAX_PARTS: i32 = 10_000;
 
-/// A handle on the bucket. Cheap to clone.
+/// A handle on one bucket. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Backend {
-    /// For calls with a streamed request body (PutObject): only the connect timeout.
-    client: Client,
-    /// The same client with an attempt timeout (`backend.first_byte_timeout`), for every call
-    /// without a streamed request body. A second client rather than a per-call config
-    /// override, which the SDK rebuilds on every request.
-    bounded: Client,
+    /// The name clients, logs and metrics see.
+    name: Arc<str>,
+    /// The SDK clients of the bucket's endpoint and region, shared with the buckets on it.
+    sdk: Arc<SdkClients>,
     bucket: Arc<str>,
     sse: Option<Sse>,
     kms_key_id: Option<String>,
@@ -68,6 +66,49 @@ pub struct Backend {
     /// The light signed path for GET, HEAD and PutObject, when `backend.light_path` is on and the
     /// endpoint allows it.
     light: Option<Arc<light::Relay>>,
+}
+
+/// The aws-sdk-s3 clients of one endpoint and region.
+#[derive(Debug)]
+struct SdkClients {
+    /// For calls with a streamed request body (PutObject): only the connect timeout.
+    client: Client,
+    /// The same client with an attempt timeout (`backend.first_byte_timeout`), for every call
+    /// without a streamed request body. A second client rather than a per-call config
+    /// override, which the SDK rebuilds on every request.
+    bounded: Client,
+}
+
+/// The buckets behind the gateway, in config order (the first is the default one). Cheap to
+/// clone; fixed for the life of the process.
+#[derive(Clone, Debug)]
+pub struct Buckets(Arc<[Backend]>);
+
+impl Buckets {
+    /// At least one bucket (validation makes sure).
+    pub fn new(buckets: Vec<Backend>) -> Self {
+        assert!(!buckets.is_empty(), "a gateway has at least one bucket");
+        Self(buckets.into())
+    }
+
+    /// The bucket clients call `name`.
+    pub fn get(&self, name: &str) -> Option<&Backend> {
+        self.0.iter().find(|b| &*b.name == name)
+    }
+
+    /// The first bucket: the default of principals and JWTs.
+    pub fn first(&self) -> &Backend {
+        &self.0[0]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Backend> {
+        self.0.iter()
+    }
+
+    /// The names, in config order.
+    pub fn names(&self) -> Vec<&str> {
+        self.0.iter().map(|b| b.name()).collect()
+    }
 }
 
 /// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
@@ -171,14 +212,29 @@ impl Backend {
         }
     }
 
-    /// The bucket name (for logs and the audit; never sent to clients).
+    /// The S3 bucket's name (for the operator's log and the audit; never sent to clients).
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
 
+    /// The name clients, the access log and metrics see.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The underlying client, for start-up checks and tests of the backend itself.
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.sdk.client
+    }
+
+    /// Do the two buckets share their S3 clients (same endpoint, region and addressing)?
+    pub fn shares_clients_with(&self, other: &Backend) -> bool {
+        Arc::ptr_eq(&self.sdk, &other.sdk)
+            && match (&self.light, &other.light) {
+                (Some(a), Some(b)) => a.shares_pool_with(b),
+                (None, None) => true,
+                _ => false,
+            }
     }
 
     /// Do GET, HEAD and single PutObject uploads take the light signed path?
@@ -188,7 +244,8 @@ impl Backend {
 
     /// Is the bucket reachable with our credentials?
     pub async fn ping(&self) -> Result<(), ApiError> {
-        self.bounded
+        self.sdk
+            .bounded
             .head_bucket()
             .bucket(&*self.bucket)
             .send()
@@ -252,6 +309,7 @@ impl Backend {
             return Ok(Stored { etag, size: length });
         }
         let request = self
+            .sdk
             .client
             .put_object()
             .bucket(&*self.bucket)
@@ -287,6 +345,7 @@ impl Backend {
         let (mut key_marker, mut id_marker) = (None, None);
         loop {
             let page = self
+                .sdk
                 .bounded
                 .list_multipart_uploads()
                 .bucket(&*self.bucket)
@@ -307,7 +366,8 @@ impl Backend {
                 if initiated > cutoff {
                     continue;
                 }
-                self.bounded
+                self.sdk
+                    .bounded
                     .abort_multipart_upload()
                     .bucket(&*self.bucket)
                     .key(key)
@@ -344,6 +404,7 @@ impl Backend {
         // this future several KiB larger for the light path's requests too.
         if with_body {
             let out = self
+                .sdk
                 .bounded
                 .get_object()
                 .bucket(&*self.bucket)
@@ -373,6 +434,7 @@ impl Backend {
             })
         } else {
             let out = self
+                .sdk
                 .bounded
                 .head_object()
                 .bucket(&*self.bucket)
@@ -405,6 +467,7 @@ impl Backend {
     /// Deletes an object. Deleting a key that does not exist succeeds, as on S3.
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), ApiError> {
         match self
+            .sdk
             .bounded
             .delete_object()
             .bucket(&*self.bucket)
@@ -428,6 +491,7 @@ impl Backend {
         start_after: Option<String>,
     ) -> Result<Listing, ApiError> {
         let out = self
+            .sdk
             .bounded
             .list_objects_v2()
             .bucket(&*self.bucket)

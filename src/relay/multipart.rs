@@ -45,6 +45,7 @@ impl Backend {
         }
 
         let request = self
+            .sdk
             .bounded
             .create_multipart_upload()
             .bucket(&*self.bucket)
@@ -65,6 +66,7 @@ impl Backend {
             .await;
         if result.is_err() {
             let abort = self
+                .sdk
                 .bounded
                 .abort_multipart_upload()
                 .bucket(&*self.bucket)
@@ -103,6 +105,7 @@ impl Backend {
             let (part, room) = buf.take_part();
             size += part.len() as u64;
             let out = self
+                .sdk
                 .client
                 .upload_part()
                 .bucket(&*self.bucket)
@@ -126,6 +129,7 @@ impl Backend {
             }
         }
         let request = self
+            .sdk
             .client
             .complete_multipart_upload()
             .bucket(&*self.bucket)

@@ -59,7 +59,7 @@ where
 impl Backend {
     /// Reads the bucket's security settings. Never fails: each answer says what happened.
     pub async fn posture(&self) -> Posture {
-        let c = &self.client;
+        let c = &self.sdk.client;
         let b = &*self.bucket;
         let reachable = match c.head_bucket().bucket(b).send().await {
             Ok(_) => Answer::Value(()),

@@ -520,3 +520,33 @@ fn cors_star_with_credentials_is_refused_at_load() {
     let ok = "[backend]\nkind = \"embedded\"\n[cors]\nallowed_origins = [\"*\"]\n";
     assert!(portcullis::config::parse(ok, None).is_ok());
 }
+
+#[tokio::test]
+async fn jwt_principals_work_in_the_bucket_jwt_names() {
+    use crate::buckets::{BACKUPS, MEDIA, two_buckets};
+    let idp = Idp::new();
+    let extra = format!(
+        "{}bucket = \"backups\"\n{}",
+        idp.toml(),
+        two_buckets("media")
+    );
+    let g = gateway(&extra).await;
+    let rs = idp.rs256(&claims("carol"));
+    let put = g
+        .call(Method::PUT, "users/carol/notes.txt", &rs)
+        .body("mine");
+    assert_eq!(status_of(put).await, StatusCode::OK);
+    assert_eq!(g.keys_in(BACKUPS).await, ["users/carol/notes.txt"]);
+    assert!(g.keys_in(MEDIA).await.is_empty());
+    let me: Value = g
+        .http
+        .get(format!("{}/v1/me", g.url))
+        .header("authorization", format!("Bearer {rs}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["bucket"], "backups");
+}

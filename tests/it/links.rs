@@ -87,6 +87,7 @@ async fn changing_any_field_invalidates_the_link() {
             "method" => "GET".into(),
             "expires" => (v.parse::<u64>().unwrap() + 3600).to_string(),
             "principal" => "alice".into(),
+            "bucket" => "elsewhere".into(),
             "max_size" => "1000000".into(),
             "content_type" => "text/html".into(),
             "create_only" => "0".into(),

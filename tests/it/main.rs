@@ -9,12 +9,14 @@
 //! - `connections`: HTTP/1.1 and HTTP/2 connections over their life, deadlines, framing.
 //! - `identity`: TLS, mTLS, JWTs, CORS.
 //! - `links`: signed links and the presigned-URL routes.
+//! - `buckets`: several buckets behind one gateway.
 //! - `relay`: the light path against the SDK's, and the S3 connections.
 //! - `operations`: metrics, probes, shutdown, the load generator.
 //! - `reload`, `cli`, `console`, `audit`: SIGHUP, the binary, the console in Chromium, the
 //!   bucket audit.
 
 mod audit;
+mod buckets;
 mod cli;
 mod common;
 mod connections;

@@ -97,7 +97,7 @@ async fn readyz_follows_the_backend_and_draining() {
         },
     )
     .await;
-    let health = Health::new(backend);
+    let health = Health::new(&backend);
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", admin.local_addr().unwrap());
     tokio::spawn(portcullis::admin::serve(
@@ -406,7 +406,7 @@ async fn log_lines_and_metrics_an_operator_can_use() {
     .await;
     let metrics = portcullis::obs::metrics::render();
     for name in [
-        "portcullis_request_duration_seconds_bucket{route=\"object\",method=\"PUT\",status=\"2xx\"",
+        "portcullis_request_duration_seconds_bucket{bucket=\"files\",route=\"object\",method=\"PUT\",status=\"2xx\"",
         "portcullis_build_info{version=",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",

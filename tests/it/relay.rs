@@ -30,7 +30,10 @@ async fn relays(
             endpoint: Some(endpoint.clone()),
             credentials: Some(g.s3_credentials.clone()),
         };
-        let backend = portcullis::relay::connect(&config, settings).await;
+        let backend = portcullis::relay::connect(&config, settings)
+            .await
+            .first()
+            .clone();
         assert_eq!(backend.light_path(), light);
         both.push(backend);
     }

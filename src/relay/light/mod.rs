@@ -80,6 +80,10 @@ pub(super) struct Setup<'a> {
     pub(super) stall_grace: Duration,
 }
 
+/// The connection pools of the light path, one per endpoint, while the buckets are set up.
+#[derive(Default)]
+pub(super) struct Pools(std::collections::HashMap<String, Arc<Pool>>);
+
 /// Signs and sends GET and HEAD of objects, and single-request uploads.
 pub(super) struct Relay {
     pool: Arc<Pool>,
@@ -102,14 +106,51 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// Resolves the bucket's endpoint with the SDK's rules. `Err` says why the light path
     /// does not apply (the SDK path is used instead).
-    pub(super) async fn new(setup: Setup<'_>) -> Result<Relay, String> {
+    ///
+    /// Buckets behind the same endpoint share its connection pool through `pools` (keyed by
+    /// scheme and authority).
+    pub(super) async fn new(setup: Setup<'_>, pools: &mut Pools) -> Result<Relay, String> {
         let target = Target::resolve(&setup).await?;
+        let endpoint = http::Uri::try_from(target.base.as_str()).map_err(|e| e.to_string())?;
+        let endpoint = http::Uri::builder()
+            .scheme(endpoint.scheme_str().unwrap_or("https"))
+            .authority(endpoint.authority().map_or("", |a| a.as_str()))
+            .path_and_query("/")
+            .build()
+            .map_err(|e| e.to_string())?;
+        let pool = match pools.0.get(&endpoint.to_string()) {
+            Some(pool) => pool.clone(),
+            None => {
+                let pool = Self::pool(&setup, target.https, endpoint.clone())?;
+                pools.0.insert(endpoint.to_string(), pool.clone());
+                pool
+            }
+        };
+        Ok(Relay {
+            pool,
+            base: target.base,
+            host: target.host,
+            signer: Signer::new(target.signing_region, target.signing_name),
+            credentials: Credentials::new(setup.credentials),
+            first_byte_timeout: setup.first_byte_timeout,
+            stall_grace: setup.stall_grace,
+            retry_quota: AtomicI64::new(RETRY_QUOTA),
+        })
+    }
+
+    /// Does this relay send on the same connections as `other`?
+    pub(super) fn shares_pool_with(&self, other: &Relay) -> bool {
+        Arc::ptr_eq(&self.pool, &other.pool)
+    }
+
+    /// A connection pool to `endpoint`.
+    fn pool(setup: &Setup<'_>, https: bool, endpoint: http::Uri) -> Result<Arc<Pool>, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(setup.connect_timeout));
         http.enforce_http(false);
         // A plain HTTP endpoint needs no certificates: the connector never uses TLS.
-        let roots = if target.https {
+        let roots = if https {
             platform_roots()?
         } else {
             rustls::RootCertStore::empty()
@@ -124,23 +165,7 @@ impl Relay {
             .with_no_client_auth(),
         );
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let endpoint = http::Uri::try_from(target.base.as_str()).map_err(|e| e.to_string())?;
-        let endpoint = http::Uri::builder()
-            .scheme(endpoint.scheme_str().unwrap_or("https"))
-            .authority(endpoint.authority().map_or("", |a| a.as_str()))
-            .path_and_query("/")
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Relay {
-            pool: Pool::new(connector, endpoint, MAX_READ_BUF, IDLE_TIMEOUT),
-            base: target.base,
-            host: target.host,
-            signer: Signer::new(target.signing_region, target.signing_name),
-            credentials: Credentials::new(setup.credentials),
-            first_byte_timeout: setup.first_byte_timeout,
-            stall_grace: setup.stall_grace,
-            retry_quota: AtomicI64::new(RETRY_QUOTA),
-        })
+        Ok(Pool::new(connector, endpoint, MAX_READ_BUF, IDLE_TIMEOUT))
     }
 
     /// GET (with `body`) or HEAD (without), as [`super::Backend::fetch`].

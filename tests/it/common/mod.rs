@@ -36,8 +36,10 @@ pub struct TestGateway {
     /// Straight to the bucket, to look at what the gateway left there.
     pub s3: aws_sdk_s3::Client,
     pub access_log: PathBuf,
-    /// The gateway's own handle on the bucket.
+    /// The gateway's own handle on its first bucket.
     pub backend: portcullis::relay::Backend,
+    /// ... and on all of them.
+    pub buckets: portcullis::relay::Buckets,
     /// The embedded S3 server's address and credentials.
     pub s3_addr: std::net::SocketAddr,
     pub s3_credentials: (String, String),
@@ -142,8 +144,10 @@ prefix = "users/alice/"
         .config;
     tweak(&mut config);
     let backend = portcullis::start_backend(&config).await.unwrap();
-    backend.backend.ping().await.unwrap();
-    let s3 = backend.backend.client().clone();
+    for bucket in backend.buckets.iter() {
+        bucket.ping().await.unwrap();
+    }
+    let s3 = backend.buckets.first().client().clone();
     let embedded = backend
         .embedded
         .as_ref()
@@ -156,7 +160,7 @@ prefix = "users/alice/"
         Relay::CutAfter(n) => Some(cutting_proxy(s3_addr, n).await),
     };
     let relay = match endpoint {
-        None => backend.backend.clone(),
+        None => backend.buckets.clone(),
         Some(endpoint) => {
             let settings = portcullis::relay::BackendSettings {
                 endpoint: Some(endpoint),
@@ -199,7 +203,8 @@ prefix = "users/alice/"
             .unwrap(),
         s3,
         access_log,
-        backend: relay,
+        backend: relay.first().clone(),
+        buckets: relay,
         s3_addr,
         s3_credentials,
         _dir: dir,
@@ -235,10 +240,15 @@ impl TestGateway {
 
     /// The keys in the bucket, read straight from S3.
     pub async fn bucket_keys(&self) -> Vec<String> {
+        self.keys_in(BUCKET).await
+    }
+
+    /// The keys in the S3 bucket `bucket`, read straight from S3.
+    pub async fn keys_in(&self, bucket: &str) -> Vec<String> {
         let out = self
             .s3
             .list_objects_v2()
-            .bucket(BUCKET)
+            .bucket(bucket)
             .send()
             .await
             .unwrap();
@@ -250,10 +260,15 @@ impl TestGateway {
 
     /// Unfinished multipart uploads, read straight from S3.
     pub async fn pending_uploads(&self) -> Vec<String> {
+        self.pending_in(BUCKET).await
+    }
+
+    /// Unfinished multipart uploads in the S3 bucket `bucket`.
+    pub async fn pending_in(&self, bucket: &str) -> Vec<String> {
         let out = self
             .s3
             .list_multipart_uploads()
-            .bucket(BUCKET)
+            .bucket(bucket)
             .send()
             .await
             .unwrap();
@@ -265,10 +280,15 @@ impl TestGateway {
 
     /// The object's bytes, read straight from S3.
     pub async fn bucket_object(&self, key: &str) -> Option<Vec<u8>> {
+        self.object_in(BUCKET, key).await
+    }
+
+    /// The object's bytes in the S3 bucket `bucket`.
+    pub async fn object_in(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let out = self
             .s3
             .get_object()
-            .bucket(BUCKET)
+            .bucket(bucket)
             .key(key)
             .send()
             .await
@@ -441,10 +461,15 @@ fn merge_toml(base: &str, extra: &str) -> String {
         }
     }
     let mut table: toml::Table = base.parse().unwrap();
-    merge(
-        &mut table,
-        extra.parse().unwrap_or_else(|e| panic!("test config: {e}")),
-    );
+    let extra: toml::Table = extra.parse().unwrap_or_else(|e| panic!("test config: {e}"));
+    // With `[[buckets]]`, the one bucket of `[backend]` goes.
+    if extra.contains_key("buckets")
+        && let Some(toml::Value::Table(backend)) = table.get_mut("backend")
+    {
+        backend.remove("bucket");
+        backend.remove("part_size");
+    }
+    merge(&mut table, extra);
     table.to_string()
 }
 
