@@ -100,12 +100,42 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
     Ok(BackendHandle { buckets, embedded })
 }
 
+/// What is built once at start and outlives every reload: the quota ledger and, with
+/// `[redis]`, the limits shared with the other instances.
+#[derive(Clone, Debug, Default)]
+pub struct Lasting {
+    pub ledger: Arc<limits::quota::Ledger>,
+    pub shared: Option<Arc<limits::shared::SharedLimits>>,
+}
+
+impl Lasting {
+    /// Connects to `[redis]` when there is one (a Redis that does not answer yet is not an
+    /// error: limits are per instance until it does).
+    pub async fn start(config: &Config) -> Result<Self, String> {
+        let ledger = Arc::new(limits::quota::Ledger::default());
+        let shared = match &config.redis {
+            Some(redis) => Some(
+                limits::shared::SharedLimits::start(
+                    redis,
+                    config.rate_limit.unauthenticated_per_ip,
+                    ledger.clone(),
+                )
+                .await
+                .map_err(|e| format!("redis: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { ledger, shared })
+    }
+}
+
 /// Builds the per-request state from a validated config. On reload, `previous` is the state
 /// it replaces: the failed-auth and load-shedding counters carry over, and so does each
 /// principal's rate state when its settings did not change.
 pub fn build_state(
     config: &Config,
     buckets: Buckets,
+    lasting: &Lasting,
     previous: Option<&AppState>,
 ) -> Result<AppState, String> {
     let defaults = Limits::from_config(&config.limits);
@@ -169,6 +199,8 @@ pub fn build_state(
         .map_err(|e| format!("links: {e}"))?;
     Ok(AppState {
         buckets,
+        ledger: lasting.ledger.clone(),
+        shared: lasting.shared.clone(),
         keys,
         jwt,
         links,
@@ -211,6 +243,7 @@ type SyncService = tower::util::BoxCloneSyncService<
 /// never disturbs a transfer in flight.
 pub struct Portcullis {
     live: ArcSwap<Live>,
+    lasting: Lasting,
 }
 
 impl std::fmt::Debug for Portcullis {
@@ -221,10 +254,11 @@ impl std::fmt::Debug for Portcullis {
 
 impl Portcullis {
     /// Builds the gateway from a validated config.
-    pub fn new(config: &Config, buckets: Buckets) -> Result<Arc<Self>, String> {
-        let live = Live::build(config, buckets, None)?;
+    pub fn new(config: &Config, buckets: Buckets, lasting: Lasting) -> Result<Arc<Self>, String> {
+        let live = Live::build(config, buckets, &lasting, None)?;
         Ok(Arc::new(Self {
             live: ArcSwap::from_pointee(live),
+            lasting,
         }))
     }
 
@@ -279,7 +313,13 @@ impl Portcullis {
                 && old.server.keep_alive_timeout == config.server.keep_alive_timeout
                 && old.server.shutdown_grace == config.server.shutdown_grace,
         );
-        let live = Live::build(config, current.state.buckets.clone(), Some(&current.state))?;
+        unchanged("redis", old.redis == config.redis);
+        let live = Live::build(
+            config,
+            current.state.buckets.clone(),
+            &self.lasting,
+            Some(&current.state),
+        )?;
         self.live.store(Arc::new(live));
         Ok(notes)
     }
@@ -289,9 +329,10 @@ impl Live {
     fn build(
         config: &Config,
         buckets: Buckets,
+        lasting: &Lasting,
         previous: Option<&AppState>,
     ) -> Result<Self, String> {
-        let state = Arc::new(build_state(config, buckets, previous)?);
+        let state = Arc::new(build_state(config, buckets, lasting, previous)?);
         let tls = config
             .server
             .tls

@@ -129,7 +129,10 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         // Links a page on another origin can use: absolute, on the address it listens on.
         config.server.public_url = Some(format!("http://{local}"));
     }
-    let gateway = crate::Portcullis::new(&config, handle.buckets.clone())
+    let lasting = crate::Lasting::start(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway = crate::Portcullis::new(&config, handle.buckets.clone(), lasting)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
     let admin_addr: SocketAddr = config.admin.listen.parse()?;

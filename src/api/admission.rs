@@ -19,24 +19,27 @@ use crate::policy::{Action, ObjectKey, Principal};
 /// authenticate (a signed link stands in for a header here), authorize the action on the key,
 /// then admit within the principal's rate and concurrent-transfer cap. Every object handler
 /// starts with it, and a refusal at any step answers the request.
-pub(super) fn admit_object(
+pub(super) async fn admit_object(
     state: &AppState,
     req: &Request<Body>,
     encoded_key: &str,
     action: Action,
 ) -> Result<(ObjectKey, Identity), ApiError> {
     let key = resolve(req, encoded_key)?;
-    let identity = identify(state, req, Some(&key))?;
+    let identity = identify(state, req, Some(&key)).await?;
     identity.principal.authorize(action, &key)?;
-    admit(req, &identity)?;
+    admit(state, req, &identity).await?;
     Ok((key, identity))
 }
 
 /// The admission phase of the other routes (lists, links, `/v1/me`): authenticate, then
 /// admit; they authorize what they act on themselves.
-pub(super) fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Identity, ApiError> {
-    let identity = identify(state, req, None)?;
-    admit(req, &identity)?;
+pub(super) async fn authenticate(
+    state: &AppState,
+    req: &Request<Body>,
+) -> Result<Identity, ApiError> {
+    let identity = identify(state, req, None).await?;
+    admit(state, req, &identity).await?;
     Ok(identity)
 }
 
@@ -45,7 +48,7 @@ pub(super) fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Iden
 /// refused before any credential is checked.
 ///
 /// `object` is the key of an object route, where a signed link may stand in for a header.
-fn identify(
+async fn identify(
     state: &AppState,
     req: &Request<Body>,
     object: Option<&ObjectKey>,
@@ -56,27 +59,63 @@ fn identify(
     }
     let identity = match credential(state, req, object) {
         Ok(identity) => identity,
-        // Only a presented credential that fails is an attempt; a missing one is not.
+        // Only a presented credential that fails is an attempt; a missing one is not. It
+        // counts here and, with `[redis]`, on every instance; either being over the budget
+        // answers `429`.
         Err((err, true)) => {
-            return Err(match ip {
-                Some(ip) => state.auth_failures.failed(ip, err),
-                None => err,
-            });
+            let Some(ip) = ip else { return Err(err) };
+            let err = state.auth_failures.failed(ip, err);
+            if let Some(shared) = &state.shared
+                && let Some(blocked) = shared.failed(ip).await
+                && err.code != crate::error::Code::RateLimited
+            {
+                return Err(blocked);
+            }
+            return Err(err);
         }
         Err((err, false)) => return Err(err),
     };
     note(req, |n| {
-        n.principal = Some(identity.principal.name.clone());
+        n.principal = Some(identity.principal.name.to_string());
         n.bucket = Some(identity.principal.bucket.clone());
         n.auth = Some(identity.method);
     });
     Ok(identity)
 }
 
-/// Within the principal's request rate and concurrent-transfer cap; the transfer permit rides
-/// on the response body to its last byte.
-fn admit(req: &Request<Body>, identity: &Identity) -> Result<(), ApiError> {
-    let permit = identity.principal.gate.admit()?;
+/// Within the principal's request rate, concurrent-transfer cap and daily quota; the transfer
+/// permit rides on the response body to its last byte.
+///
+/// The local limits decide first; with `[redis]`, an admitted request then asks the shared
+/// ones (one round trip: the address's failed-auth block, the quota, the rate), so a
+/// lockout on any instance holds here whether or not this request's credential was right.
+async fn admit(state: &AppState, req: &Request<Body>, identity: &Identity) -> Result<(), ApiError> {
+    let principal = &identity.principal;
+    let permit = principal.gate.admit()?;
+    // An upload's declared length must fit the quota before its body is read.
+    let declared = (req.method() == http::Method::PUT)
+        .then(|| req.headers().get(http::header::CONTENT_LENGTH))
+        .flatten()
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match &state.shared {
+        Some(shared) => {
+            let ask = crate::limits::shared::Ask {
+                principal: &principal.name,
+                rate: principal.gate.rate(),
+                quota: principal.max_bytes_per_day,
+                declared,
+                ip: req.extensions().get::<ClientIp>().map(|c| c.0),
+            };
+            shared.admit(ask).await?;
+        }
+        None => {
+            if let Some(max) = principal.max_bytes_per_day {
+                state
+                    .ledger
+                    .check(&principal.name, max, declared, std::time::SystemTime::now())?;
+            }
+        }
+    }
     if let Some(admission) = req.extensions().get::<Admission>() {
         admission.hold(Permit::Transfer(permit));
     }

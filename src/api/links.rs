@@ -50,7 +50,7 @@ pub(super) async fn create(
     state: &AppState,
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req)?;
+    let identity = authenticate(state, &req).await?;
     let mut req = req;
     let r: LinkRequest = read_json(state, req.body_mut()).await?;
     let method = match r.method.to_ascii_uppercase().as_str() {
@@ -78,7 +78,7 @@ pub(super) async fn upload_url(
     state: &AppState,
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req)?;
+    let identity = authenticate(state, &req).await?;
     let mut req = req;
     let r: UploadUrlRequest = read_json(state, req.body_mut()).await?;
     issue(
@@ -102,7 +102,7 @@ pub(super) async fn download_url(
     state: &AppState,
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req)?;
+    let identity = authenticate(state, &req).await?;
     let mut key = None;
     let mut expires_in = None;
     for (name, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
@@ -221,7 +221,7 @@ fn issue(
         method: w.method,
         key,
         expires,
-        principal: principal.name.clone(),
+        principal: principal.name.to_string(),
         bucket: principal.bucket.to_string(),
         max_size: w.max_size,
         content_type: w.content_type,

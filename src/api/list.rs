@@ -73,7 +73,7 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
 }
 
 pub(super) async fn list(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
-    let identity = authenticate(state, &req)?;
+    let identity = authenticate(state, &req).await?;
     let q = parse_query(req.uri().query())?;
     let prefix = q
         .prefix

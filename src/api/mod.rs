@@ -42,6 +42,10 @@ use crate::relay::{Backend, Buckets};
 pub struct AppState {
     /// Every bucket, fixed for the process; a principal names its own.
     pub buckets: Buckets,
+    /// Bytes per principal today on this instance (kept across reloads).
+    pub ledger: Arc<crate::limits::quota::Ledger>,
+    /// `[redis]`: the limits shared with the other instances (kept across reloads).
+    pub shared: Option<Arc<crate::limits::shared::SharedLimits>>,
     pub keys: KeyTable,
     /// `[jwt]`, when bearer JWTs are accepted.
     pub jwt: Option<JwtVerifier>,
@@ -205,7 +209,7 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
     if path == "/v1/me" {
         note(&req, |n| n.route = "me");
         return match *req.method() {
-            Method::GET => me(state, req),
+            Method::GET => me(state, req).await,
             _ => Err(ApiError::method_not_allowed("GET")),
         };
     }
@@ -231,8 +235,8 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
 
 /// `GET /v1/me`: who the credential is and what it may do, for the console (and any client
 /// that wants to know its prefix before it uploads).
-fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
-    let identity = admission::authenticate(state, &req)?;
+async fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
+    let identity = admission::authenticate(state, &req).await?;
     let p = &identity.principal;
     let allow: Vec<&str> = [
         Action::Get,
@@ -248,7 +252,7 @@ fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> 
     Ok(respond::json(
         http::StatusCode::OK,
         &serde_json::json!({
-            "principal": p.name,
+            "principal": &*p.name,
             "bucket": &*p.bucket,
             "auth": identity.method.as_str(),
             "prefix": p.prefix,

@@ -15,6 +15,7 @@ use crate::error::{ApiError, Code};
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::Identity;
+use crate::limits::quota::Metered;
 use crate::limits::{
     BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, Throttled, expected_digests,
     media_type, sniff,
@@ -28,7 +29,7 @@ pub(super) async fn put(
     req: Request<Body>,
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let (key, identity) = admit_object(state, &req, encoded_key, Action::Put)?;
+    let (key, identity) = admit_object(state, &req, encoded_key, Action::Put).await?;
     let limits = &identity.limits();
     let link = identity.link.as_ref();
     let headers = req.headers();
@@ -148,7 +149,7 @@ pub(super) async fn put(
         content_type: content_type.clone(),
         length,
         condition,
-        body: throttled(&identity, Prefixed::new(prefix, body).boxed()),
+        body: shaped(state, &identity, Prefixed::new(prefix, body).boxed()),
         watch: watch.clone(),
     };
     let bucket = state.bucket_of(&identity.principal)?;
@@ -174,9 +175,15 @@ pub(super) async fn put(
     Ok(resp)
 }
 
-/// The body, delayed to the principal's `bytes_per_second` if it has one.
-fn throttled(identity: &Identity, body: Body) -> Body {
-    match &identity.principal.gate.bytes {
+/// The body, counted toward the principal's daily quota and delayed to its
+/// `bytes_per_second`, when it has them.
+fn shaped(state: &AppState, identity: &Identity, body: Body) -> Body {
+    let principal = &identity.principal;
+    let body = match principal.max_bytes_per_day {
+        Some(_) => Metered::new(body, state.ledger.clone(), principal.name.clone()).boxed(),
+        None => body,
+    };
+    match &principal.gate.bytes {
         Some(rate) => Throttled::new(body, rate.clone()).boxed(),
         None => body,
     }
@@ -255,7 +262,7 @@ pub(super) async fn get(
     read: super::Read,
 ) -> Result<Response<Body>, ApiError> {
     let with_body = read == super::Read::Body;
-    let (key, identity) = admit_object(state, &req, encoded_key, Action::Get)?;
+    let (key, identity) = admit_object(state, &req, encoded_key, Action::Get).await?;
     let headers = req.headers();
     let range = match header_str(headers, header::RANGE)? {
         None => None,
@@ -344,7 +351,7 @@ pub(super) async fn get(
             content_range,
             body,
         } => {
-            let body = body.map(|b| throttled(&identity, b));
+            let body = body.map(|b| shaped(state, &identity, b));
             let mut resp = Response::new(body.unwrap_or_else(respond::empty));
             if content_range.is_some() {
                 *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -464,7 +471,7 @@ pub(super) async fn delete(
     req: Request<Body>,
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let (key, identity) = admit_object(state, &req, encoded_key, Action::Delete)?;
+    let (key, identity) = admit_object(state, &req, encoded_key, Action::Delete).await?;
     let bucket = state.bucket_of(&identity.principal)?;
     timed(&req, "delete", bucket.delete(&key)).await?;
     let mut resp = Response::new(respond::empty());

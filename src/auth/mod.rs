@@ -219,7 +219,7 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(table.authenticate(&h).is_err());
         h.insert("authorization", format!("Bearer {key}").parse().unwrap());
-        assert_eq!(table.authenticate(&h).unwrap().principal.name, "dev");
+        assert_eq!(&*table.authenticate(&h).unwrap().principal.name, "dev");
         h.insert("authorization", format!("Bearer {key}x").parse().unwrap());
         assert!(table.authenticate(&h).is_err());
         h.insert("authorization", format!("Basic {key}").parse().unwrap());

@@ -375,6 +375,45 @@ mod tests {
     }
 
     #[test]
+    fn redis_is_checked_at_load() {
+        let base = "[backend]\nkind = \"embedded\"\n";
+        let fields = |extra: &str| -> Vec<String> {
+            errors(&format!("{base}{extra}"))
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+        let f = fields("[redis]\nurl_env = \"PORTCULLIS_SURELY_UNSET_VARIABLE\"\n");
+        assert!(
+            f.iter()
+                .any(|e| e.contains("redis.url_env: $PORTCULLIS_SURELY_UNSET_VARIABLE is not set")),
+            "{f:?}"
+        );
+        // PATH is set, and not a URL; its value is not repeated.
+        let f = fields("[redis]\nurl_env = \"PATH\"\ntimeout = \"0s\"\non_error = \"deny\"\n");
+        assert!(
+            f.iter()
+                .any(|e| e.contains("redis.url_env: $PATH is not a redis://")),
+            "{f:?}"
+        );
+        assert!(f.iter().any(|e| e.contains("redis.timeout")), "{f:?}");
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert!(
+            path.is_empty() || !f.iter().any(|e| e.contains(&path)),
+            "{f:?}"
+        );
+        let f = fields("[redis]\nurl_env = \"PATH\"\non_error = \"maybe\"\n");
+        assert!(f.iter().any(|e| e.contains("redis.on_error")), "{f:?}");
+        let f =
+            fields("[[principals]]\nname = \"q\"\nallow = [\"get\"]\nmax_bytes_per_day = \"0B\"\n");
+        assert!(
+            f.iter()
+                .any(|e| e.contains("principals[0].max_bytes_per_day")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let e = &errors("[server\nlisten = 1\n")[0];
         assert_eq!(e.line, Some(1), "{e}");

@@ -25,6 +25,8 @@ pub struct Config {
     pub log: LogConfig,
     pub principals: Vec<PrincipalConfig>,
     pub jwt: Option<JwtConfig>,
+    /// `[redis]`: limits shared by every instance. Default: each instance keeps its own.
+    pub redis: Option<RedisConfig>,
 }
 
 /// `[server]`: the public listener.
@@ -477,6 +479,8 @@ pub struct PrincipalConfig {
     pub client_cert_sans: Vec<String>,
     /// The bucket it works in, by name. Default: the first bucket.
     pub bucket: Option<String>,
+    /// Bytes in and out per UTC day. Default: no quota.
+    pub max_bytes_per_day: Option<Size>,
 }
 
 /// `[jwt]`.
@@ -510,4 +514,58 @@ pub struct JwtConfig {
 
 fn default_principal_claim() -> String {
     "sub".into()
+}
+
+/// What to do while Redis does not answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Serve on per-instance limits until Redis answers again.
+    #[default]
+    Local,
+    /// Refuse requests that need a shared decision with `503`.
+    Deny,
+}
+
+/// `[redis]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Environment variable holding `redis://[:password@]host:port/db`, `rediss://` (TLS) or
+    /// `unix:///path/to/socket`.
+    pub url_env: String,
+    /// Prefix of every key the gateway writes. Default `portcullis:`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Longest wait for an answer before Redis counts as away. Default `50ms`.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Span,
+    /// `"local"` (default) or `"deny"`.
+    #[serde(default)]
+    pub on_error: OnRedisError,
+    /// PEM CA certificates for a `rediss://` server whose certificate the system's roots do
+    /// not cover. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The URL given directly (tests only; never read from a file).
+    #[serde(skip)]
+    pub url: Option<String>,
+}
+
+fn default_key_prefix() -> String {
+    "portcullis:".into()
+}
+
+fn default_redis_timeout() -> Span {
+    Span::millis(50)
+}
+
+impl RedisConfig {
+    /// The URL: given directly, or from `url_env`.
+    pub fn resolve_url(&self) -> Result<String, String> {
+        if let Some(url) = &self.url {
+            return Ok(url.clone());
+        }
+        std::env::var(&self.url_env).map_err(|_| format!("${} is not set", self.url_env))
+    }
 }

@@ -91,6 +91,10 @@ impl Span {
     pub const fn secs(n: u64) -> Self {
         Self(Duration::from_secs(n))
     }
+    /// `n` milliseconds.
+    pub const fn millis(n: u64) -> Self {
+        Self(Duration::from_millis(n))
+    }
     /// The duration.
     pub const fn get(self) -> Duration {
         self.0

@@ -378,6 +378,47 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         }
     }
 
+    // [redis]
+    if let Some(r) = &c.redis {
+        if r.url_env.is_empty() && r.url.is_none() {
+            p.push((
+                "redis.url_env".into(),
+                "must name the environment variable that holds the URL".into(),
+            ));
+        } else {
+            match r.resolve_url() {
+                Err(reason) => p.push(("redis.url_env".into(), reason)),
+                Ok(url) => {
+                    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                        // The URL may hold a password: name the variable, not its value.
+                        p.push((
+                            "redis.url_env".into(),
+                            format!(
+                                "${} is not a redis://, rediss:// or unix:// URL ({:?})",
+                                r.url_env,
+                                e.kind()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if r.timeout.get().is_zero() || r.timeout.get() > std::time::Duration::from_secs(10) {
+            p.push((
+                "redis.timeout".into(),
+                "must be between 1ms and 10s: every shared decision waits at most this long".into(),
+            ));
+        }
+        if let Some(ca) = &r.ca_file
+            && let Err(e) = std::fs::read(ca)
+        {
+            p.push((
+                "redis.ca_file".into(),
+                format!("cannot read {}: {e}", ca.display()),
+            ));
+        }
+    }
+
     // [log]
     if c.log.access_log.is_empty() {
         p.push((
@@ -458,6 +499,12 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                     "{size} is above limits.max_object_size ({}); a principal may only narrow it",
                     l.max_object_size
                 ),
+            ));
+        }
+        if pr.max_bytes_per_day.is_some_and(|q| q.bytes() == 0) {
+            p.push((
+                at("max_bytes_per_day"),
+                "must be at least 1 byte (leave it out for no quota)".into(),
             ));
         }
         if let Some(types) = &pr.content_types {

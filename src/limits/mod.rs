@@ -6,7 +6,9 @@
 
 mod body;
 mod digest;
+pub mod quota;
 mod rate;
+pub mod shared;
 mod sniff;
 mod throttle;
 

@@ -74,6 +74,11 @@ impl PrincipalGate {
         self
     }
 
+    /// The request rate it admits.
+    pub fn rate(&self) -> Rate {
+        self.settings.rate
+    }
+
     /// Whether two gates were built from the same settings.
     pub fn same_settings(&self, other: &PrincipalGate) -> bool {
         self.settings == other.settings

@@ -117,7 +117,15 @@ fn describe() {
     );
     metrics::describe_gauge!(
         "portcullis_backend_ready",
-        "1 when the last bucket check succeeded."
+        "1 when the bucket's last check succeeded, by bucket."
+    );
+    metrics::describe_gauge!(
+        "portcullis_shared_state_up",
+        "1 while Redis answers and limits are shared; 0 while they are per instance."
+    );
+    metrics::describe_counter!(
+        "portcullis_shared_state_fallback_total",
+        "Decisions made without Redis (per-instance limits, or 503 with on_error = deny)."
     );
 }
 
@@ -241,4 +249,14 @@ pub(crate) fn auth_blocked_addresses(count: usize) {
 /// A connection was closed at once: `server.max_connections` were open.
 pub(crate) fn connection_refused() {
     counter!("portcullis_connections_refused_total").increment(1);
+}
+
+/// Whether Redis answers (limits shared) or not (per instance).
+pub(crate) fn shared_state_up(up: bool) {
+    gauge!("portcullis_shared_state_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// A decision made without Redis.
+pub(crate) fn shared_state_fallback() {
+    counter!("portcullis_shared_state_fallback_total").increment(1);
 }

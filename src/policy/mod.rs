@@ -58,7 +58,7 @@ impl fmt::Display for Action {
 /// An authenticated caller and everything the policy needs to know about it.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    pub name: String,
+    pub name: Arc<str>,
     allow: u8,
     /// The bucket it works in, by the name clients see.
     pub bucket: Arc<str>,
@@ -68,6 +68,8 @@ pub struct Principal {
     pub limits: Limits,
     /// Its request rate and concurrent-transfer cap.
     pub gate: Arc<PrincipalGate>,
+    /// Bytes in and out per UTC day.
+    pub max_bytes_per_day: Option<u64>,
 }
 
 impl Principal {
@@ -80,7 +82,8 @@ impl Principal {
             burst: rates.burst,
         });
         Self {
-            name: c.name.clone(),
+            name: Arc::from(c.name.as_str()),
+            max_bytes_per_day: c.max_bytes_per_day.map(|q| q.bytes()),
             allow: c.allow.iter().fold(0, |acc, a| acc | a.bit()),
             bucket: Arc::from(c.bucket.as_deref().unwrap_or_default()),
             prefix: c.prefix.clone(),

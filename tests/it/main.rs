@@ -12,6 +12,7 @@
 //! - `buckets`: several buckets behind one gateway.
 //! - `relay`: the light path against the SDK's, and the S3 connections.
 //! - `operations`: metrics, probes, shutdown, the load generator.
+//! - `shared`: limits shared by several instances through a real `redis-server`.
 //! - `reload`, `cli`, `console`, `audit`: SIGHUP, the binary, the console in Chromium, the
 //!   bucket audit.
 
@@ -29,3 +30,4 @@ mod objects;
 mod operations;
 mod relay;
 mod reload;
+mod shared;

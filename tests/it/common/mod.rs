@@ -4,7 +4,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 mod faults;
+mod redis;
 pub use faults::*;
+pub use redis::*;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -172,7 +174,8 @@ prefix = "users/alice/"
             portcullis::relay::connect(&config, settings).await
         }
     };
-    let gateway = portcullis::Portcullis::new(&config, relay.clone()).unwrap();
+    let lasting = portcullis::Lasting::start(&config).await.unwrap();
+    let gateway = portcullis::Portcullis::new(&config, relay.clone(), lasting).unwrap();
     let log = Arc::new(AccessLog::open(&config.log.access_log).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
