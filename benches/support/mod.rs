@@ -23,7 +23,20 @@ impl Proc {
         secret_key: &str,
         dir: &std::path::Path,
     ) -> Self {
+        Self::gateway_with_env(config, port, access_key, secret_key, dir, &[])
+    }
+
+    /// [`Proc::gateway`] with more environment variables.
+    pub fn gateway_with_env(
+        config: &std::path::Path,
+        port: u16,
+        access_key: &str,
+        secret_key: &str,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(BIN)
+            .envs(env.iter().copied())
             .args(["serve", "--config"])
             .arg(config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -33,14 +46,14 @@ impl Proc {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("gateway.err")).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("gateway-{port}.err"))).unwrap())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "the gateway did not start; see gateway.err"
+                "the gateway did not start; see gateway-PORT.err"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
