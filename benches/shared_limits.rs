@@ -166,8 +166,7 @@ async fn run(round: Duration, rounds: usize) {
         }
         let (mut without, mut with) = (Tally::default(), Tally::default());
         for _ in 0..rounds {
-            for (proc, port, tally) in [(&off, off_port, &mut without), (&on, on_port, &mut with)]
-            {
+            for (proc, port, tally) in [(&off, off_port, &mut without), (&on, on_port, &mut with)] {
                 let (cpu0, redis0) = (proc.cpu_secs(), cpu_secs_of(&redis_pid));
                 let summary = portcullis::load::run(opts(port, concurrency, true))
                     .await
@@ -197,7 +196,11 @@ async fn run(round: Duration, rounds: usize) {
             Tally::median(&with.p50) - Tally::median(&without.p50),
             Tally::median(&with.p99) - Tally::median(&without.p99),
         );
-        for line in [row("without Redis", &without), row("with Redis", &with), added] {
+        for line in [
+            row("without Redis", &without),
+            row("with Redis", &with),
+            added,
+        ] {
             println!("{line}");
             lines.push(line);
         }

@@ -53,7 +53,7 @@ use crate::api::{AppState, Gateway};
 use crate::auth::{JwtVerifier, KeyTable, LinkSigner, parse_key_hash};
 use crate::config::{BackendKind, Config};
 use crate::embedded::EmbeddedServer;
-use crate::limits::{AuthFailures, Limits, Shed};
+use crate::limits::{AuthFailures, Limits, Shed, ShedLayer};
 use crate::obs::{AccessLog, AccessLogLayer};
 use crate::policy::Principal;
 use crate::relay::{BackendSettings, Buckets};
@@ -102,8 +102,10 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
 
 /// What is built once at start and outlives every reload: the quota ledger and, with
 /// `[redis]`, the limits shared with the other instances.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Lasting {
+    /// `server.max_concurrent_requests` and `max_requests_per_address`.
+    pub shed: Arc<Shed>,
     pub ledger: Arc<limits::quota::Ledger>,
     pub shared: Option<Arc<limits::shared::SharedLimits>>,
 }
@@ -125,7 +127,15 @@ impl Lasting {
             ),
             None => None,
         };
-        Ok(Self { ledger, shared })
+        let shed = Arc::new(Shed::new(
+            config.server.max_concurrent_requests,
+            config.server.requests_per_address(),
+        ));
+        Ok(Self {
+            shed,
+            ledger,
+            shared,
+        })
     }
 }
 
@@ -213,12 +223,6 @@ pub fn build_state(
             .unwrap_or_else(|| {
                 Arc::new(AuthFailures::new(config.rate_limit.unauthenticated_per_ip))
             }),
-        shed: previous.map(|s| s.shed.clone()).unwrap_or_else(|| {
-            Arc::new(Shed::new(
-                config.server.max_concurrent_requests,
-                config.server.requests_per_address(),
-            ))
-        }),
     })
 }
 
@@ -498,20 +502,21 @@ fn cors_layer(c: &config::CorsConfig) -> CorsLayer {
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
 ///
-/// What a request passes, outermost first (each layer wraps the ones after it):
+/// The pipeline, outermost first (each layer wraps the ones after it):
 /// 1. `server`: the connection (TLS, HTTP/1.1 or h2, deadlines, the send deadline, the
 ///    framing follower that marks a head with two framings);
-/// 2. `obs::AccessLogLayer`: request id, client address (behind `trusted_proxies`), the access
-///    log line and metrics; it sees every request, even refused or abandoned ones;
-/// 3. the current config's service, swapped whole on reload: with `[cors]`, refused
+/// 2. [`obs::AccessLogLayer`]: request id, client address (behind `trusted_proxies`), the
+///    access-log line and metrics; it sees every request, even refused or abandoned ones;
+/// 3. [`api::CatchPanicLayer`]: a panic inside becomes a logged `500` for that request;
+/// 4. [`limits::ShedLayer`]: over `max_concurrent_requests` or the address's
+///    `max_requests_per_address`, `503` at once; the request's place rides on its response
+///    body;
+/// 5. the current config's service, swapped whole on reload: with `[cors]`, refused
 ///    preflights (`403`, logged) and tower-http's CORS layer;
-/// 4. `api::Gateway`: a request two hops could read two ways is `400`; load shedding over
-///    `max_concurrent_requests` and `max_requests_per_address` (`503` at once); panics caught
-///    and turned into a logged `500`; then the router;
-/// 5. the handler: admission (resolve the key → authenticate → authorize → admit within the
-///    principal's rate and transfer cap) → streaming limits → relay → respond.
-///
-/// The admission permits ride on the response body to its last byte.
+/// 6. [`api::Gateway`], the router: a request two hops could read two ways is `400`; then
+///    the handler: admission (resolve the key → authenticate → authorize → admit within the
+///    principal's rate, transfer cap and quota, shared through Redis with `[redis]`) →
+///    streaming limits → relay → respond.
 pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -525,12 +530,15 @@ pub async fn run(
             g.live.load().tls.clone().unwrap_or_else(|| first.clone())
         })));
     }
+    let shed = gateway.lasting.shed.clone();
     let current = tower::service_fn(move |req: http::Request<Body>| {
         let service = gateway.live.load().service.clone();
         service.oneshot(req)
     });
     let service = ServiceBuilder::new()
         .layer(AccessLogLayer::new(log, opts.trusted_proxies.clone()))
+        .layer(api::CatchPanicLayer)
+        .layer(ShedLayer::new(shed))
         .service(current);
     server::run(listener, shutdown, HttpService::new(service), opts).await;
 }

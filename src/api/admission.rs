@@ -11,7 +11,7 @@ use super::AppState;
 use crate::Body;
 use crate::auth::{AuthMethod, Identity, bearer, is_link_query, looks_like_jwt, unix_now};
 use crate::error::ApiError;
-use crate::limits::Permit;
+use crate::limits::{Admission, Permit};
 use crate::obs::{ClientIp, ConnInfo, note};
 use crate::policy::{Action, ObjectKey, Principal};
 
@@ -219,25 +219,6 @@ fn credential(
         ApiError::unauthenticated("an Authorization: Bearer header is required", false),
         false,
     ))
-}
-
-/// The permits a request holds; they are moved onto its response body at the end.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Admission(Arc<std::sync::Mutex<Vec<Permit>>>);
-
-impl Admission {
-    pub(super) fn hold(&self, permit: Permit) {
-        if let Ok(mut p) = self.0.lock() {
-            p.push(permit);
-        }
-    }
-
-    pub(super) fn take(&self) -> Vec<Permit> {
-        self.0
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default()
-    }
 }
 
 /// Resolves the key (the one decode), records it, and refuses query strings other than a

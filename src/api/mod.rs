@@ -1,6 +1,7 @@
 //! The HTTP front: turns a request into one operation, runs the phases in order, and turns
-//! the outcome into a response. [`Gateway`] refuses a request two hops could read two ways,
-//! sheds load and catches panics, then routes; each handler is a sequence of plain async
+//! the outcome into a response. [`Gateway`] (the router, innermost in the stack `crate::run`
+//! builds) refuses a request two hops could read two ways, then routes; each handler is a
+//! sequence of plain async
 //! phases: admission (`admission.rs`: resolve the key → authenticate → authorize → admit
 //! within the principal's rate and transfer cap) → check limits → relay → respond. Errors
 //! from any phase become JSON through `respond::error`, and every phase records what it
@@ -11,14 +12,16 @@ mod conditions;
 mod links;
 mod list;
 mod objects;
+mod panic;
 pub(crate) mod respond;
+
+pub use panic::{CatchPanic, CatchPanicLayer};
 
 pub use objects::parse_range;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,8 +34,8 @@ use tower::Service;
 use crate::Body;
 use crate::auth::{JwtVerifier, KeyTable, LinkSigner};
 use crate::error::ApiError;
-use crate::limits::{AuthFailures, Permit, Shed};
-use crate::obs::{ClientIp, RequestId, note};
+use crate::limits::{Admission, AuthFailures};
+use crate::obs::{RequestId, note};
 use crate::policy::{Action, Principal};
 use crate::relay::{Backend, Buckets};
 
@@ -59,8 +62,6 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Failed authentication per client address (kept across reloads).
     pub auth_failures: Arc<AuthFailures>,
-    /// `server.max_concurrent_requests` (kept across reloads).
-    pub shed: Arc<Shed>,
     /// `server.body_idle_timeout`.
     pub body_idle_timeout: std::time::Duration,
 }
@@ -102,20 +103,21 @@ impl Service<Request<Body>> for Gateway {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move {
-            // A request two hops could read two ways is refused first; then load shedding:
-            // over `max_concurrent_requests` (or the address's share), answer at once.
-            // Permits (this one, then the principal's) ride on the response body, so a
-            // streamed transfer holds its place until its last byte.
+            // A request two hops could read two ways is refused before it is routed.
             if let Err(err) = read_one_way(&req) {
                 return Ok(respond::refuse(&req, &err));
             }
-            let admission = admission::Admission::default();
-            let client = req.extensions().get::<ClientIp>().map(|c| c.0);
-            match state.shed.admit(client) {
-                Ok(permit) => admission.hold(Permit::Request(permit)),
-                Err(err) => return Ok(respond::refuse(&req, &err)),
-            }
-            req.extensions_mut().insert(admission.clone());
+            // The permits the request holds (its place from the shedding layer, then its
+            // principal's) ride on the response body, so a streamed transfer holds its
+            // place until its last byte.
+            let admission = match req.extensions().get::<Admission>() {
+                Some(admission) => admission.clone(),
+                None => {
+                    let admission = Admission::default();
+                    req.extensions_mut().insert(admission.clone());
+                    admission
+                }
+            };
             let request_id = req
                 .extensions()
                 .get::<RequestId>()
@@ -125,11 +127,7 @@ impl Service<Request<Body>> for Gateway {
                 .extensions()
                 .get::<Arc<std::sync::Mutex<crate::obs::RequestNote>>>()
                 .cloned();
-            // A panic in a handler becomes a 500 for this request, never a dropped connection
-            // without a log line.
-            let outcome = AssertUnwindSafe(dispatch(&state, req)).catch_unwind().await;
-            let result = outcome.unwrap_or_else(|_| Err(ApiError::internal("handler panicked")));
-            let resp = match result {
+            let resp = match dispatch(&state, req).await {
                 Ok(resp) => resp,
                 Err(err) => {
                     if let Some(n) = note_handle

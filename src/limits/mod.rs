@@ -9,6 +9,7 @@ mod digest;
 pub mod quota;
 mod rate;
 pub mod shared;
+mod shed;
 mod sniff;
 mod throttle;
 
@@ -17,7 +18,8 @@ use std::str::FromStr;
 
 pub use body::{BodyFailure, BodyWatch, ExpectedDigests, Guard, GuardedBody, Prefixed};
 pub use digest::expected_digests;
-pub use rate::{AuthFailures, Permit, PrincipalGate, Shed, ShedPermit, address_key, rate_limited};
+pub use rate::{AuthFailures, PrincipalGate, address_key, rate_limited};
+pub use shed::{Admission, Permit, Shed, ShedLayer, ShedPermit, Shedding};
 pub use sniff::{SNIFF_BYTES, Sniffed, sniff};
 pub use throttle::{ByteRate, Throttled};
 

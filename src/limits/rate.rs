@@ -1,6 +1,6 @@
-//! Request rates (GCRA, with governor), failed-authentication limits per client IP, and
-//! concurrency caps: the whole gateway's (shed at once with 503) and each principal's (so one
-//! principal with 500 slow uploads cannot take the gateway from the others).
+//! Request rates (GCRA, with governor), failed-authentication limits per client IP, and each
+//! principal's concurrent-transfer cap (so one principal with 500 slow uploads cannot take
+//! the gateway from the others).
 //!
 //! Keyed state (per IP) is pruned as it goes, so it does not grow without bound as clients
 //! come and go. Principals are a fixed, configured set: each has its own direct limiter.
@@ -225,92 +225,6 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The whole gateway's cap on requests in flight, and each client address's share of it;
-/// over either, requests are shed at once.
-#[derive(Debug)]
-pub struct Shed {
-    permits: Arc<Semaphore>,
-    per_address: usize,
-    held: Held,
-}
-
-/// Requests in flight per client address.
-type Held = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
-/// One request's place, held until its response body ends.
-#[derive(Debug)]
-pub struct ShedPermit {
-    _place: OwnedSemaphorePermit,
-    address: Option<(Held, IpAddr)>,
-}
-
-impl Drop for ShedPermit {
-    fn drop(&mut self) {
-        if let Some((held, key)) = self.address.take()
-            && let Ok(mut held) = held.lock()
-            && let Some(n) = held.get_mut(&key)
-        {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&key);
-            }
-        }
-    }
-}
-
-/// A permit a request holds to its end: its place in the gateway, or in its principal's
-/// concurrent transfers.
-#[derive(Debug)]
-pub enum Permit {
-    Request(ShedPermit),
-    Transfer(OwnedSemaphorePermit),
-}
-
-impl Shed {
-    pub fn new(max: usize, per_address: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(max)),
-            per_address: per_address.max(1),
-            held: Arc::default(),
-        }
-    }
-
-    /// A place for one request from `client` (unknown: counted only in the whole), held
-    /// until its response body ends.
-    pub fn admit(&self, client: Option<IpAddr>) -> Result<ShedPermit, ApiError> {
-        let overloaded = |message: &'static str| {
-            ApiError::new(Code::Overloaded, message)
-                .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
-        };
-        let place = self
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| overloaded("the gateway is at capacity; retry shortly"))?;
-        let Some(ip) = client else {
-            return Ok(ShedPermit {
-                _place: place,
-                address: None,
-            });
-        };
-        let key = address_key(ip);
-        let Ok(mut held) = self.held.lock() else {
-            return Err(overloaded("the gateway is at capacity; retry shortly"));
-        };
-        let n = held.entry(key).or_insert(0);
-        if *n >= self.per_address {
-            return Err(overloaded(
-                "too many requests at once from this address; retry shortly",
-            ));
-        }
-        *n += 1;
-        Ok(ShedPermit {
-            _place: place,
-            address: Some((self.held.clone(), key)),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,34 +316,6 @@ mod tests {
             "{}",
             f.tracked()
         );
-    }
-
-    #[test]
-    fn shed_refuses_at_capacity() {
-        let s = Shed::new(1, 1);
-        let p = s.admit(None).unwrap();
-        assert_eq!(s.admit(None).unwrap_err().code, Code::Overloaded);
-        drop(p);
-        assert!(s.admit(None).is_ok());
-    }
-
-    #[test]
-    fn one_address_takes_only_its_share() {
-        let s = Shed::new(4, 2);
-        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let a_too: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let b: IpAddr = "192.0.2.7".parse().unwrap();
-        let first = s.admit(Some(a)).unwrap();
-        let _second = s.admit(Some(a_too)).unwrap();
-        let refused = s.admit(Some(a)).unwrap_err();
-        assert_eq!(refused.code, Code::Overloaded);
-        assert!(refused.message.contains("this address"));
-        let _b1 = s.admit(Some(b)).unwrap();
-        let _b2 = s.admit(Some(b)).unwrap();
-        assert!(s.admit(Some(b)).is_err(), "the whole is full");
-        drop(first);
-        assert!(s.admit(Some(a)).is_ok(), "a place given back is free again");
-        assert!(s.held.lock().unwrap().len() <= 2);
     }
 
     #[test]

@@ -266,14 +266,18 @@ async fn rediss_with_a_private_ca() {
     let url = format!("rediss://localhost:{}", redis.port);
     let mut trusted = redis_config(&url, "tls:", OnRedisError::Deny);
     trusted.ca_file = Some(pki.ca_file.clone());
-    let g = gateway_tweaked(&principals(), Relay::Direct, move |c| c.redis = Some(trusted))
-        .await;
+    let g = gateway_tweaked(&principals(), Relay::Direct, move |c| {
+        c.redis = Some(trusted)
+    })
+    .await;
     assert!(shared_up(&g));
     assert_eq!(me(&g, BURSTY).await.status(), StatusCode::OK);
     // Without the CA, the server's certificate is not trusted: Redis counts as away.
     let untrusted = redis_config(&url, "tls:", OnRedisError::Deny);
-    let g = gateway_tweaked(&principals(), Relay::Direct, move |c| c.redis = Some(untrusted))
-        .await;
+    let g = gateway_tweaked(&principals(), Relay::Direct, move |c| {
+        c.redis = Some(untrusted)
+    })
+    .await;
     assert!(!shared_up(&g));
     assert_eq!(
         me(&g, BURSTY).await.status(),
