@@ -20,6 +20,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod build;
 pub mod config;
 pub mod console;
 pub mod dev;
@@ -33,10 +34,10 @@ pub mod obs;
 pub mod policy;
 mod quiet;
 pub mod relay;
+pub mod rules;
 pub mod serve;
 pub mod server;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -50,12 +51,12 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 use crate::api::{AppState, Gateway};
-use crate::auth::{JwtVerifier, KeyTable, LinkSigner, parse_key_hash};
+pub use crate::build::Lasting;
+use crate::build::{BuildError, BuildErrors};
 use crate::config::{BackendKind, Config};
 use crate::embedded::EmbeddedServer;
-use crate::limits::{AuthFailures, Limits, Shed, ShedLayer};
+use crate::limits::ShedLayer;
 use crate::obs::{AccessLog, AccessLogLayer};
-use crate::policy::Principal;
 use crate::relay::{BackendSettings, Buckets};
 use crate::server::{ServerOptions, TlsSource, TrustedProxies};
 
@@ -100,132 +101,6 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
     Ok(BackendHandle { buckets, embedded })
 }
 
-/// What is built once at start and outlives every reload: the quota ledger and, with
-/// `[redis]`, the limits shared with the other instances.
-#[derive(Clone, Debug)]
-pub struct Lasting {
-    /// `server.max_concurrent_requests` and `max_requests_per_address`.
-    pub shed: Arc<Shed>,
-    pub ledger: Arc<limits::quota::Ledger>,
-    pub shared: Option<Arc<limits::shared::SharedLimits>>,
-}
-
-impl Lasting {
-    /// Connects to `[redis]` when there is one (a Redis that does not answer yet is not an
-    /// error: limits are per instance until it does).
-    pub async fn start(config: &Config) -> Result<Self, String> {
-        let ledger = Arc::new(limits::quota::Ledger::default());
-        let shared = match &config.redis {
-            Some(redis) => Some(
-                limits::shared::SharedLimits::start(
-                    redis,
-                    config.rate_limit.unauthenticated_per_ip,
-                    ledger.clone(),
-                )
-                .await
-                .map_err(|e| format!("redis: {e}"))?,
-            ),
-            None => None,
-        };
-        let shed = Arc::new(Shed::new(
-            config.server.max_concurrent_requests,
-            config.server.requests_per_address(),
-        ));
-        Ok(Self {
-            shed,
-            ledger,
-            shared,
-        })
-    }
-}
-
-/// Builds the per-request state from a validated config. On reload, `previous` is the state
-/// it replaces: the failed-auth and load-shedding counters carry over, and so does each
-/// principal's rate state when its settings did not change.
-pub fn build_state(
-    config: &Config,
-    buckets: Buckets,
-    lasting: &Lasting,
-    previous: Option<&AppState>,
-) -> Result<AppState, String> {
-    let defaults = Limits::from_config(&config.limits);
-    // Every principal's bucket must be one the process runs: adding a bucket is a restart.
-    let bucket_of = |field: String, name: &Option<String>| match name {
-        None => Ok(Some(buckets.first().name().to_owned())),
-        Some(name) if buckets.get(name).is_some() => Ok(Some(name.clone())),
-        Some(name) => Err(format!(
-            "{field}: the bucket `{name}` is not running (running: {}); adding a bucket \
-             takes a restart",
-            buckets.names().join(", ")
-        )),
-    };
-    let mut keys = KeyTable::default();
-    let mut principals = HashMap::new();
-    let mut subjects = HashMap::new();
-    for (i, p) in config.principals.iter().enumerate() {
-        let p = &config::PrincipalConfig {
-            bucket: bucket_of(format!("principals[{i}].bucket"), &p.bucket)?,
-            ..p.clone()
-        };
-        let mut principal = Principal::from_config(p, &defaults, &config.rate_limit);
-        if let Some(old) = previous.and_then(|s| s.principals.get(&p.name)) {
-            principal = principal.keeping_gate_of(old);
-        }
-        let principal = Arc::new(principal);
-        keys.insert(
-            p.api_keys.iter().filter_map(|k| parse_key_hash(k).ok()),
-            principal.clone(),
-        );
-        let names = p
-            .client_cert_subjects
-            .iter()
-            .map(|s| auth::client_cert::parse_subject(s));
-        let sans = p
-            .client_cert_sans
-            .iter()
-            .map(|s| auth::client_cert::parse_san(s));
-        for name in names.chain(sans).filter_map(Result::ok) {
-            subjects.insert(name, principal.clone());
-        }
-        principals.insert(p.name.clone(), principal);
-    }
-    let jwt = config
-        .jwt
-        .as_ref()
-        .map(|j| {
-            let j = config::JwtConfig {
-                bucket: bucket_of("jwt.bucket".into(), &j.bucket)?,
-                ..j.clone()
-            };
-            JwtVerifier::from_config(&j, &defaults, &config.rate_limit)
-        })
-        .transpose()
-        .map_err(|e| format!("jwt: {e}"))?;
-    let links = config
-        .links
-        .as_ref()
-        .map(LinkSigner::from_config)
-        .transpose()
-        .map_err(|e| format!("links: {e}"))?;
-    Ok(AppState {
-        buckets,
-        ledger: lasting.ledger.clone(),
-        shared: lasting.shared.clone(),
-        keys,
-        jwt,
-        links,
-        principals,
-        subjects,
-        public_url: config.server.public_url.clone(),
-        body_idle_timeout: config.server.body_idle_timeout.get(),
-        auth_failures: previous
-            .map(|s| s.auth_failures.clone())
-            .unwrap_or_else(|| {
-                Arc::new(AuthFailures::new(config.rate_limit.unauthenticated_per_ip))
-            }),
-    })
-}
-
 /// One config, built: the state requests read, the service with its CORS layer, and the
 /// TLS config new handshakes use.
 struct Live {
@@ -258,12 +133,30 @@ impl std::fmt::Debug for Portcullis {
 
 impl Portcullis {
     /// Builds the gateway from a validated config.
-    pub fn new(config: &Config, buckets: Buckets, lasting: Lasting) -> Result<Arc<Self>, String> {
+    pub fn new(
+        config: &Config,
+        buckets: Buckets,
+        lasting: Lasting,
+    ) -> Result<Arc<Self>, BuildErrors> {
         let live = Live::build(config, buckets, &lasting, None)?;
         Ok(Arc::new(Self {
             live: ArcSwap::from_pointee(live),
             lasting,
         }))
+    }
+
+    /// [`Portcullis::new`] with the identities built already ([`build::identities`]).
+    pub fn with_identities(
+        config: &Config,
+        identities: build::Identities,
+        buckets: Buckets,
+        lasting: Lasting,
+    ) -> Arc<Self> {
+        let (state, tls) = build::assemble(config, identities, buckets, &lasting, None);
+        Arc::new(Self {
+            live: ArcSwap::from_pointee(Live::serving(config, state, tls)),
+            lasting,
+        })
     }
 
     /// The state requests see now.
@@ -274,50 +167,24 @@ impl Portcullis {
     /// Swaps in `config` (already validated): principals, keys, limits, rate limits, CORS,
     /// JWT, links and certificates. What only a restart can change (listeners, backend,
     /// log) is left as it is, and said in the returned notes. On error nothing changes.
-    pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+    pub fn reload(&self, config: &Config) -> Result<Vec<String>, BuildErrors> {
         let current = self.live.load_full();
-        let old = &current.config;
-        if old.server.tls.is_some() != config.server.tls.is_some() {
-            return Err("server.tls cannot be turned on or off by a reload; restart".into());
+        let (old, new) = (
+            config::RestartOnly::of(&current.config),
+            config::RestartOnly::of(config),
+        );
+        if old.tls_switched(&new) {
+            return Err(BuildError::new(
+                "server.tls",
+                "cannot be turned on or off by a reload; restart",
+            )
+            .into());
         }
-        let mut notes = Vec::new();
-        let mut unchanged = |field: &str, same: bool| {
-            if !same {
-                notes.push(format!(
-                    "{field} changed; it takes effect at the next restart"
-                ));
-            }
-        };
-        unchanged("server.listen", old.server.listen == config.server.listen);
-        unchanged(
-            "server.worker_threads",
-            old.server.worker_threads == config.server.worker_threads,
-        );
-        unchanged("admin.listen", old.admin.listen == config.admin.listen);
-        unchanged("backend", old.backend == config.backend);
-        unchanged("buckets", old.bucket_configs() == config.bucket_configs());
-        unchanged("log", old.log == config.log);
-        unchanged(
-            "server.max_concurrent_requests and max_requests_per_address",
-            old.server.max_concurrent_requests == config.server.max_concurrent_requests
-                && old.server.max_requests_per_address == config.server.max_requests_per_address,
-        );
-        unchanged(
-            "server.max_connections",
-            old.server.max_connections == config.server.max_connections,
-        );
-        unchanged(
-            "rate_limit.unauthenticated_per_ip",
-            old.rate_limit.unauthenticated_per_ip == config.rate_limit.unauthenticated_per_ip,
-        );
-        unchanged(
-            "server.trusted_proxies and deadlines",
-            old.server.trusted_proxies == config.server.trusted_proxies
-                && old.server.header_read_timeout == config.server.header_read_timeout
-                && old.server.keep_alive_timeout == config.server.keep_alive_timeout
-                && old.server.shutdown_grace == config.server.shutdown_grace,
-        );
-        unchanged("redis", old.redis == config.redis);
+        let notes = old
+            .changes(&new)
+            .into_iter()
+            .map(|field| format!("{field} changed; it takes effect at the next restart"))
+            .collect();
         let live = Live::build(
             config,
             current.state.buckets.clone(),
@@ -335,15 +202,14 @@ impl Live {
         buckets: Buckets,
         lasting: &Lasting,
         previous: Option<&AppState>,
-    ) -> Result<Self, String> {
-        let state = Arc::new(build_state(config, buckets, lasting, previous)?);
-        let tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(server::tls::server_config)
-            .transpose()
-            .map_err(|e| format!("server.tls: {e}"))?;
+    ) -> Result<Self, BuildErrors> {
+        let (state, tls) = build::state(config, buckets, lasting, previous)?;
+        Ok(Self::serving(config, state, tls))
+    }
+
+    /// The service for `state`, with `[cors]` in front of the router.
+    fn serving(config: &Config, state: AppState, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let state = Arc::new(state);
         let gateway = Gateway::new(state.clone());
         let service = match &config.cors {
             Some(c) => SyncService::new(Preflights {
@@ -352,12 +218,12 @@ impl Live {
             }),
             None => SyncService::new(gateway),
         };
-        Ok(Self {
+        Self {
             config: config.clone(),
             state,
             service,
             tls,
-        })
+        }
     }
 }
 

@@ -142,7 +142,12 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match config::load(&config) {
+        Command::CheckConfig { config } => match config::load(&config).and_then(|loaded| {
+            // Certificates, JWKS, secrets and client-certificate names, as serve builds them.
+            portcullis::build::check(&loaded.config)
+                .map_err(|e| loaded.source.locate(e.problems()))?;
+            Ok(loaded)
+        }) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     eprintln!("warning: {}: {w}", config.display());

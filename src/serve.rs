@@ -20,6 +20,8 @@ pub struct Prepared {
     pub path: Option<PathBuf>,
     pub config: Config,
     pub warnings: Vec<config::Warning>,
+    /// Where the config came from (`--dev`: nowhere), to place the build step's problems.
+    pub source: config::Source,
     /// `--dev`: the generated key, shown once.
     pub dev_key: Option<String>,
 }
@@ -35,7 +37,7 @@ pub fn prepare(
     dev: Option<DevOptions>,
     overrides: &Overrides,
 ) -> anyhow::Result<Prepared> {
-    let (mut config, warnings, dev_key) = if let Some(dev) = dev {
+    let (mut config, warnings, source, dev_key) = if let Some(dev) = dev {
         let (key, hash) = generate_key();
         let mut config = crate::dev::config(hash);
         for origin in dev.cors_origins {
@@ -50,17 +52,18 @@ pub fn prepare(
             }
             config.server.public_url = Some(url);
         }
-        (config, Vec::new(), Some(key))
+        (config, Vec::new(), config::Source::default(), Some(key))
     } else {
         let path = path.as_ref().expect("clap requires --config without --dev");
         let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        (loaded.config, loaded.warnings, None)
+        (loaded.config, loaded.warnings, loaded.source, None)
     };
     overrides.apply(&mut config);
     Ok(Prepared {
         path,
         config,
         warnings,
+        source,
         dev_key,
     })
 }
@@ -70,9 +73,18 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         path,
         config,
         warnings,
+        source,
         dev_key,
     } = prepared;
     init_tracing(config.log.format);
+    // Certificates, JWKS, secrets and principals, built once and before anything starts: a
+    // config that cannot be built stops here, with its file and lines.
+    let buckets = config.bucket_configs();
+    let names: Vec<&str> = buckets.iter().map(|b| b.name.as_str()).collect();
+    let identities = crate::build::identities(&config, &names, None)
+        .map_err(|e| anyhow::anyhow!("{}", source.locate(e.problems())))?;
+    drop(names);
+    drop(buckets);
     // Every connection is a descriptor: take all the process may have (as nginx's
     // worker_rlimit_nofile would), so a burst of clients meets max_concurrent_requests, not
     // EMFILE.
@@ -132,8 +144,8 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
     let lasting = crate::Lasting::start(&config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let gateway = crate::Portcullis::new(&config, handle.buckets.clone(), lasting)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway =
+        crate::Portcullis::with_identities(&config, identities, handle.buckets.clone(), lasting);
     tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
     let admin_addr: SocketAddr = config.admin.listen.parse()?;
     let admin = TcpListener::bind(admin_addr)
@@ -259,9 +271,9 @@ pub async fn reload_on_sighup(
                     continue;
                 }
             };
-            let mut new = loaded.config;
+            let mut new = loaded.config.clone();
             overrides.apply(&mut new);
-            for w in loaded.warnings {
+            for w in &loaded.warnings {
                 tracing::warn!(field = %w.field, "{}", w.message);
             }
             match gateway.reload(&new) {
@@ -274,7 +286,8 @@ pub async fn reload_on_sighup(
                 }
                 Err(e) => {
                     crate::obs::metrics::config_reload(false);
-                    tracing::error!(config = %path.display(), "reload refused; the running config keeps serving: {e}");
+                    let e = loaded.source.locate(e.problems());
+                    tracing::error!(config = %path.display(), "reload refused; the running config keeps serving:\n{e}");
                 }
             }
         }

@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::{AuthMethod, Identity};
+use crate::build::BuildError;
 use crate::config::{JwtConfig, RateLimitConfig};
 use crate::error::ApiError;
 use crate::limits::Limits;
@@ -63,13 +64,14 @@ impl JwtVerifier {
         c: &JwtConfig,
         defaults: &Limits,
         rates: &RateLimitConfig,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         let mut keys = Vec::new();
         if let Some(path) = &c.jwks_file {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let bad = |reason: String| BuildError::new("jwt.jwks_file", reason);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
             let set: JwkSet = serde_json::from_str(&text)
-                .map_err(|e| format!("{}: not a JWKS document: {e}", path.display()))?;
+                .map_err(|e| bad(format!("{}: not a JWKS document: {e}", path.display())))?;
             for jwk in &set.keys {
                 let kid = jwk.common.key_id.clone();
                 let name = kid.as_deref().unwrap_or("(no kid)");
@@ -83,14 +85,14 @@ impl JwtVerifier {
                         Algorithm::ES256
                     }
                     _ => {
-                        return Err(format!(
+                        return Err(bad(format!(
                             "{}: key {name}: only RS256 (RSA) and ES256 (P-256) keys are accepted",
                             path.display()
-                        ));
+                        )));
                     }
                 };
                 let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| format!("{}: key {name}: {e}", path.display()))?;
+                    .map_err(|e| bad(format!("{}: key {name}: {e}", path.display())))?;
                 keys.push(JwtKey {
                     kid,
                     alg,
@@ -100,22 +102,26 @@ impl JwtVerifier {
             }
         }
         if let Some(var) = &c.hs256_secret_env {
-            let secret = std::env::var(var).map_err(|_| format!("${var} is not set"))?;
+            let bad = |reason: String| BuildError::new("jwt.hs256_secret_env", reason);
+            let secret = std::env::var(var).map_err(|_| bad(format!("${var} is not set")))?;
             if secret.len() < 32 {
-                return Err(format!(
+                return Err(bad(format!(
                     "the HS256 secret in ${var} is shorter than 32 bytes"
-                ));
+                )));
             }
             keys.push(JwtKey {
                 kid: None,
                 alg: Algorithm::HS256,
                 key: DecodingKey::from_secret(secret.as_bytes())
-                    .map_err(|e| format!("${var}: {e}"))?,
+                    .map_err(|e| bad(format!("${var}: {e}")))?,
                 validation: validation(Algorithm::HS256, c),
             });
         }
         if keys.is_empty() {
-            return Err("no key: set jwks_file or hs256_secret_env".into());
+            return Err(BuildError::new(
+                "jwt",
+                "no key: set jwks_file or hs256_secret_env",
+            ));
         }
         Ok(Self {
             keys,

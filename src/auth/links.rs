@@ -15,6 +15,7 @@ use hmac::{Hmac, Mac};
 use http::Method;
 use sha2::Sha256;
 
+use crate::build::BuildError;
 use crate::config::LinksConfig;
 use crate::error::{ApiError, Code};
 use crate::policy::{ObjectKey, percent_encode_key};
@@ -79,26 +80,29 @@ impl std::fmt::Debug for LinkSigner {
 impl LinkSigner {
     /// Reads the secrets from the environment variables `[links]` names. The first must be
     /// set; a later one that is not set is skipped (the end of a rotation).
-    pub fn from_config(c: &LinksConfig) -> Result<Self, String> {
+    pub fn from_config(c: &LinksConfig) -> Result<Self, BuildError> {
+        let bad = |reason: String| BuildError::new("links.secrets_env", reason);
         let mut secrets = Vec::new();
         for (i, name) in c.secrets_env.iter().enumerate() {
             match std::env::var(name) {
                 Ok(v) if v.len() >= MIN_SECRET_BYTES => secrets.push(v.into_bytes()),
                 Ok(_) => {
-                    return Err(format!(
+                    return Err(bad(format!(
                         "the secret in ${name} is shorter than {MIN_SECRET_BYTES} bytes \
                          (e.g. `openssl rand -base64 48`)"
-                    ));
+                    )));
                 }
                 Err(_) if i == 0 => {
-                    return Err(format!("${name} (the signing secret) is not set"));
+                    return Err(bad(format!("${name} (the signing secret) is not set")));
                 }
                 Err(_) => {}
             }
         }
         secrets.extend(c.secrets.iter().map(|s| s.as_bytes().to_vec()));
         if secrets.is_empty() {
-            return Err("no secret: list at least one environment variable in secrets_env".into());
+            return Err(bad(
+                "no secret: list at least one environment variable in secrets_env".into(),
+            ));
         }
         Ok(Self {
             secrets,

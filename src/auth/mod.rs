@@ -145,17 +145,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-/// Parses a configured `sha256:<64 hex>` key hash.
-pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
-    let hex_part = s.strip_prefix("sha256:").ok_or_else(|| {
-        "must be `sha256:` followed by 64 hex digits (see `portcullis keygen`)".to_string()
-    })?;
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut out).map_err(|_| {
-        "must be `sha256:` followed by 64 hex digits (see `portcullis keygen`)".to_string()
-    })?;
-    Ok(out)
-}
+pub use crate::rules::parse_key_hash;
 
 /// A new random API key (32 random bytes, URL-safe) and its `sha256:` hash for the config.
 pub fn generate_key() -> (String, String) {

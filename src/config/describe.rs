@@ -143,7 +143,7 @@ pub fn describe(c: &Config) -> String {
     out
 }
 
-fn actions(allow: &[crate::policy::Action]) -> String {
+fn actions(allow: &[crate::rules::Action]) -> String {
     if allow.is_empty() {
         return "nothing".into();
     }

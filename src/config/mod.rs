@@ -2,6 +2,7 @@
 //! reason, and loading. A bad config is refused with a clear message, never a panic.
 
 mod describe;
+mod restart;
 mod schema;
 pub mod units;
 mod validate;
@@ -10,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use describe::describe;
+pub use restart::RestartOnly;
 pub use schema::*;
 pub use validate::{Warning, check_origin, parse_net};
 
@@ -65,6 +67,33 @@ impl std::error::Error for ConfigErrors {}
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<Warning>,
+    /// Where it came from: problems the build step finds later are placed in it.
+    pub source: Source,
+}
+
+/// A config's file and text, to give a problem found in it its file and line.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    text: String,
+}
+
+impl Source {
+    /// `(field, reason)` problems as errors with this source's file and each field's line,
+    /// in file order.
+    pub fn locate(&self, problems: impl IntoIterator<Item = (String, String)>) -> ConfigErrors {
+        let mut errors: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|(field, reason)| ConfigError {
+                file: self.file.clone(),
+                line: locate_nearest(&self.text, &field),
+                field,
+                reason,
+            })
+            .collect();
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        ConfigErrors(errors)
+    }
 }
 
 /// Reads, parses and validates the config at `path`.
@@ -128,21 +157,17 @@ pub fn parse(text: &str, file: Option<&Path>) -> Result<Loaded, ConfigErrors> {
             reason,
         }])
     })?;
+    let source = Source {
+        file,
+        text: text.to_owned(),
+    };
     match validate::validate(&config) {
-        Ok(warnings) => Ok(Loaded { config, warnings }),
-        Err(problems) => {
-            let mut errors: Vec<ConfigError> = problems
-                .into_iter()
-                .map(|(field, reason)| ConfigError {
-                    file: file.clone(),
-                    line: locate_nearest(text, &field),
-                    field,
-                    reason,
-                })
-                .collect();
-            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-            Err(ConfigErrors(errors))
-        }
+        Ok(warnings) => Ok(Loaded {
+            config,
+            warnings,
+            source,
+        }),
+        Err(problems) => Err(source.locate(problems)),
     }
 }
 
@@ -340,38 +365,6 @@ mod tests {
             .find(|e| e.field == "principals[1].prefix")
             .unwrap();
         assert_eq!(e.line, Some(10), "{e}");
-    }
-
-    #[test]
-    fn identity_sections_are_checked_at_load() {
-        let base = "[backend]\nkind = \"embedded\"\n";
-        let fields = |extra: &str| -> Vec<String> {
-            errors(&format!("{base}{extra}"))
-                .into_iter()
-                .map(|e| e.field)
-                .collect()
-        };
-        // A links secret variable that is not set.
-        let f = fields("[links]\nsecrets_env = [\"PORTCULLIS_SURELY_UNSET_VARIABLE\"]\n");
-        assert!(f.contains(&"links.secrets_env".to_string()), "{f:?}");
-        // JWT: no key, no prefix template, `link` in allow.
-        let f = fields("[jwt]\nissuer = \"i\"\naudience = \"a\"\nallow = [\"link\"]\n");
-        assert!(f.contains(&"jwt".to_string()), "{f:?}");
-        assert!(f.contains(&"jwt.prefix_template".to_string()), "{f:?}");
-        assert!(f.contains(&"jwt.allow".to_string()), "{f:?}");
-        // CORS origins must be bare origins.
-        let f = fields("[cors]\nallowed_origins = [\"https://a.example/path\", \"a.example\"]\n");
-        assert!(f.contains(&"cors.allowed_origins[0]".to_string()), "{f:?}");
-        assert!(f.contains(&"cors.allowed_origins[1]".to_string()), "{f:?}");
-        // Client certificate subjects need a client CA; TLS files must load.
-        let f = fields("[[principals]]\nname = \"d\"\nclient_cert_subjects = [\"CN=d\"]\n");
-        assert!(
-            f.contains(&"principals[0].client_cert_subjects".to_string()),
-            "{f:?}"
-        );
-        let f =
-            fields("[server]\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n");
-        assert!(f.contains(&"server.tls".to_string()), "{f:?}");
     }
 
     #[test]

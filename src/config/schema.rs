@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::units::{Size, Span};
-use crate::policy::Action;
+use crate::rules::Action;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]

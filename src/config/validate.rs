@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 
 use super::schema::*;
 use super::units::Size;
-use crate::limits::TypePattern;
-use crate::policy::validate_prefix;
+use crate::rules::{TypePattern, validate_prefix};
 
 /// Something legal but worth telling the operator at start and in `check-config`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,12 +53,9 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             format!("`{url}` must start with https:// or http://"),
         );
     }
+    // The TLS files themselves are read by the build step (`crate::build`).
     match &c.server.tls {
-        Some(tls) => {
-            if let Err(reason) = crate::server::tls::server_config(tls) {
-                bad("server.tls", reason);
-            }
-        }
+        Some(_) => {}
         None => {
             if let Ok(addr) = c.server.listen.parse::<SocketAddr>()
                 && !addr.ip().is_loopback()
@@ -304,9 +300,6 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
 
     // [links]
     if let Some(links) = &c.links {
-        if let Err(reason) = crate::auth::LinkSigner::from_config(links) {
-            p.push(("links.secrets_env".into(), reason));
-        }
         for name in links.secrets_env.iter().skip(1) {
             if std::env::var_os(name).is_none() {
                 w.push(Warning {
@@ -334,10 +327,6 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
 
     // [jwt]
     if let Some(jwt) = &c.jwt {
-        let defaults = crate::limits::Limits::from_config(&c.limits);
-        if let Err(reason) = crate::auth::JwtVerifier::from_config(jwt, &defaults, &c.rate_limit) {
-            p.push(("jwt".into(), reason));
-        }
         for (field, value) in [("jwt.issuer", &jwt.issuer), ("jwt.audience", &jwt.audience)] {
             if value.is_empty() {
                 p.push((field.into(), "must not be empty".into()));
@@ -368,7 +357,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 ),
             ));
         }
-        if jwt.allow.contains(&crate::policy::Action::Link) {
+        if jwt.allow.contains(&crate::rules::Action::Link) {
             p.push((
                 "jwt.allow".into(),
                 "\"link\" is not allowed for JWT principals: a link must die with its \
@@ -430,7 +419,6 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     // [[principals]]
     let mut names = HashSet::new();
     let mut hashes = HashSet::new();
-    let mut subjects = HashSet::new();
     for (i, pr) in c.principals.iter().enumerate() {
         let at = |f: &str| format!("principals[{i}].{f}");
         if !known_bucket(&pr.bucket) {
@@ -460,7 +448,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
             ));
         }
         for (j, key) in pr.api_keys.iter().enumerate() {
-            match crate::auth::parse_key_hash(key) {
+            match crate::rules::parse_key_hash(key) {
                 Ok(hash) => {
                     if !hashes.insert(hash) {
                         p.push((
@@ -537,26 +525,6 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 at("client_cert_subjects"),
                 "needs server.tls.client_ca: without it no client certificate is asked for".into(),
             ));
-        }
-        use crate::auth::client_cert::{parse_san, parse_subject};
-        let names = pr
-            .client_cert_subjects
-            .iter()
-            .map(|s| ("client_cert_subjects", s, parse_subject(s)))
-            .chain(
-                pr.client_cert_sans
-                    .iter()
-                    .map(|s| ("client_cert_sans", s, parse_san(s))),
-            );
-        for (field, text, parsed) in names {
-            match parsed {
-                Ok(name) => {
-                    if !subjects.insert(name) {
-                        p.push((at(field), format!("`{text}` is listed twice")));
-                    }
-                }
-                Err(reason) => p.push((at(field), reason)),
-            }
         }
     }
     if c.principals.is_empty() {

@@ -13,9 +13,6 @@ mod shed;
 mod sniff;
 mod throttle;
 
-use std::fmt;
-use std::str::FromStr;
-
 pub use body::{BodyFailure, BodyWatch, ExpectedDigests, Guard, GuardedBody, Prefixed};
 pub use digest::expected_digests;
 pub use rate::{AuthFailures, PrincipalGate, address_key, rate_limited};
@@ -26,67 +23,7 @@ pub use throttle::{ByteRate, Throttled};
 use crate::config::units::Size;
 use crate::error::ApiError;
 
-/// A content-type pattern: `*/*`, `image/*` or `image/png`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TypePattern {
-    kind: String,
-    /// `None` for `*`.
-    subtype: Option<String>,
-}
-
-impl TypePattern {
-    /// Does this pattern allow the media type `mime` (lower-case `type/subtype`, no parameters)?
-    pub fn matches(&self, mime: &str) -> bool {
-        let Some((kind, subtype)) = mime.split_once('/') else {
-            return false;
-        };
-        (self.kind == "*" || self.kind == kind)
-            && self.subtype.as_deref().is_none_or(|s| s == subtype)
-    }
-
-    /// Does this pattern allow everything `other` allows?
-    pub fn covers(&self, other: &TypePattern) -> bool {
-        (self.kind == "*" || self.kind == other.kind)
-            && (self.subtype.is_none() || self.subtype == other.subtype)
-    }
-}
-
-impl FromStr for TypePattern {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let lower = s.trim().to_ascii_lowercase();
-        let bad =
-            || format!("`{s}` is not a content-type pattern like `image/png`, `image/*` or `*/*`");
-        let (kind, subtype) = lower.split_once('/').ok_or_else(bad)?;
-        let token = |t: &str| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
-        };
-        if !(kind == "*" || token(kind))
-            || !(subtype == "*" || token(subtype))
-            || (kind == "*" && subtype != "*")
-        {
-            return Err(bad());
-        }
-        Ok(Self {
-            kind: kind.into(),
-            subtype: (subtype != "*").then(|| subtype.into()),
-        })
-    }
-}
-
-impl fmt::Display for TypePattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}",
-            self.kind,
-            self.subtype.as_deref().unwrap_or("*")
-        )
-    }
-}
+pub use crate::rules::TypePattern;
 
 /// The media type of a `Content-Type` value: lower-case `type/subtype` without parameters,
 /// or `None` when it is not one.

@@ -7,8 +7,7 @@
 
 use std::fmt;
 
-/// S3's limit on key length, in bytes of UTF-8.
-pub const MAX_KEY_BYTES: usize = 1024;
+use crate::rules::check_key;
 
 /// A bucket key that passed every rule of SPEC section 4. Only constructible by parsing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,75 +78,10 @@ pub fn percent_decode_once(s: &str) -> Result<String, String> {
         .map_err(|_| "the key is not valid UTF-8".into())
 }
 
-fn check_key(key: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("the key is empty".into());
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(format!(
-            "the key is {} bytes; the most is {MAX_KEY_BYTES}",
-            key.len()
-        ));
-    }
-    check_chars(key)?;
-    if key.starts_with('/') {
-        return Err("the key must not start with `/`".into());
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => {
-                return Err(
-                    "the key must not have an empty path segment (`//` or a trailing `/`)".into(),
-                );
-            }
-            "." | ".." => return Err(format!("the key must not have a `{segment}` path segment")),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Characters no key, prefix or cursor may hold.
-pub(crate) fn check_chars(s: &str) -> Result<(), String> {
-    if let Some(c) = s.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "control character U+{:04X} is not allowed",
-            c as u32
-        ));
-    }
-    if s.contains('\\') {
-        return Err("`\\` is not allowed".into());
-    }
-    // Bidirectional overrides and isolates make a key display as another (`exe.txt` shown
-    // as `txt.exe`); RFC 9839 lists them among the code points to refuse.
-    if let Some(c) = s
-        .chars()
-        .find(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
-    {
-        return Err(format!(
-            "bidirectional control character U+{:04X} is not allowed",
-            c as u32
-        ));
-    }
-    Ok(())
-}
-
-/// A principal's configured prefix: empty (the whole bucket) or segments ending in `/`.
-pub fn validate_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.is_empty() {
-        return Ok(());
-    }
-    if !prefix.ends_with('/') {
-        return Err(format!(
-            "`{prefix}` must end with `/`, or `{prefix}` would also cover `{prefix}-other/`"
-        ));
-    }
-    check_key(&prefix[..prefix.len() - 1]).map_err(|e| e.replace("the key", "the prefix"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::validate_prefix;
     use proptest::prelude::*;
 
     #[test]

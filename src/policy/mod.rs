@@ -6,54 +6,15 @@
 
 mod key;
 
-use std::fmt;
-
-use serde::Deserialize;
-
-pub(crate) use key::check_chars;
-pub use key::{MAX_KEY_BYTES, ObjectKey, percent_decode_once, percent_encode_key, validate_prefix};
+pub(crate) use crate::rules::check_chars;
+pub use crate::rules::{Action, MAX_KEY_BYTES, validate_prefix};
+pub use key::{ObjectKey, percent_decode_once, percent_encode_key};
 
 use std::sync::Arc;
 
 use crate::config::{PrincipalConfig, Rate, RateLimitConfig};
 use crate::error::ApiError;
 use crate::limits::{Limits, PrincipalGate};
-
-/// What a request does, as named in a principal's `allow`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// GET and HEAD of an object.
-    Get,
-    Put,
-    Delete,
-    List,
-    /// Issue signed links.
-    Link,
-}
-
-impl Action {
-    /// The name used in configs and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Get => "get",
-            Action::Put => "put",
-            Action::Delete => "delete",
-            Action::List => "list",
-            Action::Link => "link",
-        }
-    }
-
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// An authenticated caller and everything the policy needs to know about it.
 #[derive(Clone, Debug)]

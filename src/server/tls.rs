@@ -16,7 +16,11 @@ use crate::config::{ClientAuth, TlsConfig};
 
 /// Builds the rustls server config from `server.tls`. Every problem is a sentence naming
 /// the file.
-pub fn server_config(c: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(c: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, crate::build::BuildError> {
+    build(c).map_err(|reason| crate::build::BuildError::new("server.tls", reason))
+}
+
+fn build(c: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certs(&c.cert)?;
     let key = PrivateKeyDer::from_pem_file(&c.key)
         .map_err(|e| format!("{}: no usable private key: {e}", c.key.display()))?;

@@ -235,7 +235,7 @@ async fn adding_a_bucket_waits_for_a_restart_and_the_reload_says_so() {
         .find(|p| p.name == "bob")
         .unwrap();
     bob.bucket = Some("extra".into());
-    let err = g.gateway.reload(&more).unwrap_err();
+    let err = g.gateway.reload(&more).unwrap_err().to_string();
     assert!(
         err.contains("principals[") && err.contains("`extra`"),
         "{err}"
