@@ -102,7 +102,6 @@ async fn run() {
                                 body: Full::new(Bytes::from_static(&[7u8; 1024]))
                                     .map_err(|never| match never {})
                                     .boxed(),
-                                watch: Default::default(),
                             };
                             assert_eq!(relay.put(upload).await.unwrap().size, 1024);
                         } else if way.starts_with("Portcullis") {

@@ -17,8 +17,8 @@ use bytes::{Bytes, BytesMut};
 use crate::auth::Identity;
 use crate::limits::quota::Metered;
 use crate::limits::{
-    BodyWatch, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, Throttled, expected_digests,
-    media_type, sniff,
+    Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, Throttled, expected_digests, media_type,
+    sniff,
 };
 use crate::obs::note;
 use crate::policy::Action;
@@ -117,7 +117,7 @@ pub(super) async fn put(
     let mut content_type = declared.clone();
     let mut prefix = Bytes::new();
     if limits.sniff {
-        prefix = read_prefix(&mut body, SNIFF_BYTES, &watch).await?;
+        prefix = read_prefix(&mut body, SNIFF_BYTES).await?;
         match sniff(declared_essence.as_deref(), &prefix) {
             Sniffed::Accept(found) => {
                 if content_type.is_none()
@@ -150,7 +150,6 @@ pub(super) async fn put(
         length,
         condition,
         body: shaped(state, &identity, Prefixed::new(prefix, body).boxed()),
-        watch: watch.clone(),
     };
     let bucket = state.bucket_of(&identity.principal)?;
     let stored = timed(&head, "put", bucket.put(upload)).await?;
@@ -189,11 +188,12 @@ fn shaped(state: &AppState, identity: &Identity, body: Body) -> Body {
     }
 }
 
-/// Reads up to `n` bytes from the front of the body (fewer if it ends first).
-async fn read_prefix<B>(body: &mut B, n: usize, watch: &BodyWatch) -> Result<Bytes, ApiError>
+/// Reads up to `n` bytes from the front of the body (fewer if it ends first). A failure is
+/// the body's own (too large, stalled, wrong digest), found in its error's chain, or else
+/// the client's.
+async fn read_prefix<B>(body: &mut B, n: usize) -> Result<Bytes, ApiError>
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B: http_body::Body<Data = Bytes, Error = crate::BoxError> + Unpin,
 {
     let mut buf = BytesMut::new();
     while buf.len() < n {
@@ -205,10 +205,12 @@ where
                 }
             }
             Some(Err(e)) => {
-                let failure = watch
-                    .failure()
+                let err = ApiError::new(Code::BadRequest, "the request body failed").caused_by(e);
+                let failure = err
+                    .find_cause::<crate::limits::BodyFailure>()
+                    .copied()
                     .unwrap_or(crate::limits::BodyFailure::Client);
-                return Err(ApiError::from(failure).detail(e));
+                return Err(ApiError::from(failure).detail(&err).caused_by(err));
             }
         }
     }

@@ -68,7 +68,9 @@ impl std::fmt::Display for BodyFailure {
 
 impl std::error::Error for BodyFailure {}
 
-/// Shared between a [`GuardedBody`] and the handler that gave it away.
+/// Shared between a [`GuardedBody`] and the handler that gave it away: the SHA-256 the body
+/// computed, and how it failed. (Who is to blame for a failed upload is found in the error's
+/// source chain, where the body's [`BodyFailure`] is kept; the failure here is for tests.)
 #[derive(Debug, Default)]
 pub struct BodyWatch {
     failure: AtomicU8,

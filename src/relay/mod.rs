@@ -38,7 +38,7 @@ use watch::UploadWatch;
 
 use crate::config::Sse;
 use crate::error::{ApiError, Code};
-use crate::limits::{BodyFailure, BodyWatch};
+use crate::limits::BodyFailure;
 use crate::policy::ObjectKey;
 use crate::{Body, BoxError};
 
@@ -148,10 +148,8 @@ pub struct Upload {
     /// `Content-Length`, when the client sent one.
     pub length: Option<u64>,
     pub condition: WriteCondition,
-    /// Already wrapped in the streaming limits.
+    /// Already wrapped in the streaming limits; its errors say why it failed.
     pub body: Body,
-    /// Tells why the body failed, if it did.
-    pub watch: Arc<BodyWatch>,
 }
 
 /// What S3 stored.
@@ -288,7 +286,6 @@ impl Backend {
             content_type,
             condition,
             body,
-            watch,
             ..
         } = upload;
         let (if_none_match, if_match) = condition.headers();
@@ -302,10 +299,7 @@ impl Backend {
                 sse: sse.as_ref().map(ServerSideEncryption::as_str),
                 kms_key_id: kms_key_id.as_deref(),
             };
-            let etag = light
-                .put(&key, put, body)
-                .await
-                .map_err(|e| blame(&watch, e))?;
+            let etag = light.put(&key, put, body).await.map_err(blame)?;
             return Ok(Stored { etag, size: length });
         }
         let request = self
@@ -329,7 +323,7 @@ impl Backend {
         let out = upload
             .bound(sending, self.stall_grace)
             .await
-            .map_err(|e| blame(&watch, e))?;
+            .map_err(blame)?;
         Ok(Stored {
             etag: out.e_tag.unwrap_or_default(),
             size: length,
@@ -526,14 +520,12 @@ impl Backend {
 
 /// A failed call whose request body failed first is the body's fault (too large, stalled,
 /// wrong digest, cut off), not the backend's.
-fn blame(watch: &BodyWatch, err: ApiError) -> ApiError {
-    // The body's own error, where the failure's chain kept it; else what the body's watch
-    // saw (the SDK's errors do not always keep their cause).
-    let failure = err
-        .find_cause::<BodyFailure>()
-        .copied()
-        .or_else(|| watch.failure());
-    match failure {
+///
+/// The body's failure is found by walking the error's source chain: the light path's
+/// transport error, hyper's and the SDK's dispatch errors all keep the body's error as
+/// their cause.
+fn blame(err: ApiError) -> ApiError {
+    match err.find_cause::<BodyFailure>().copied() {
         Some(failure) => ApiError::from(failure).detail(&err).caused_by(err),
         None => err,
     }

@@ -11,7 +11,6 @@ use super::buffers::PartBuffer;
 use super::{Backend, MAX_PARTS, Stored, Upload, WriteCondition, blame, translate};
 use crate::Body;
 use crate::error::{ApiError, Code};
-use crate::limits::BodyWatch;
 use crate::policy::ObjectKey;
 
 impl Backend {
@@ -21,11 +20,10 @@ impl Backend {
             content_type,
             condition,
             mut body,
-            watch,
             ..
         } = upload;
         let mut buf = PartBuffer::new(&self.buffers, self.part_size);
-        let ended = fill(&mut body, &mut buf, &watch).await?;
+        let ended = fill(&mut body, &mut buf).await?;
         if ended {
             // The whole body fits in one part: one PutObject, no multipart bookkeeping.
             let (first, _room) = buf.take_all();
@@ -39,7 +37,6 @@ impl Backend {
                 length: Some(length),
                 condition,
                 body,
-                watch,
             };
             return self.put_single(upload, length).await;
         }
@@ -62,7 +59,7 @@ impl Backend {
         })?;
 
         let result = self
-            .send_parts(&key, &upload_id, condition, body, buf, &watch)
+            .send_parts(&key, &upload_id, condition, body, buf)
             .await;
         if result.is_err() {
             let abort = self
@@ -88,7 +85,6 @@ impl Backend {
         condition: WriteCondition,
         mut body: Body,
         mut buf: PartBuffer,
-        watch: &BodyWatch,
     ) -> Result<Stored, ApiError> {
         let mut parts = Vec::new();
         let mut size = 0u64;
@@ -125,7 +121,7 @@ impl Backend {
                     .build(),
             );
             if !ended {
-                ended = fill(&mut body, &mut buf, watch).await?;
+                ended = fill(&mut body, &mut buf).await?;
             }
         }
         let request = self
@@ -154,7 +150,7 @@ impl Backend {
 
 /// Reads the body into `buf` until it holds at least a part or the body ends. Returns
 /// whether the body ended.
-async fn fill(body: &mut Body, buf: &mut PartBuffer, watch: &BodyWatch) -> Result<bool, ApiError> {
+async fn fill(body: &mut Body, buf: &mut PartBuffer) -> Result<bool, ApiError> {
     while !buf.has_part() {
         match body.frame().await {
             None => return Ok(true),
@@ -165,7 +161,6 @@ async fn fill(body: &mut Body, buf: &mut PartBuffer, watch: &BodyWatch) -> Resul
             }
             Some(Err(e)) => {
                 return Err(blame(
-                    watch,
                     ApiError::new(Code::BadRequest, "the request body failed").caused_by(e),
                 ));
             }

@@ -160,10 +160,22 @@ async fn content_type_outside_the_allowed_patterns_is_415() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digests_are_checked_while_streaming() {
+    digests_checked_on(true).await;
+}
+
+/// The same on the SDK path, where the upload's failure must also be found in the SDK's
+/// error chain to be blamed on the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_are_checked_while_streaming_through_the_sdk() {
+    digests_checked_on(false).await;
+}
+
+async fn digests_checked_on(light_path: bool) {
     use base64::Engine;
     use sha2::Digest;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let g = gateway("").await;
+    let g = gateway(&format!("[backend]\nlight_path = {light_path}\n")).await;
+    assert_eq!(g.backend.light_path(), light_path);
     let key = "users/alice/digest";
     let old = seed(&g, key).await;
     let data = random_bytes(6 * 1024 * 1024 + 3, 31);

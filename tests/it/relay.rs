@@ -2,13 +2,11 @@
 //! on the same S3 server, must give the same answers (objects, ranges, conditions, errors,
 //! retries, timeouts, a stalled download, a stalled upload) and store the same objects.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::common::*;
 use http_body_util::BodyExt;
-use portcullis::limits::BodyWatch;
 use portcullis::policy::ObjectKey;
 use portcullis::relay::{
     Backend, BackendSettings, Fetched, ReadConditions, Upload, WriteCondition,
@@ -55,7 +53,6 @@ fn upload(
         length,
         condition,
         body,
-        watch: Arc::new(BodyWatch::default()),
     }
 }
 

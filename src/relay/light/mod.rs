@@ -254,7 +254,9 @@ impl Relay {
             self.pool
                 .send(req)
                 .await
-                .map_err(|e| transport_failure(&e).error)
+                // The failure keeps its cause: an upload cut by its own body (too large,
+                // stalled, wrong digest) is found in this chain and blamed on the client.
+                .map_err(|e| transport_failure(&e).error.caused_by(e))
         };
         let resp = watch.bound(sending, self.stall_grace).await?;
         if resp.status() != StatusCode::OK {
