@@ -216,7 +216,7 @@ fn deserialize(text: &str) -> Result<Config, (String, Option<usize>, String)> {
             config.backend.bucket = EMBEDDED_BUCKET.into();
         }
         for b in &mut config.buckets {
-            if b.bucket.is_empty() && validate::valid_bucket_name(&b.name) {
+            if b.bucket.is_empty() && validate::buckets::valid_bucket_name(&b.name) {
                 b.bucket = b.name.clone();
             }
         }

@@ -1,9 +1,11 @@
 //! Rules that a single field's type cannot express: addresses, ranges, cross-field
 //! consistency, uniqueness. Returns every problem at once, each with its field path.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+
+pub(super) mod buckets;
+mod principals;
 
 use super::schema::*;
 use super::units::Size;
@@ -118,114 +120,9 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     }
 
     // [backend] and [[buckets]]
-    let b = &c.backend;
-    let buckets = c.bucket_configs();
-    let mut names = HashSet::new();
-    for (i, bucket) in buckets.iter().enumerate() {
-        let field = |f: &str| c.bucket_field(i, f);
-        if !valid_display_name(&bucket.name) {
-            bad(
-                &field("name"),
-                format!(
-                    "`{}` is not a bucket name clients can use (1-63 of a-z 0-9 . _ -, starting \
-                     with a letter or digit)",
-                    bucket.name
-                ),
-            );
-        } else if !names.insert(bucket.name.as_str()) {
-            bad(
-                &field("name"),
-                format!("`{}` names two buckets", bucket.name),
-            );
-        }
-        match b.kind {
-            BackendKind::S3 => {
-                if bucket.bucket.is_empty() {
-                    bad(&field("bucket"), "is required for kind = \"s3\"".into());
-                }
-                if bucket.region.is_empty() {
-                    bad(&field("region"), "must not be empty".into());
-                }
-            }
-            BackendKind::Embedded => {
-                if bucket.bucket.is_empty() && !c.buckets.is_empty() {
-                    bad(
-                        &field("bucket"),
-                        format!(
-                            "is required: the name `{}` is not an S3 bucket name the embedded \
-                             backend can use for it",
-                            bucket.name
-                        ),
-                    );
-                }
-                if bucket.endpoint.is_some() {
-                    bad(
-                        &field("endpoint"),
-                        "does not go with kind = \"embedded\"".into(),
-                    );
-                }
-            }
-        }
-        if !bucket.bucket.is_empty() && !valid_bucket_name(&bucket.bucket) {
-            bad(
-                &field("bucket"),
-                format!(
-                    "`{}` is not a valid bucket name (3-63 of a-z 0-9 . -)",
-                    bucket.bucket
-                ),
-            );
-        }
-        if let Some(endpoint) = &bucket.endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            bad(
-                &field("endpoint"),
-                format!("`{endpoint}` must start with http:// or https://"),
-            );
-        }
-        if bucket.part_size < MIN_PART || bucket.part_size > MAX_PART {
-            bad(
-                &field("part_size"),
-                format!(
-                    "{} is outside S3's part sizes, 5MiB to 5GiB",
-                    bucket.part_size
-                ),
-            );
-        }
-        if b.upload_buffer_memory < bucket.part_size {
-            bad(
-                "backend.upload_buffer_memory",
-                format!(
-                    "{} is less than {} ({}): no upload of unknown length could buffer a part",
-                    b.upload_buffer_memory,
-                    field("part_size"),
-                    bucket.part_size
-                ),
-            );
-        }
-        match (bucket.sse, &bucket.kms_key_id) {
-            (Some(Sse::AwsKms), None) => bad(
-                &field("kms_key_id"),
-                "is required with sse = \"aws:kms\"".into(),
-            ),
-            (Some(Sse::Aes256) | None, Some(_)) => bad(
-                &field("kms_key_id"),
-                "only goes with sse = \"aws:kms\"".into(),
-            ),
-            _ => {}
-        }
-    }
-    let known_bucket = |name: &Option<String>| {
-        name.as_ref()
-            .is_none_or(|n| buckets.iter().any(|b| &b.name == n))
-    };
-    let bucket_names = || {
-        buckets
-            .iter()
-            .map(|b| format!("`{}`", b.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    buckets::validate(c, &mut p);
+    let bad_bucket = |name: &Option<String>| buckets::unknown(c, name);
+    let mut bad = |field: &str, reason: String| p.push((field.to_owned(), reason));
 
     // [limits]
     let l = &c.limits;
@@ -347,15 +244,8 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
                 }
             }
         }
-        if !known_bucket(&jwt.bucket) {
-            p.push((
-                "jwt.bucket".into(),
-                format!(
-                    "`{}` is not one of the buckets ({})",
-                    jwt.bucket.as_deref().unwrap_or_default(),
-                    bucket_names()
-                ),
-            ));
+        if let Some(reason) = bad_bucket(&jwt.bucket) {
+            p.push(("jwt.bucket".into(), reason));
         }
         if jwt.allow.contains(&crate::rules::Action::Link) {
             p.push((
@@ -417,116 +307,7 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     }
 
     // [[principals]]
-    let mut names = HashSet::new();
-    let mut hashes = HashSet::new();
-    for (i, pr) in c.principals.iter().enumerate() {
-        let at = |f: &str| format!("principals[{i}].{f}");
-        if !known_bucket(&pr.bucket) {
-            p.push((
-                at("bucket"),
-                format!(
-                    "`{}` is not one of the buckets ({})",
-                    pr.bucket.as_deref().unwrap_or_default(),
-                    bucket_names()
-                ),
-            ));
-        }
-        if pr.name.is_empty()
-            || !pr
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.@".contains(ch))
-        {
-            p.push((
-                at("name"),
-                format!("`{}` must be 1 or more of A-Z a-z 0-9 - _ . @", pr.name),
-            ));
-        } else if !names.insert(pr.name.as_str()) {
-            p.push((
-                at("name"),
-                format!("`{}` is used by an earlier principal", pr.name),
-            ));
-        }
-        for (j, key) in pr.api_keys.iter().enumerate() {
-            match crate::rules::parse_key_hash(key) {
-                Ok(hash) => {
-                    if !hashes.insert(hash) {
-                        p.push((
-                            format!("principals[{i}].api_keys[{j}]"),
-                            "is listed twice".into(),
-                        ));
-                    }
-                }
-                Err(reason) => p.push((format!("principals[{i}].api_keys[{j}]"), reason)),
-            }
-        }
-        if pr.api_keys.is_empty()
-            && pr.client_cert_subjects.is_empty()
-            && pr.client_cert_sans.is_empty()
-        {
-            w.push(Warning {
-                field: at("api_keys"),
-                message: "is empty: nobody can act as this principal".into(),
-            });
-        }
-        if pr.allow.is_empty() {
-            w.push(Warning {
-                field: at("allow"),
-                message: "is empty: this principal may do nothing".into(),
-            });
-        }
-        if let Err(reason) = validate_prefix(&pr.prefix) {
-            p.push((at("prefix"), reason));
-        }
-        if let Some(size) = pr.max_object_size
-            && size > l.max_object_size
-        {
-            p.push((
-                at("max_object_size"),
-                format!(
-                    "{size} is above limits.max_object_size ({}); a principal may only narrow it",
-                    l.max_object_size
-                ),
-            ));
-        }
-        if pr.max_bytes_per_day.is_some_and(|q| q.bytes() == 0) {
-            p.push((
-                at("max_bytes_per_day"),
-                "must be at least 1 byte (leave it out for no quota)".into(),
-            ));
-        }
-        if let Some(types) = &pr.content_types {
-            let mine = check_patterns(&at("content_types"), types, &mut p);
-            for (pat, text) in mine.iter().zip(types) {
-                if !defaults.iter().any(|d| d.covers(pat)) {
-                    p.push((
-                        at("content_types"),
-                        format!("`{text}` is not allowed by limits.content_types; a principal may only narrow it"),
-                    ));
-                }
-            }
-        }
-        if let Some(rate) = pr.rate_limit {
-            check_rate(
-                &at("rate_limit"),
-                rate.requests_per_second,
-                rate.burst,
-                &mut p,
-            );
-        }
-        if !(pr.client_cert_subjects.is_empty() && pr.client_cert_sans.is_empty())
-            && c.server
-                .tls
-                .as_ref()
-                .and_then(|t| t.client_ca.as_ref())
-                .is_none()
-        {
-            p.push((
-                at("client_cert_subjects"),
-                "needs server.tls.client_ca: without it no client certificate is asked for".into(),
-            ));
-        }
-    }
+    principals::validate(c, &defaults, &mut p, &mut w);
     if c.principals.is_empty() {
         w.push(Warning {
             field: "principals".into(),
@@ -587,25 +368,6 @@ fn check_rate(field: &str, rps: u32, burst: u32, p: &mut Problems) {
 }
 
 /// S3's bucket naming rules, the parts that matter for addressing.
-/// A bucket's name as clients see it: also a path segment of the S3 door's URLs, so no `/`.
-fn valid_display_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-}
-
-pub(super) fn valid_bucket_name(name: &str) -> bool {
-    (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
-        && !name.contains("..")
-}
-
 /// An address (`10.0.0.1`) or a network (`10.0.0.0/8`).
 pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
     s.parse::<ipnet::IpNet>()
