@@ -1,20 +1,27 @@
-//! Portcullis: an authenticating, streaming HTTP gateway in front of a private S3 bucket.
+//! Portcullis: an authenticating, streaming HTTP gateway in front of private S3 buckets.
 //!
-//! A request passes through these modules, in this order:
+//! A request passes through these modules, in this order (the tower stack itself is built,
+//! with its order written out, in [`run`]):
 //!
 //! - [`server`]: listeners, HTTP/1.1 (parked between requests) and HTTP/2, deadlines,
 //!   graceful shutdown.
 //! - [`obs`]: request id and the access log (the outermost layer).
-//! - [`api`]: routes; each handler runs the phases below and maps errors to JSON.
+//! - [`api`]: panic catching, the router; each handler runs the admission phase and maps
+//!   errors to JSON.
+//! - [`limits`]: load shedding (a layer), rates, quotas (shared through Redis with
+//!   `[redis]`), and the limits applied to the streaming body.
 //! - [`auth`]: who is calling (API keys, JWTs, signed links, client certificates).
 //! - [`policy`]: may they do this, on this key ([`policy::ObjectKey`] is the only key type).
-//! - [`limits`]: size and type limits, applied to the streaming body.
 //! - [`relay`]: the only module that speaks to S3 (aws-sdk-s3, and a light signed path for
-//!   GET and HEAD).
+//!   GET, HEAD and single PutObject uploads), one [`relay::Backend`] per bucket.
 //! - [`embedded`]: an S3 protocol server in the process, for `serve --dev`.
 //!
-//! [`console`] is the upload page at `GET /`. [`load`] is the `portcullis load` generator. [`audit`] checks the bucket's security posture. [`admin`] is the separate listener for `/healthz`, `/readyz` and `/metrics`. [`config`]
-//! holds the schema, units and validation; [`error`] the one error type.
+//! [`config`] parses and checks the file (a leaf: it imports only [`rules`], the syntax it
+//! shares with requests); [`build`] turns it into the live state, once, for `serve`, reload
+//! and `check-config`. [`serve`] starts everything; [`dev`] is `serve --dev`'s config.
+//! [`console`] is the upload page at `GET /`, [`load`] the `portcullis load` generator,
+//! [`audit`] the bucket audit, [`admin`] the listener for `/healthz`, `/readyz` and
+//! `/metrics`; [`error`] holds the one error type.
 
 pub mod admin;
 pub mod api;

@@ -103,7 +103,7 @@ impl Shed {
 }
 
 /// The permits a request holds; whoever answers it moves them onto its response body
-/// ([`crate::api::respond::holding`]), so they are released with its last byte.
+/// (`api::respond::holding`), so they are released with its last byte.
 #[derive(Clone, Debug, Default)]
 pub struct Admission(Arc<Mutex<Vec<Permit>>>);
 

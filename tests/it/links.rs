@@ -145,13 +145,32 @@ async fn changing_any_field_invalidates_the_link() {
 async fn an_expired_link_is_link_expired() {
     let g = gateway_with_links("").await;
     let key = "users/alice/soon.txt";
-    let put = g
-        .link(ADMIN, json!({"key": key, "method": "PUT", "expires_in": 1}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (s, code) = error_code(g.http.put(&put).body("late").send().await.unwrap()).await;
+    // A genuine link (the gateway's secret, admin's grant) whose time ran out a second ago:
+    // signed here with its expiry in the past rather than waited for.
+    let signer = portcullis::auth::LinkSigner::new(
+        vec![LINK_SECRET.as_bytes().to_vec()],
+        Duration::from_secs(60),
+        Duration::from_secs(900),
+    );
+    let grant = |expires| portcullis::auth::LinkGrant {
+        method: http::Method::PUT,
+        key: portcullis::policy::ObjectKey::parse(key.into()).unwrap(),
+        expires,
+        principal: "admin".into(),
+        bucket: "files".into(),
+        max_size: None,
+        content_type: None,
+        create_only: false,
+    };
+    let now = portcullis::auth::unix_now();
+    let expired = format!("{}{}", g.url, signer.sign(&grant(now - 1)));
+    let (s, code) = error_code(g.http.put(&expired).body("late").send().await.unwrap()).await;
     assert_eq!((s, code.as_str()), (StatusCode::FORBIDDEN, "link_expired"));
     assert!(g.bucket_keys().await.is_empty());
+    // The same grant an hour later is accepted: only the time differs.
+    let live = format!("{}{}", g.url, signer.sign(&grant(now + 3600)));
+    let resp = g.http.put(&live).body("in time").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
