@@ -106,7 +106,10 @@ async fn run() {
                             assert_eq!(relay.put(upload).await.unwrap().size, 1024);
                         } else if way.starts_with("Portcullis") {
                             let cond = portcullis::relay::ReadConditions::default();
-                            let fetched = light.fetch(&key, None, &cond, true).await.unwrap();
+                            let fetched = light
+                                .fetch(&key, None, &cond, portcullis::relay::Read::Body)
+                                .await
+                                .unwrap();
                             let portcullis::relay::Fetched::Object { body: Some(b), .. } = fetched
                             else {
                                 panic!("not an object");

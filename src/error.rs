@@ -183,13 +183,19 @@ impl ApiError {
         Self::new(Code::InvalidKey, format!("invalid key: {reason}"))
     }
 
-    pub fn unauthenticated(message: &'static str, invalid_token: bool) -> Self {
-        let challenge = if invalid_token {
-            HeaderValue::from_static("Bearer error=\"invalid_token\"")
-        } else {
-            HeaderValue::from_static("Bearer")
-        };
-        Self::new(Code::Unauthenticated, message).header(header::WWW_AUTHENTICATE, challenge)
+    /// `401` for a request without a credential: `WWW-Authenticate: Bearer`.
+    pub fn unauthenticated(message: &'static str) -> Self {
+        Self::new(Code::Unauthenticated, message)
+            .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    /// `401` for a credential that was presented and is not valid:
+    /// `WWW-Authenticate: Bearer error="invalid_token"`.
+    pub fn invalid_token(message: &'static str) -> Self {
+        Self::new(Code::Unauthenticated, message).header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        )
     }
 
     pub fn forbidden() -> Self {

@@ -191,7 +191,6 @@ fn credential(
                     return Err((
                         ApiError::unauthenticated(
                             "the client certificate names more than one principal",
-                            false,
                         ),
                         true,
                     ));
@@ -209,14 +208,13 @@ fn credential(
                 (
                     ApiError::unauthenticated(
                         "the client certificate is not mapped to a principal",
-                        false,
                     ),
                     true,
                 )
             });
     }
     Err((
-        ApiError::unauthenticated("an Authorization: Bearer header is required", false),
+        ApiError::unauthenticated("an Authorization: Bearer header is required"),
         false,
     ))
 }

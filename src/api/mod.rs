@@ -169,12 +169,7 @@ fn read_one_way<B>(req: &Request<B>) -> Result<(), ApiError> {
     }
 }
 
-/// What a read answers with: the object (GET), or its headers alone (HEAD).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Read {
-    Body,
-    Head,
-}
+pub(crate) use crate::relay::Read;
 
 /// The routes of SPEC section 3 that this build serves.
 ///
@@ -197,9 +192,7 @@ async fn dispatch(state: &AppState, req: Request<Body>) -> Result<Response<Body>
         note(&req, |n| n.route = "console");
         return match *req.method() {
             Method::GET | Method::HEAD => {
-                let with_body = req.method() == Method::GET;
-                Ok(crate::console::serve(path, req.headers(), with_body)
-                    .expect("is_asset said it is one"))
+                Ok(crate::console::serve(path, &req).expect("is_asset said it is one"))
             }
             _ => Err(ApiError::method_not_allowed("GET, HEAD")),
         };

@@ -305,17 +305,13 @@ pub(super) async fn get(
         let key = &key;
         let req = &req;
         async move {
-            timed(
-                req,
-                op,
-                bucket.fetch(key, range.as_deref(), cond, with_body),
-            )
-            .await
-            .map_err(|e| match e.code {
-                // If-Match on no representation fails (RFC 9110 section 13.1.1).
-                Code::NotFound if has_if_match => precondition_failed(),
-                _ => e,
-            })
+            timed(req, op, bucket.fetch(key, range.as_deref(), cond, read))
+                .await
+                .map_err(|e| match e.code {
+                    // If-Match on no representation fails (RFC 9110 section 13.1.1).
+                    Code::NotFound if has_if_match => precondition_failed(),
+                    _ => e,
+                })
         }
     };
     let mut fetched = fetch(range.clone()).await?;

@@ -143,7 +143,7 @@ impl JwtVerifier {
     /// Verifies `token` and returns its principal.
     pub fn authenticate(&self, token: &str) -> Result<Identity, ApiError> {
         let refuse = |why: &dyn std::fmt::Display| {
-            ApiError::unauthenticated("the token is not valid", true).detail(why)
+            ApiError::invalid_token("the token is not valid").detail(why)
         };
         let header = jsonwebtoken::decode_header(token).map_err(|e| refuse(&e))?;
         let mut candidates = self.keys.iter().filter(|k| k.alg == header.alg);
@@ -165,7 +165,7 @@ impl JwtVerifier {
         )
         .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                ApiError::unauthenticated("the token has expired", true)
+                ApiError::invalid_token("the token has expired")
             }
             _ => refuse(&e),
         })?;

@@ -101,7 +101,7 @@ impl KeyTable {
                 method: AuthMethod::ApiKey,
                 link: None,
             })
-            .ok_or_else(|| ApiError::unauthenticated("the key is not valid", true))
+            .ok_or_else(|| ApiError::invalid_token("the key is not valid"))
     }
 
     /// Finds the principal of a presented key, comparing with every hash in constant time.
@@ -125,7 +125,6 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let Some(value) = all.next() else {
         return Err(ApiError::unauthenticated(
             "an Authorization: Bearer header is required",
-            false,
         ));
     };
     if all.next().is_some() {
@@ -140,9 +139,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim_matches(' '))
         .filter(|t| !t.is_empty() && !t.contains(' '))
-        .ok_or_else(|| {
-            ApiError::unauthenticated("the Authorization header must be `Bearer <key>`", true)
-        })
+        .ok_or_else(|| ApiError::invalid_token("the Authorization header must be `Bearer <key>`"))
 }
 
 pub use crate::rules::parse_key_hash;

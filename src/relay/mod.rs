@@ -111,6 +111,13 @@ impl Buckets {
     }
 }
 
+/// What a read answers with: the object (GET), or its headers alone (HEAD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    Body,
+    Head,
+}
+
 /// A condition on a write, evaluated by S3 (the gateway never looks before it writes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteCondition {
@@ -383,20 +390,20 @@ impl Backend {
         }
     }
 
-    /// GET (with `body`) or HEAD (without).
+    /// GET ([`Read::Body`]) or HEAD ([`Read::Head`]).
     pub async fn fetch(
         &self,
         key: &ObjectKey,
         range: Option<&str>,
         cond: &ReadConditions,
-        with_body: bool,
+        read: Read,
     ) -> Result<Fetched, ApiError> {
         if let Some(light) = &self.light {
-            return light.fetch(key, range, cond, with_body).await;
+            return light.fetch(key, range, cond, read).await;
         }
         // The SDK's futures are boxed (here and in `put_single`): inline, they would make
         // this future several KiB larger for the light path's requests too.
-        if with_body {
+        if read == Read::Body {
             let out = self
                 .sdk
                 .bounded

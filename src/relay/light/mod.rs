@@ -34,7 +34,7 @@ use super::errors::{classify, describe_answer};
 use super::pool::{Driven, Pool};
 use super::sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD};
 use super::watch::UploadWatch;
-use super::{Fetched, ObjectMeta, ReadConditions};
+use super::{Fetched, ObjectMeta, Read, ReadConditions};
 use crate::error::{ApiError, Code};
 use crate::policy::ObjectKey;
 use crate::{Body, BoxError};
@@ -174,17 +174,20 @@ impl Relay {
         key: &ObjectKey,
         range: Option<&str>,
         cond: &ReadConditions,
-        with_body: bool,
+        read: Read,
     ) -> Result<Fetched, ApiError> {
         let uri = self.object_uri(key);
-        let method = if with_body { Method::GET } else { Method::HEAD };
+        let method = match read {
+            Read::Body => Method::GET,
+            Read::Head => Method::HEAD,
+        };
         let mut attempt = 1;
         let mut retried = false;
         loop {
             let failure = match self.attempt(&method, &uri, range, cond).await {
                 Ok(resp) => {
                     self.succeeded(retried);
-                    return self.answer(resp, with_body);
+                    return self.answer(resp, read);
                 }
                 Err(failure) => failure,
             };
@@ -404,7 +407,7 @@ impl Relay {
     }
 
     /// The object (or a 304) from S3's answer.
-    fn answer(&self, resp: Response<Driven>, with_body: bool) -> Result<Fetched, ApiError> {
+    fn answer(&self, resp: Response<Driven>, read: Read) -> Result<Fetched, ApiError> {
         let (parts, body) = resp.into_parts();
         let h = &parts.headers;
         if parts.status == StatusCode::NOT_MODIFIED {
@@ -422,7 +425,7 @@ impl Relay {
             last_modified: header_text(h, header::LAST_MODIFIED)
                 .and_then(|v| httpdate::parse_http_date(&v).ok()),
         };
-        let body = with_body.then(|| StallGuard::new(body, self.stall_grace).boxed());
+        let body = (read == Read::Body).then(|| StallGuard::new(body, self.stall_grace).boxed());
         Ok(Fetched::Object {
             meta,
             content_range: header_text(h, header::CONTENT_RANGE),
