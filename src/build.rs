@@ -137,17 +137,7 @@ pub fn identities(
             principal = principal.keeping_gate_of(old);
         }
         let principal = Arc::new(principal);
-        let mut hashes = Vec::new();
-        for (j, key) in p.api_keys.iter().enumerate() {
-            match crate::rules::parse_key_hash(key) {
-                Ok(hash) => hashes.push(hash),
-                Err(reason) => errors.push(BuildError::new(
-                    format!("principals[{i}].api_keys[{j}]"),
-                    reason,
-                )),
-            }
-        }
-        keys.insert(hashes, principal.clone());
+        keys.insert(p.api_keys.iter().map(|h| h.0), principal.clone());
         let names = p
             .client_cert_subjects
             .iter()

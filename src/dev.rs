@@ -6,11 +6,11 @@ use crate::config::{self, AuditMode, BackendKind, Config, LogFormat, PrincipalCo
 use crate::policy::Action;
 
 /// `serve --dev`: embedded backend, one principal with every permission on the whole bucket.
-pub fn config(key_hash: String) -> Config {
+pub fn config(key_hash: crate::rules::KeyHash) -> Config {
     let mut c = Config::default();
     c.backend.kind = BackendKind::Embedded;
     // Any free port: 9090 is often taken (Prometheus itself); the banner prints the address.
-    c.admin.listen = "127.0.0.1:0".into();
+    c.admin.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     c.backend.bucket = config::EMBEDDED_BUCKET.into();
     c.log.format = LogFormat::Pretty;
     // The embedded backend implements none of the audit's calls: nothing to learn at start.

@@ -430,7 +430,7 @@ pub fn server_options(config: &Config) -> ServerOptions {
                 .server
                 .trusted_proxies
                 .iter()
-                .filter_map(|p| config::parse_net(p))
+                .map(|net| net.0)
                 .collect(),
         ),
     }

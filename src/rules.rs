@@ -186,3 +186,99 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
     }
     check_key(&prefix[..prefix.len() - 1]).map_err(|e| e.replace("the key", "the prefix"))
 }
+
+/// A configured API key's hash: `sha256:<64 hex>` in the file.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHash(sha256:...)")
+    }
+}
+
+impl FromStr for KeyHash {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_key_hash(s).map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl TypePattern {
+    /// `*/*`.
+    pub fn any() -> Self {
+        Self {
+            kind: "*".into(),
+            subtype: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TypePattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address or network a config lists (`10.0.0.0/8`, or `192.0.2.7` for one address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net(pub ipnet::IpNet);
+
+impl FromStr for Net {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| format!("`{s}` is not an address or a network like 10.0.0.0/8"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A principal's prefix, checked as it is read: empty (the whole bucket) or key segments
+/// ending in `/`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prefix(String);
+
+impl Prefix {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        validate_prefix(s).map(|()| Self(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -39,6 +39,7 @@ pub fn prepare(
 ) -> anyhow::Result<Prepared> {
     let (mut config, warnings, source, dev_key) = if let Some(dev) = dev {
         let (key, hash) = generate_key();
+        let hash = hash.parse().expect("generate_key makes a valid hash");
         let mut config = crate::dev::config(hash);
         for origin in dev.cors_origins {
             config::check_origin(&origin).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
@@ -131,7 +132,7 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         }
     }
     let log = Arc::new(AccessLog::open(&config.log.access_log)?);
-    let addr: SocketAddr = config.server.listen.parse()?;
+    let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -147,7 +148,7 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
     let gateway =
         crate::Portcullis::with_identities(&config, identities, handle.buckets.clone(), lasting);
     tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
-    let admin_addr: SocketAddr = config.admin.listen.parse()?;
+    let admin_addr = config.admin.listen;
     let admin = TcpListener::bind(admin_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {admin_addr} (admin): {e}"))?;
@@ -203,13 +204,13 @@ pub struct Overrides {
 impl Overrides {
     pub fn apply(&self, config: &mut Config) {
         if let Some(listen) = self.listen {
-            config.server.listen = listen.to_string();
+            config.server.listen = listen;
         }
         if let Some(data) = &self.data {
             config.backend.root = data.clone();
         }
         if let Some(admin) = self.admin_listen {
-            config.admin.listen = admin.to_string();
+            config.admin.listen = admin;
         }
     }
 }

@@ -19,7 +19,8 @@ use crate::build::BuildError;
 use crate::config::{JwtConfig, RateLimitConfig};
 use crate::error::ApiError;
 use crate::limits::Limits;
-use crate::policy::{Principal, check_chars, validate_prefix};
+use crate::policy::{Principal, check_chars};
+use crate::rules::Prefix;
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -184,7 +185,7 @@ impl JwtVerifier {
 
     /// `prefix_template` with each `{claim}` replaced by that claim's value. A value that
     /// could step outside its folder (`/`, `..`, control characters) is refused.
-    fn prefix_for(&self, claims: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
+    fn prefix_for(&self, claims: &serde_json::Map<String, Value>) -> Result<Prefix, ApiError> {
         let mut out = String::new();
         let mut rest = self.template.as_str();
         while let Some(open) = rest.find('{') {
@@ -199,13 +200,12 @@ impl JwtVerifier {
             rest = &rest[close + 1..];
         }
         out.push_str(rest);
-        validate_prefix(&out).map_err(|_| ApiError::forbidden())?;
-        Ok(out)
+        out.parse().map_err(|_| ApiError::forbidden())
     }
 
-    fn principal(&self, name: &str, prefix: String) -> Arc<Principal> {
+    fn principal(&self, name: &str, prefix: Prefix) -> Arc<Principal> {
         let mut known = self.principals.lock().unwrap_or_else(|e| e.into_inner());
-        let id = (name.to_owned(), prefix);
+        let id = (name.to_owned(), prefix.as_str().to_owned());
         if let Some(p) = known.get(&id) {
             return p.clone();
         }
@@ -214,7 +214,7 @@ impl JwtVerifier {
         }
         let config = crate::config::PrincipalConfig {
             name: id.0.clone(),
-            prefix: id.1.clone(),
+            prefix: prefix.to_string(),
             ..self.config.clone()
         };
         let p = Arc::new(Principal::from_config(&config, &self.defaults, &self.rates));

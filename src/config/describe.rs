@@ -80,7 +80,7 @@ pub fn describe(c: &Config) -> String {
     line(format!(
         "limits: max_object_size {}, content_types {}, sniff {}",
         size(l.max_object_size),
-        l.content_types.join(" "),
+        patterns(&l.content_types),
         if l.sniff { "on" } else { "off" }
     ));
     let r = &c.rate_limit;
@@ -131,16 +131,21 @@ pub fn describe(c: &Config) -> String {
             p.prefix,
             actions(&p.allow),
             size(max),
-            p.content_types
-                .as_ref()
-                .unwrap_or(&l.content_types)
-                .join(" "),
+            patterns(p.content_types.as_ref().unwrap_or(&l.content_types)),
             rate,
             p.api_keys.len(),
             p.client_cert_subjects.len() + p.client_cert_sans.len()
         );
     }
     out
+}
+
+fn patterns(types: &[crate::rules::TypePattern]) -> String {
+    types
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn actions(allow: &[crate::rules::Action]) -> String {

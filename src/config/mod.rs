@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub use describe::describe;
 pub use restart::RestartOnly;
 pub use schema::*;
-pub use validate::{Warning, check_origin, parse_net};
+pub use validate::{Warning, check_origin};
 
 /// One thing wrong with a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,7 +301,7 @@ mod tests {
     fn defaults_are_valid_for_embedded() {
         let loaded = parse("[backend]\nkind = \"embedded\"\n", None).unwrap();
         assert_eq!(loaded.config.backend.part_size, units::Size::mib(8));
-        assert_eq!(loaded.config.server.listen, "127.0.0.1:8080");
+        assert_eq!(loaded.config.server.listen.to_string(), "127.0.0.1:8080");
     }
 
     #[test]
@@ -404,6 +404,41 @@ mod tests {
                 .any(|e| e.contains("principals[0].max_bytes_per_day")),
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn addresses_networks_patterns_and_key_hashes_are_parsed_where_they_are_read() {
+        let base = "[backend]\nkind = \"embedded\"\n";
+        for (extra, field, line) in [
+            ("[server]\nlisten = \"localhost\"\n", "server.listen", 4),
+            ("[admin]\nlisten = \"9090\"\n", "admin.listen", 4),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"ten\"]\n",
+                "server.trusted_proxies[1]",
+                4,
+            ),
+            (
+                "[limits]\ncontent_types = [\"image\"]\n",
+                "limits.content_types[0]",
+                4,
+            ),
+            (
+                "[[principals]]\nname = \"a\"\napi_keys = [\"sha256:12\"]\n",
+                "principals[0].api_keys[0]",
+                5,
+            ),
+        ] {
+            let e = &errors(&format!("{base}{extra}"))[0];
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.line, Some(line), "{e}");
+        }
+        let c = parse(
+            &format!("{base}[server]\ntrusted_proxies = [\"192.0.2.7\", \"10.0.0.0/8\"]\n"),
+            None,
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.server.trusted_proxies[0].0.to_string(), "192.0.2.7/32");
     }
 
     #[test]

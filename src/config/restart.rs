@@ -3,6 +3,7 @@
 //! everything else is swapped in.
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 
 use super::schema::*;
 use super::units::Span;
@@ -10,16 +11,16 @@ use super::units::Span;
 /// The restart-only part of a config, field by field.
 #[derive(Debug, PartialEq)]
 pub struct RestartOnly<'a> {
-    listen: &'a str,
+    listen: SocketAddr,
     worker_threads: Option<usize>,
-    admin_listen: &'a str,
+    admin_listen: SocketAddr,
     backend: &'a BackendConfig,
     buckets: Cow<'a, [BucketConfig]>,
     log: &'a LogConfig,
     capacity: (usize, Option<usize>),
     max_connections: usize,
     unauthenticated_per_ip: Rate,
-    trusted_proxies: &'a [String],
+    trusted_proxies: &'a [crate::rules::Net],
     deadlines: [Span; 3],
     tls_on: bool,
     redis: Option<&'a RedisConfig>,
@@ -28,9 +29,9 @@ pub struct RestartOnly<'a> {
 impl<'a> RestartOnly<'a> {
     pub fn of(c: &'a Config) -> Self {
         Self {
-            listen: &c.server.listen,
+            listen: c.server.listen,
             worker_threads: c.server.worker_threads,
-            admin_listen: &c.admin.listen,
+            admin_listen: c.admin.listen,
             backend: &c.backend,
             buckets: c.bucket_configs(),
             log: &c.log,
@@ -108,7 +109,7 @@ mod tests {
                 .changes(&RestartOnly::of(&new))
                 .is_empty()
         );
-        new.server.listen = "127.0.0.1:1".into();
+        new.server.listen = "127.0.0.1:1".parse().unwrap();
         new.principals.push(PrincipalConfig::default());
         new.buckets.push(BucketConfig {
             name: "media".into(),

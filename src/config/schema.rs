@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::units::{Size, Span};
-use crate::rules::Action;
+use std::net::SocketAddr;
+
+use crate::rules::{Action, KeyHash, Net, TypePattern};
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -34,7 +36,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:8080`.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Base URL that makes signed links absolute. Default: none (links are relative).
     pub public_url: Option<String>,
     /// TLS with rustls: PEM certificate and key, `h2` and `http/1.1` by ALPN. Default: plain
@@ -59,7 +61,7 @@ pub struct ServerConfig {
     /// Threads that serve requests. Default: one per CPU.
     pub worker_threads: Option<usize>,
     /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed. Default none.
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<Net>,
 }
 
 impl ServerConfig {
@@ -75,7 +77,7 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             tls: None,
             header_read_timeout: Span::secs(10),
@@ -122,13 +124,13 @@ pub enum ClientAuth {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Default `127.0.0.1:9090`.
-    pub listen: String,
+    pub listen: SocketAddr,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:9090".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
         }
     }
 }
@@ -326,7 +328,7 @@ pub struct LimitsConfig {
     /// Largest object accepted. Default `5GiB`.
     pub max_object_size: Size,
     /// Allowed content types, patterns like `image/*`. Default `["*/*"]`.
-    pub content_types: Vec<String>,
+    pub content_types: Vec<TypePattern>,
     /// Check magic bytes against the declared type. Default `true`.
     pub sniff: bool,
 }
@@ -335,7 +337,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_object_size: Size::gib(5),
-            content_types: vec!["*/*".into()],
+            content_types: vec![TypePattern::any()],
             sniff: true,
         }
     }
@@ -460,15 +462,18 @@ impl Default for LogConfig {
 pub struct PrincipalConfig {
     pub name: String,
     /// `sha256:<64 hex>` hashes of the principal's API keys (several: rotation).
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<KeyHash>,
     /// Actions: `get` (GET and HEAD), `put`, `delete`, `list`, `link`.
     pub allow: Vec<Action>,
     /// Every key the principal touches starts with this. Default `""` (the whole bucket).
+    ///
+    /// Checked with the other rules (not while parsing) so that a file's every problem is
+    /// reported at once.
     pub prefix: String,
     /// Narrows `limits.max_object_size`.
     pub max_object_size: Option<Size>,
     /// Narrows `limits.content_types`.
-    pub content_types: Option<Vec<String>>,
+    pub content_types: Option<Vec<TypePattern>>,
     /// Overrides `[rate_limit]` for this principal.
     pub rate_limit: Option<Rate>,
     /// mTLS: client-certificate subjects that identify this principal, RFC 4514 text in the

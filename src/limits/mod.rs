@@ -58,23 +58,18 @@ impl Limits {
 
     /// From `[limits]` (validated already).
     pub fn from_config(c: &crate::config::LimitsConfig) -> Self {
-        let types = c
-            .content_types
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
         Self {
             sniff: c.sniff,
-            ..Self::new(c.max_object_size, types)
+            ..Self::new(c.max_object_size, c.content_types.clone())
         }
     }
 
     /// These limits narrowed by a principal's own.
-    pub fn narrowed(&self, max: Option<Size>, types: Option<&[String]>) -> Self {
+    pub fn narrowed(&self, max: Option<Size>, types: Option<&[TypePattern]>) -> Self {
         Self {
             max_object_size: max.map_or(self.max_object_size, |m| m.min(self.max_object_size)),
             content_types: match types {
-                Some(t) => t.iter().filter_map(|s| s.parse().ok()).collect(),
+                Some(t) => t.to_vec(),
                 None => self.content_types.clone(),
             },
             sniff: self.sniff,

@@ -5,15 +5,10 @@ use std::collections::HashSet;
 
 use super::super::schema::*;
 use super::{Problems, Warning, check_patterns, check_rate};
-use crate::rules::{TypePattern, validate_prefix};
 
-pub(super) fn validate(
-    c: &Config,
-    defaults: &[TypePattern],
-    p: &mut Problems,
-    w: &mut Vec<Warning>,
-) {
+pub(super) fn validate(c: &Config, p: &mut Problems, w: &mut Vec<Warning>) {
     let l = &c.limits;
+    let defaults = &l.content_types;
     let mut names = HashSet::new();
     let mut hashes = HashSet::new();
     for (i, pr) in c.principals.iter().enumerate() {
@@ -37,17 +32,12 @@ pub(super) fn validate(
                 format!("`{}` is used by an earlier principal", pr.name),
             ));
         }
-        for (j, key) in pr.api_keys.iter().enumerate() {
-            match crate::rules::parse_key_hash(key) {
-                Ok(hash) => {
-                    if !hashes.insert(hash) {
-                        p.push((
-                            format!("principals[{i}].api_keys[{j}]"),
-                            "is listed twice".into(),
-                        ));
-                    }
-                }
-                Err(reason) => p.push((format!("principals[{i}].api_keys[{j}]"), reason)),
+        for (j, hash) in pr.api_keys.iter().enumerate() {
+            if !hashes.insert(*hash) {
+                p.push((
+                    format!("principals[{i}].api_keys[{j}]"),
+                    "is listed twice".into(),
+                ));
             }
         }
         if pr.api_keys.is_empty()
@@ -59,14 +49,14 @@ pub(super) fn validate(
                 message: "is empty: nobody can act as this principal".into(),
             });
         }
+        if let Err(reason) = crate::rules::validate_prefix(&pr.prefix) {
+            p.push((at("prefix"), reason));
+        }
         if pr.allow.is_empty() {
             w.push(Warning {
                 field: at("allow"),
                 message: "is empty: this principal may do nothing".into(),
             });
-        }
-        if let Err(reason) = validate_prefix(&pr.prefix) {
-            p.push((at("prefix"), reason));
         }
         if let Some(size) = pr.max_object_size
             && size > l.max_object_size
@@ -86,12 +76,12 @@ pub(super) fn validate(
             ));
         }
         if let Some(types) = &pr.content_types {
-            let mine = check_patterns(&at("content_types"), types, p);
-            for (pat, text) in mine.iter().zip(types) {
+            check_patterns(&at("content_types"), types, p);
+            for pat in types {
                 if !defaults.iter().any(|d| d.covers(pat)) {
                     p.push((
                         at("content_types"),
-                        format!("`{text}` is not allowed by limits.content_types; a principal may only narrow it"),
+                        format!("`{pat}` is not allowed by limits.content_types; a principal may only narrow it"),
                     ));
                 }
             }
