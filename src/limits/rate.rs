@@ -10,10 +10,13 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::HeaderValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -106,14 +109,18 @@ impl PrincipalGate {
 /// Failed authentication, limited per client IP. While an IP is over its budget, its
 /// requests are refused with 429 before any credential is checked, so a key cannot be
 /// guessed faster than the budget allows.
+///
+/// Time comes from a governor clock (`C`): the monotonic clock in the gateway, a fake one
+/// in tests, so they advance time instead of waiting for it.
 #[derive(Debug)]
-pub struct AuthFailures {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
+pub struct AuthFailures<C: Clock = DefaultClock> {
+    limiter: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
+    blocked: Mutex<HashMap<IpAddr, C::Instant>>,
     /// When the last block ends, in nanoseconds after `epoch`: past it, no address is
     /// blocked and `check` answers without taking the lock (the per-request path).
     blocked_until: AtomicU64,
-    epoch: Instant,
+    epoch: C::Instant,
     /// Checks since the last prune.
     since_prune: AtomicU64,
 }
@@ -123,22 +130,36 @@ const PRUNE_EVERY: u64 = 1024;
 
 impl AuthFailures {
     pub fn new(rate: Rate) -> Self {
+        Self::with_clock(rate, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> AuthFailures<C> {
+    /// With `clock` for time.
+    pub fn with_clock(rate: Rate, clock: C) -> Self {
+        let epoch = clock.now();
         Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota(rate)),
+            limiter: RateLimiter::new(
+                quota(rate),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            clock,
             blocked: Mutex::new(HashMap::new()),
             blocked_until: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch,
             since_prune: AtomicU64::new(0),
         }
     }
 
-    fn nanos(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    fn nanos(&self, t: C::Instant) -> u64 {
+        t.duration_since(self.epoch).as_u64()
     }
 
     /// Refuses an IP (IPv6: its /64) that is over its failed-authentication budget.
     pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
-        if self.nanos(Instant::now()) >= self.blocked_until.load(Ordering::Relaxed) {
+        let now = self.clock.now();
+        if self.nanos(now) >= self.blocked_until.load(Ordering::Relaxed) {
             return Ok(());
         }
         let ip = address_key(ip);
@@ -146,8 +167,8 @@ impl AuthFailures {
             return Ok(());
         };
         match blocked.get(&ip) {
-            Some(until) if *until > Instant::now() => Err(rate_limited(
-                *until - Instant::now(),
+            Some(until) if *until > now => Err(rate_limited(
+                until.duration_since(now).into(),
                 "too many failed authentication attempts from this address",
             )),
             _ => Ok(()),
@@ -163,11 +184,11 @@ impl AuthFailures {
         match self.limiter.check_key(&ip) {
             Ok(()) => err,
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.limiter.clock().now());
-                let until = Instant::now() + wait;
+                let now = self.clock.now();
+                let wait = not_until.wait_time_from(now);
+                let until = now + Nanos::from(wait);
                 if let Ok(mut blocked) = self.blocked.lock() {
                     blocked.insert(ip, until);
-                    let now = Instant::now();
                     crate::obs::metrics::auth_blocked_addresses(
                         blocked.values().filter(|u| **u > now).count(),
                     );
@@ -188,7 +209,7 @@ impl AuthFailures {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
         if let Ok(mut blocked) = self.blocked.lock() {
-            let now = Instant::now();
+            let now = self.clock.now();
             blocked.retain(|_, until| *until > now);
             blocked.shrink_to_fit();
             crate::obs::metrics::auth_blocked_addresses(blocked.len());
@@ -197,7 +218,7 @@ impl AuthFailures {
 
     /// Addresses blocked now.
     pub fn blocked(&self) -> usize {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.blocked
             .lock()
             .map_or(0, |b| b.values().filter(|u| **u > now).count())
@@ -265,23 +286,34 @@ mod tests {
 
     #[test]
     fn failed_auth_blocks_then_forgets() {
-        let f = AuthFailures::new(Rate {
-            requests_per_second: 1000,
-            burst: 2,
-        });
+        // Time is a fake clock, advanced by the test: no waiting.
+        let clock = governor::clock::FakeRelativeClock::default();
+        let f = AuthFailures::with_clock(
+            Rate {
+                requests_per_second: 1,
+                burst: 2,
+            },
+            clock.clone(),
+        );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let e401 = || ApiError::new(Code::Unauthenticated, "x");
         assert!(f.check(ip).is_ok());
         assert_eq!(f.failed(ip, e401()).code, Code::Unauthenticated);
         assert_eq!(f.failed(ip, e401()).code, Code::Unauthenticated);
-        assert_eq!(f.failed(ip, e401()).code, Code::RateLimited);
+        let refused = f.failed(ip, e401());
+        assert_eq!(refused.code, Code::RateLimited);
         assert!(f.check(ip).is_err());
         assert!(f.check(other).is_ok());
         assert_eq!(f.blocked(), 1);
-        std::thread::sleep(Duration::from_millis(20));
-        f.prune();
+        // Still blocked just before the budget allows one more, free just after.
+        clock.advance(Duration::from_millis(999));
+        assert!(f.check(ip).is_err());
+        clock.advance(Duration::from_millis(2));
         assert!(f.check(ip).is_ok());
+        // Once the whole budget is back, nothing about the address is kept.
+        clock.advance(Duration::from_secs(2));
+        f.prune();
         assert_eq!(f.tracked(), 0, "state for quiet addresses is dropped");
     }
 
