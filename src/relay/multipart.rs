@@ -171,7 +171,8 @@ async fn fill(body: &mut Body, buf: &mut PartBuffer) -> Result<bool, ApiError> {
 
 /// A part's body for the SDK: replayable, so a failed attempt is retried as before, but not
 /// "in memory" to the signer, which would otherwise hash every part with SHA-256 to sign it
-/// (0.5 CPU-s per GiB here); it goes with `UNSIGNED-PAYLOAD`, as a streamed PutObject does.
+/// (as much CPU again as the rest of the upload); it goes with `UNSIGNED-PAYLOAD`, as a
+/// streamed PutObject does.
 fn part_body(part: Bytes) -> ByteStream {
     ByteStream::new(aws_smithy_types::body::SdkBody::retryable(move || {
         aws_smithy_types::body::SdkBody::from_body_1_x(http_body_util::Full::new(part.clone()))

@@ -4,9 +4,8 @@
 //! hyper-util's pooled client runs every connection in a task of its own and spawns one more
 //! per request to hand the connection back to its pool: an answer crosses from the
 //! connection's task to the request's, and with one request at a time the runtime parks and
-//! wakes a second worker thread for them (a 1 KiB GET at concurrency 1 cost 171-183 µs of
-//! gateway CPU before this module and the matching change in `server/conn.rs`, 135-143 µs
-//! after, alternating the two binaries three times). Here the request's own task polls its
+//! wakes a second worker thread for them (what that cost: `docs/performance.md`). Here the
+//! request's own task polls its
 //! connection: while the request goes out, while it waits for the answer, and while the
 //! answer's body is read ([`Driven`] carries the connection and hands it back when the body
 //! has ended). An upload's body is then read from the client and written to S3 by the same

@@ -1,8 +1,9 @@
 //! SigV4 header signing for the light path's requests, with the signing key kept for the day.
 //!
 //! aws-sigv4's general `sign` builds a header map, a query and a signed-header list for any
-//! request, and derives the signing key (four HMACs) on every call: about 5 µs of a small
-//! GET's CPU (`cargo bench --bench hot_path`). The light path's requests have one shape: a
+//! request, and derives the signing key (four HMACs) on every call, a share of a small GET's
+//! CPU worth saving (`cargo bench --bench hot_path`, `docs/performance.md`). The light path's
+//! requests have one shape: a
 //! path without a query and a few headers of our own. So the canonical request is written
 //! here directly, and the key comes from aws-sigv4's own `generate_signing_key` once per day
 //! and set of credentials, kept as an HMAC already keyed with it. The key derivation stays

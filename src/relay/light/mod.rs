@@ -1,10 +1,10 @@
 //! The light signed path: GET and HEAD of an object, and an upload stored with one
 //! PutObject, go out on a plain hyper client, signed by [`super::sigv4`], instead of through the
-//! aws-sdk-s3 orchestrator, whose per-call work costs about 100 µs of CPU on a read and 130 µs
-//! on an upload more than this path (`cargo bench --bench sdk_overhead`): as much as the rest
-//! of a small request put together.
+//! aws-sdk-s3 orchestrator, whose per-call work costs as much CPU as the rest of a small
+//! request put together (`cargo bench --bench sdk_overhead`; figures in
+//! `docs/performance.md`).
 //!
-//! It behaves as the SDK path does, and the tests hold it to that (tests/relay.rs compares
+//! It behaves as the SDK path does, and the tests hold it to that (`tests/it/relay.rs` compares
 //! the two): the endpoint is resolved once by the SDK's own endpoint rules, credentials come
 //! from the same provider (cached until shortly before they expire), and the attempt timeout,
 //! the retries (the SDK's standard mode: 3 attempts, exponential backoff with jitter, the same
@@ -47,10 +47,10 @@ use credentials::Credentials;
 use endpoint::{Target, platform_roots};
 use retry::*;
 
-/// The most a connection to S3 reads ahead. hyper's default (about 400 KiB) lets each of 64
-/// concurrent downloads grow a buffer that large (peak RSS 56-66 MiB at 64 concurrent 1 MiB
-/// GETs; 41-44 MiB with this cap). 64 KiB saved a little more memory but cost more CPU: a
-/// read per half of the embedded backend's 128 KiB chunks.
+/// The most a connection to S3 reads ahead. hyper's default (about 400 KiB) lets each of many
+/// concurrent downloads grow a buffer that large; 64 KiB saved a little more memory but cost
+/// more CPU, a read per half of the embedded backend's 128 KiB chunks (peak RSS figures:
+/// `docs/performance.md`).
 const MAX_READ_BUF: usize = 128 * 1024;
 /// How long a connection to S3 is kept open unused (hyper-util's pool used 90 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
