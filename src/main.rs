@@ -112,6 +112,10 @@ enum Command {
         /// The bucket to create.
         #[arg(long, default_value = "portcullis")]
         bucket: String,
+        /// The largest piece a download is sent in (benchmarks: `4KiB` sends the file
+        /// system's reads as they come, as some S3 servers and TLS records do).
+        #[arg(long, default_value = "128KiB")]
+        frame_size: portcullis::config::units::Size,
     },
     /// Check the bucket's security posture and print a report (exit 1 if a check failed).
     Audit {
@@ -241,12 +245,16 @@ fn main() -> ExitCode {
             root,
             listen,
             bucket,
+            frame_size,
         } => {
             let Ok(runtime) = tokio::runtime::Runtime::new() else {
                 return ExitCode::FAILURE;
             };
             runtime.block_on(async {
-                let server = match portcullis::embedded::start_on(&root, &bucket, listen).await {
+                let frame = frame_size.bytes() as usize;
+                let buckets = [bucket.as_str()];
+                let sent = portcullis::embedded::start_sending(&root, &buckets, listen, frame);
+                let server = match sent.await {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("portcullis: {e}");

@@ -143,8 +143,17 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(root: &std::path::Path, bucket: &str) -> Self {
+        // `PORTCULLIS_BENCH_FRAME=4KiB`: downloads sent in the file system's 4 KiB reads.
+        let frame = std::env::var("PORTCULLIS_BENCH_FRAME").unwrap_or_else(|_| "128KiB".into());
         let mut child = Command::new(BIN)
-            .args(["s3-server", "--bucket", bucket, "--root"])
+            .args([
+                "s3-server",
+                "--frame-size",
+                &frame,
+                "--bucket",
+                bucket,
+                "--root",
+            ])
             .arg(root)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
