@@ -230,6 +230,7 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>, only: Option<V
                         progress: false,
                         presigned,
                         prepared,
+                        ca_file: None,
                     };
                 // GETs need the objects: stored directly, before anything is measured (no
                 // request is timed: a run of zero requests only prepares).

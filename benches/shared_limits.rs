@@ -152,6 +152,7 @@ async fn run(round: Duration, rounds: usize) {
         progress: false,
         presigned: None,
         prepared,
+        ca_file: None,
     };
     let mut lines = Vec::new();
     for concurrency in [1, 16] {

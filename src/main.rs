@@ -96,6 +96,9 @@ enum Command {
         /// Content-Type of the uploads (default: none, the gateway sniffs).
         #[arg(long)]
         content_type: Option<String>,
+        /// PEM CA certificates to trust for an https:// URL (default: the platform's roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
             requests,
             prefix,
             content_type,
+            ca_file,
             json,
         } => {
             let Ok(runtime) = tokio::runtime::Runtime::new() else {
@@ -182,7 +186,11 @@ fn main() -> ExitCode {
             };
             let prefix = match prefix {
                 Some(p) => p,
-                None => match runtime.block_on(portcullis::load::own_prefix(&url, &key)) {
+                None => match runtime.block_on(portcullis::load::own_prefix(
+                    &url,
+                    &key,
+                    ca_file.as_deref(),
+                )) {
                     Ok(own) => format!("{own}load/"),
                     Err(e) => {
                         eprintln!(
@@ -205,6 +213,7 @@ fn main() -> ExitCode {
                 progress: !json,
                 presigned: None,
                 prepared: false,
+                ca_file,
             };
             match runtime.block_on(portcullis::load::run(opts)) {
                 Ok(summary) => {

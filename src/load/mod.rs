@@ -1,4 +1,5 @@
-//! `portcullis load`: a load generator users can point at any deployment (plain HTTP).
+//! `portcullis load`: a load generator users can point at any deployment, over plain HTTP or
+//! TLS (HTTP/1.1; the platform's roots, or the CAs of `--ca-file`; sessions resumed).
 //!
 //! Workers loop over the chosen operation until the duration or the request count runs out,
 //! each on its own keep-alive connection pool slot. Latencies go into an HDR histogram; a
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -52,6 +54,8 @@ pub struct LoadOptions {
     pub presigned: Option<Arc<Vec<(String, String)>>>,
     /// The objects GETs read exist already: skip the PUT of each worker's object first.
     pub prepared: bool,
+    /// PEM CA certificates to trust for an `https://` URL instead of the platform's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The outcome of a run.
@@ -90,22 +94,55 @@ struct Shared {
     statuses: Mutex<BTreeMap<String, u64>>,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Runs the load and returns its summary.
-pub async fn run(opts: LoadOptions) -> anyhow::Result<Summary> {
-    anyhow::ensure!(
-        opts.url.starts_with("http://"),
-        "only http:// URLs are supported (TLS comes later)"
-    );
-    anyhow::ensure!(opts.concurrency > 0, "--concurrency must be at least 1");
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+/// A keep-alive client for `http://` and `https://` URLs.
+fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<HttpClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            {
+                roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     // No cap on idle connections: hyper-util hands a connection back to its pool in a task
     // of its own, so a worker's next request can start before its last connection is back
     // and open another; with the cap at the concurrency, one of the two was then closed, and
     // about one request in 25 paid for a new connection on both sides.
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Runs the load and returns its summary.
+pub async fn run(opts: LoadOptions) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        opts.url.starts_with("http://") || opts.url.starts_with("https://"),
+        "the URL must start with http:// or https://"
+    );
+    anyhow::ensure!(opts.concurrency > 0, "--concurrency must be at least 1");
+    let client = client(opts.ca_file.as_deref())?;
     let body = Bytes::from(pseudo_random(opts.size as usize));
     let opts = Arc::new(opts);
 
@@ -308,9 +345,12 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 
 /// The prefix of the principal `key` belongs to, from the gateway's `GET /v1/me`: where a
 /// run may write without being refused.
-pub async fn own_prefix(url: &str, key: &str) -> anyhow::Result<String> {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+pub async fn own_prefix(
+    url: &str,
+    key: &str,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    let client = client(ca_file)?;
     let req = Request::get(format!("{}/v1/me", url.trim_end_matches('/')))
         .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
         .body(Full::new(Bytes::new()))?;

@@ -355,7 +355,9 @@ async fn portcullis_load_reports_a_bounded_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_writes_under_a_confined_principal_own_prefix() {
     let g = gateway("").await;
-    let prefix = portcullis::load::own_prefix(&g.url, ALICE).await.unwrap();
+    let prefix = portcullis::load::own_prefix(&g.url, ALICE, None)
+        .await
+        .unwrap();
     assert_eq!(prefix, "users/alice/");
     let summary = portcullis::load::run(portcullis::load::LoadOptions {
         url: g.url.clone(),
@@ -370,6 +372,7 @@ async fn load_writes_under_a_confined_principal_own_prefix() {
         progress: false,
         presigned: None,
         prepared: false,
+        ca_file: None,
     })
     .await
     .unwrap();
@@ -414,4 +417,38 @@ async fn log_lines_and_metrics_an_operator_can_use() {
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_speaks_tls_with_a_given_ca() {
+    let pki = Pki::new();
+    let g = gateway(&pki.toml(None)).await;
+    let url = g.url.replace("127.0.0.1", "localhost");
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    let prefix = portcullis::load::own_prefix(&url, ALICE, Some(&pki.ca_file))
+        .await
+        .unwrap();
+    assert_eq!(prefix, "users/alice/");
+    let summary = portcullis::load::run(portcullis::load::LoadOptions {
+        url: url.clone(),
+        key: ALICE.into(),
+        op: portcullis::load::Op::Mixed,
+        size: 1024,
+        concurrency: 2,
+        duration: Duration::from_secs(5),
+        requests: Some(20),
+        prefix: format!("{prefix}tls/"),
+        content_type: None,
+        progress: false,
+        presigned: None,
+        prepared: false,
+        ca_file: Some(pki.ca_file.clone()),
+    })
+    .await
+    .unwrap();
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    assert_eq!(summary.requests, 20);
+    // Without the CA the gateway's certificate is not trusted: no request gets through.
+    let refused = portcullis::load::own_prefix(&url, ALICE, None).await;
+    assert!(refused.is_err());
 }
