@@ -231,6 +231,7 @@ async fn run(cell: Duration, idle: usize, workers: Option<usize>, only: Option<V
                         presigned,
                         prepared,
                         ca_file: None,
+                        http2: false,
                     };
                 // GETs need the objects: stored directly, before anything is measured (no
                 // request is timed: a run of zero requests only prepares).

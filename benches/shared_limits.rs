@@ -153,6 +153,7 @@ async fn run(round: Duration, rounds: usize) {
         presigned: None,
         prepared,
         ca_file: None,
+        http2: false,
     };
     let mut lines = Vec::new();
     for concurrency in [1, 16] {

@@ -1,6 +1,6 @@
 //! What TLS on the client side costs: the same gateway twice in one run, one listening with
-//! `server.tls` (rustls, aws-lc-rs, HTTP/1.1 keep-alive, sessions resumed by the client) and
-//! one on plain HTTP, alternating rounds. Per cell: the gateway's CPU per request and per
+//! `server.tls` (rustls, aws-lc-rs, sessions resumed by the client; HTTP/1.1 keep-alive and
+//! h2) and one on plain HTTP, alternating rounds. Per cell: the gateway's CPU per request and per
 //! GiB, and what TLS adds.
 //!
 //!     cargo bench --bench tls
@@ -158,18 +158,17 @@ async fn run(round: Duration, rounds: usize) {
         &s3.secret_key,
         dir.path(),
     );
+    let plain_url = format!("http://127.0.0.1:{plain_port}");
+    let tls_url = format!("https://localhost:{tls_port}");
     let sides = [
-        (
-            "plain HTTP",
-            format!("http://127.0.0.1:{plain_port}"),
-            &plain,
-        ),
-        ("TLS", format!("https://localhost:{tls_port}"), &tls),
+        ("plain HTTP/1.1", &plain_url, &plain, false),
+        ("TLS HTTP/1.1", &tls_url, &tls, false),
+        ("TLS h2", &tls_url, &tls, true),
     ];
 
     let mut lines = Vec::new();
     for (op, size, concurrency) in CELLS {
-        let opts = |url: &str, prepared: bool| LoadOptions {
+        let opts = |url: &str, prepared: bool, http2: bool| LoadOptions {
             url: url.to_owned(),
             key: KEY.into(),
             op,
@@ -183,6 +182,7 @@ async fn run(round: Duration, rounds: usize) {
             presigned: None,
             prepared,
             ca_file: Some(ca.clone()),
+            http2,
         };
         if op == Op::Get {
             // The objects, stored once before anything is measured (both gateways share the
@@ -190,15 +190,17 @@ async fn run(round: Duration, rounds: usize) {
             let prepare = LoadOptions {
                 duration: Duration::ZERO,
                 requests: Some(0),
-                ..opts(&sides[0].1, false)
+                ..opts(sides[0].1, false, false)
             };
             portcullis::load::run(prepare).await.unwrap();
         }
-        let mut tallies = [Tally::default(), Tally::default()];
+        let mut tallies = [Tally::default(), Tally::default(), Tally::default()];
         for _ in 0..rounds {
-            for (i, (_, url, proc)) in sides.iter().enumerate() {
+            for (i, (_, url, proc, http2)) in sides.iter().enumerate() {
                 let cpu0 = proc.cpu_secs();
-                let summary = portcullis::load::run(opts(url, true)).await.unwrap();
+                let summary = portcullis::load::run(opts(url, true, *http2))
+                    .await
+                    .unwrap();
                 assert_eq!(summary.errors, 0, "{summary:?}");
                 tallies[i].add(&summary, proc.cpu_secs() - cpu0);
             }
@@ -212,7 +214,8 @@ async fn run(round: Duration, rounds: usize) {
                 format!("{} KiB", size / KIB)
             }
         );
-        for (i, (side, _, _)) in sides.iter().enumerate() {
+        let first = lines.len();
+        for (i, (side, _, _, _)) in sides.iter().enumerate() {
             let t = &tallies[i];
             lines.push(format!(
                 "| {name} | {side} | {} | {:.1} | {:.3} | {:.3} |",
@@ -222,13 +225,15 @@ async fn run(round: Duration, rounds: usize) {
                 t.median_p50()
             ));
         }
-        lines.push(format!(
-            "| {name} | TLS - plain | | {:+.1} | {:+.3} | {:+.3} |",
-            tallies[1].us_per_request() - tallies[0].us_per_request(),
-            tallies[1].secs_per_gib(size) - tallies[0].secs_per_gib(size),
-            tallies[1].median_p50() - tallies[0].median_p50()
-        ));
-        for line in &lines[lines.len() - 3..] {
+        for (i, (side, _, _, _)) in sides.iter().enumerate().skip(1) {
+            lines.push(format!(
+                "| {name} | {side} - plain | | {:+.1} | {:+.3} | {:+.3} |",
+                tallies[i].us_per_request() - tallies[0].us_per_request(),
+                tallies[i].secs_per_gib(size) - tallies[0].secs_per_gib(size),
+                tallies[i].median_p50() - tallies[0].median_p50()
+            ));
+        }
+        for line in &lines[first..] {
             println!("{line}");
         }
     }

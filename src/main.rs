@@ -99,6 +99,9 @@ enum Command {
         /// PEM CA certificates to trust for an https:// URL (default: the platform's roots).
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Speak HTTP/2 (ALPN over TLS, prior knowledge over plain HTTP).
+        #[arg(long)]
+        http2: bool,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
             prefix,
             content_type,
             ca_file,
+            http2,
             json,
         } => {
             let Ok(runtime) = tokio::runtime::Runtime::new() else {
@@ -214,6 +218,7 @@ fn main() -> ExitCode {
                 presigned: None,
                 prepared: false,
                 ca_file,
+                http2,
             };
             match runtime.block_on(portcullis::load::run(opts)) {
                 Ok(summary) => {

@@ -1,5 +1,6 @@
 //! `portcullis load`: a load generator users can point at any deployment, over plain HTTP or
-//! TLS (HTTP/1.1; the platform's roots, or the CAs of `--ca-file`; sessions resumed).
+//! TLS (the platform's roots, or the CAs of `--ca-file`; sessions resumed), HTTP/1.1 or, with
+//! `--http2`, HTTP/2 (by ALPN over TLS, by prior knowledge over plain HTTP).
 //!
 //! Workers loop over the chosen operation until the duration or the request count runs out,
 //! each on its own keep-alive connection pool slot. Latencies go into an HDR histogram; a
@@ -56,6 +57,8 @@ pub struct LoadOptions {
     pub prepared: bool,
     /// PEM CA certificates to trust for an `https://` URL instead of the platform's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// HTTP/2 (every worker's requests as streams of shared connections) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 /// The outcome of a run.
@@ -97,7 +100,7 @@ struct Shared {
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A keep-alive client for `http://` and `https://` URLs.
-fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<HttpClient> {
+fn client(ca_file: Option<&std::path::Path>, http2: bool) -> anyhow::Result<HttpClient> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -125,14 +128,19 @@ fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<HttpClient> {
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+        .https_or_http();
+    let connector = if http2 {
+        connector.enable_http2().wrap_connector(http)
+    } else {
+        connector.enable_http1().wrap_connector(http)
+    };
     // No cap on idle connections: hyper-util hands a connection back to its pool in a task
     // of its own, so a worker's next request can start before its last connection is back
     // and open another; with the cap at the concurrency, one of the two was then closed, and
     // about one request in 25 paid for a new connection on both sides.
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+    Ok(Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build(connector))
 }
 
 /// Runs the load and returns its summary.
@@ -142,7 +150,7 @@ pub async fn run(opts: LoadOptions) -> anyhow::Result<Summary> {
         "the URL must start with http:// or https://"
     );
     anyhow::ensure!(opts.concurrency > 0, "--concurrency must be at least 1");
-    let client = client(opts.ca_file.as_deref())?;
+    let client = client(opts.ca_file.as_deref(), opts.http2)?;
     let body = Bytes::from(pseudo_random(opts.size as usize));
     let opts = Arc::new(opts);
 
@@ -350,7 +358,7 @@ pub async fn own_prefix(
     key: &str,
     ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
-    let client = client(ca_file)?;
+    let client = client(ca_file, false)?;
     let req = Request::get(format!("{}/v1/me", url.trim_end_matches('/')))
         .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
         .body(Full::new(Bytes::new()))?;

@@ -373,6 +373,7 @@ async fn load_writes_under_a_confined_principal_own_prefix() {
         presigned: None,
         prepared: false,
         ca_file: None,
+        http2: false,
     })
     .await
     .unwrap();
@@ -443,6 +444,7 @@ async fn load_speaks_tls_with_a_given_ca() {
         presigned: None,
         prepared: false,
         ca_file: Some(pki.ca_file.clone()),
+        http2: true,
     })
     .await
     .unwrap();
