@@ -33,19 +33,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let secs: f64 = std::env::var("PORTCULLIS_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    let rounds: usize = std::env::var("PORTCULLIS_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let (round, rounds) = support::rounds();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(Duration::from_secs_f64(secs), rounds));
+    rt.block_on(run(round, rounds));
 }
 
 /// A CA and a certificate for `localhost` signed by it, as PEM files in `dir`:

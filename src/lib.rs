@@ -96,7 +96,8 @@ pub async fn start_backend(config: &Config) -> std::io::Result<BackendHandle> {
             let buckets = config.bucket_configs();
             let names: Vec<&str> = buckets.iter().map(|b| b.bucket.as_str()).collect();
             let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-            let server = embedded::start_with(&config.backend.root, &names, local).await?;
+            let frame = embedded::DOWNLOAD_FRAME;
+            let server = embedded::start_with(&config.backend.root, &names, local, frame).await?;
             let settings = BackendSettings {
                 endpoint: Some(server.endpoint.clone()),
                 credentials: Some((server.access_key.clone(), server.secret_key.clone())),

@@ -267,7 +267,7 @@ fn main() -> ExitCode {
             runtime.block_on(async {
                 let frame = frame_size.bytes() as usize;
                 let buckets = [bucket.as_str()];
-                let sent = portcullis::embedded::start_sending(&root, &buckets, listen, frame);
+                let sent = portcullis::embedded::start_with(&root, &buckets, listen, frame);
                 let server = match sent.await {
                     Ok(s) => s,
                     Err(e) => {

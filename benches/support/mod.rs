@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// How long each round of an A/B bench runs and how many rounds alternate:
+/// `PORTCULLIS_BENCH_SECS` (default 5) and `PORTCULLIS_BENCH_ROUNDS` (default 3).
+pub fn rounds() -> (Duration, usize) {
+    let var = |name: &str| std::env::var(name).ok();
+    let secs: f64 = var("PORTCULLIS_BENCH_SECS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let rounds: usize = var("PORTCULLIS_BENCH_ROUNDS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    (Duration::from_secs_f64(secs), rounds.max(1))
+}
+
 /// A `portcullis` child process.
 pub struct Proc {
     pub child: Child,

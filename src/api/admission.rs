@@ -93,7 +93,8 @@ async fn admit(state: &AppState, req: &Request<Body>, identity: &Identity) -> Re
     let principal = &identity.principal;
     let permit = principal.gate.admit()?;
     // An upload's declared length must fit the quota before its body is read.
-    let declared = (req.method() == http::Method::PUT)
+    // Read only for a principal with a quota: the rest never need it.
+    let declared = (principal.max_bytes_per_day.is_some() && req.method() == http::Method::PUT)
         .then(|| req.headers().get(http::header::CONTENT_LENGTH))
         .flatten()
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

@@ -30,6 +30,7 @@ pub(super) async fn put(
     encoded_key: &str,
 ) -> Result<Response<Body>, ApiError> {
     let (key, identity) = admit_object(state, &req, encoded_key, Action::Put).await?;
+    let bucket = state.bucket_of(&identity.principal)?;
     let limits = &identity.limits();
     let link = identity.link.as_ref();
     let headers = req.headers();
@@ -86,7 +87,7 @@ pub(super) async fn put(
     }
     if let Some(length) = length {
         limits.check_length(length)?;
-        state.bucket_of(&identity.principal)?.admits(length)?;
+        bucket.admits(length)?;
     }
     let mut condition = write_condition(headers)?;
     if link.is_some_and(|l| l.create_only) {
@@ -151,7 +152,6 @@ pub(super) async fn put(
         condition,
         body: shaped(state, &identity, Prefixed::new(prefix, body).boxed()),
     };
-    let bucket = state.bucket_of(&identity.principal)?;
     let stored = timed(&head, "put", bucket.put(upload)).await?;
     if let Some(sha) = watch.sha256() {
         note(&head, |n| n.sha256 = Some(sha));

@@ -47,30 +47,14 @@ impl Drop for EmbeddedServer {
 /// Starts an S3 server storing under `root` (created if missing) with `bucket` in it, on
 /// 127.0.0.1 and a free port.
 pub async fn start(root: &Path, bucket: &str) -> std::io::Result<EmbeddedServer> {
-    start_with(root, &[bucket], SocketAddr::from(([127, 0, 0, 1], 0))).await
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    start_with(root, &[bucket], local, DOWNLOAD_FRAME).await
 }
 
-/// Like [`start`], on `addr`.
-pub async fn start_on(
-    root: &Path,
-    bucket: &str,
-    addr: SocketAddr,
-) -> std::io::Result<EmbeddedServer> {
-    start_with(root, &[bucket], addr).await
-}
-
-/// Like [`start_on`], with each of `buckets` in it.
+/// Starts an S3 server storing under `root` with each of `buckets` in it, on `addr`, sending
+/// downloads in pieces of at most `frame` bytes ([`DOWNLOAD_FRAME`]; benchmarks: `4096`
+/// sends s3s-fs's reads as they come, as some S3 servers and TLS records do).
 pub async fn start_with(
-    root: &Path,
-    buckets: &[&str],
-    addr: SocketAddr,
-) -> std::io::Result<EmbeddedServer> {
-    start_sending(root, buckets, addr, COALESCE_BYTES).await
-}
-
-/// Like [`start_with`], sending downloads in pieces of at most `frame` bytes (benchmarks:
-/// `4096` sends s3s-fs's reads as they come, as some S3 servers and TLS records do).
-pub async fn start_sending(
     root: &Path,
     buckets: &[&str],
     addr: SocketAddr,
@@ -488,7 +472,7 @@ impl Drop for KeyLock<'_> {
 /// s3s-fs reads a file 4 KiB at a time, each read a trip through tokio's blocking pool, and
 /// sends each piece as it comes: with TCP_NODELAY, a 4 KiB segment each, and a wake-up for
 /// every one of them at the reader. This gathers pieces into chunks of up to
-/// [`COALESCE_BYTES`] before sending them (bounded memory per download, fewer segments).
+/// [`DOWNLOAD_FRAME`] (or the server's `frame`) before sending them (bounded memory per download, fewer segments).
 struct Coalesce {
     inner: StreamingBlob,
     buf: bytes::BytesMut,
@@ -497,7 +481,8 @@ struct Coalesce {
     done: bool,
 }
 
-const COALESCE_BYTES: usize = 128 * 1024;
+/// The largest piece a download is sent in, unless asked otherwise.
+pub const DOWNLOAD_FRAME: usize = 128 * 1024;
 
 impl Coalesce {
     fn new(inner: StreamingBlob, frame: usize) -> Self {
