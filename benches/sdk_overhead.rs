@@ -99,6 +99,7 @@ async fn run() {
                                 content_type: "application/octet-stream".into(),
                                 length: Some(1024),
                                 condition: portcullis::relay::WriteCondition::None,
+                                headers: Default::default(),
                                 body: Full::new(Bytes::from_static(&[7u8; 1024]))
                                     .map_err(|never| match never {})
                                     .boxed(),

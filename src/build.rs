@@ -34,6 +34,11 @@ impl BuildError {
             reason: reason.into(),
         }
     }
+
+    /// The same reason, about another field (a builder shared by two sections).
+    pub fn in_field(self, field: impl Into<String>) -> Self {
+        Self::new(field, self.reason)
+    }
 }
 
 impl fmt::Display for BuildError {
@@ -89,6 +94,10 @@ pub struct Identities {
     pub subjects: HashMap<String, Arc<Principal>>,
     /// `server.tls`, for new handshakes.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[s3_api]`: the door's settings, its access keys and its TLS config.
+    pub door: Option<crate::door::Settings>,
+    pub access_keys: crate::auth::access_keys::AccessKeys,
+    pub door_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Builds the identities of `config`. `buckets` are the names of the running buckets (the
@@ -101,6 +110,28 @@ pub fn identities(
 ) -> Result<Identities, BuildErrors> {
     let mut errors = Vec::new();
     let defaults = Limits::from_config(&config.limits);
+    let mut access_keys = crate::auth::access_keys::AccessKeys::default();
+    let master = match &config.s3_api {
+        None => None,
+        Some(door) => match door.resolve_secret() {
+            Ok(m) if m.len() >= crate::auth::MIN_SECRET_BYTES => Some(m),
+            Ok(_) => {
+                errors.push(BuildError::new(
+                    "s3_api.secrets_env",
+                    format!(
+                        "the master secret is shorter than {} bytes",
+                        crate::auth::MIN_SECRET_BYTES
+                    ),
+                ));
+                None
+            }
+            Err(reason) => {
+                errors.push(BuildError::new("s3_api.secrets_env", reason));
+                None
+            }
+        },
+    };
+
     // Every principal's bucket must be one the process runs: adding a bucket is a restart.
     let mut bucket_of = |field: String, name: &Option<String>| match name {
         None => buckets.first().map(|b| b.to_string()),
@@ -138,6 +169,9 @@ pub fn identities(
         }
         let principal = Arc::new(principal);
         keys.insert(p.api_keys.iter().map(|h| h.0), principal.clone());
+        if let Some(master) = &master {
+            access_keys.insert(master.as_bytes(), &p.s3_access_keys, &principal);
+        }
         let names = p
             .client_cert_subjects
             .iter()
@@ -177,6 +211,12 @@ pub fn identities(
             .ok(),
         None => None,
     };
+    let door_tls = match config.s3_api.as_ref().and_then(|d| d.tls.as_ref()) {
+        Some(t) => crate::server::tls::server_config(t)
+            .map_err(|e| errors.push(e.in_field("s3_api.tls")))
+            .ok(),
+        None => None,
+    };
     if !errors.is_empty() {
         return Err(BuildErrors(errors));
     }
@@ -187,6 +227,12 @@ pub fn identities(
         principals,
         subjects,
         tls,
+        door: config
+            .s3_api
+            .as_ref()
+            .map(crate::door::Settings::from_config),
+        access_keys,
+        door_tls,
     })
 }
 
@@ -244,7 +290,7 @@ pub fn state(
     buckets: Buckets,
     lasting: &Lasting,
     previous: Option<&AppState>,
-) -> Result<(AppState, Option<Arc<rustls::ServerConfig>>), BuildErrors> {
+) -> Result<(AppState, Tls), BuildErrors> {
     let names = buckets.names();
     let built = identities(config, &names, previous.map(|s| &s.principals))?;
     Ok(assemble(config, built, buckets, lasting, previous))
@@ -258,7 +304,7 @@ pub fn assemble(
     buckets: Buckets,
     lasting: &Lasting,
     previous: Option<&AppState>,
-) -> (AppState, Option<Arc<rustls::ServerConfig>>) {
+) -> (AppState, Tls) {
     let state = AppState {
         buckets,
         ledger: lasting.ledger.clone(),
@@ -268,6 +314,8 @@ pub fn assemble(
         links: built.links,
         principals: built.principals,
         subjects: built.subjects,
+        door: built.door,
+        access_keys: built.access_keys,
         public_url: config.server.public_url.clone(),
         body_idle_timeout: config.server.body_idle_timeout.get(),
         auth_failures: previous
@@ -276,7 +324,20 @@ pub fn assemble(
                 Arc::new(AuthFailures::new(config.rate_limit.unauthenticated_per_ip))
             }),
     };
-    (state, built.tls)
+    (
+        state,
+        Tls {
+            public: built.tls,
+            door: built.door_tls,
+        },
+    )
+}
+
+/// The TLS configs new handshakes use, per listener.
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    pub public: Option<Arc<rustls::ServerConfig>>,
+    pub door: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[cfg(test)]

@@ -46,7 +46,19 @@ pub fn config(key_hash: crate::rules::KeyHash) -> Config {
             Action::List,
             Action::Link,
         ],
+        s3_access_keys: vec![crate::auth::access_keys::generate_id()],
         ..Default::default()
+    });
+    // The S3 door, with a master secret that lives as long as the process.
+    let (master, _) = generate_key();
+    c.s3_api = Some(config::S3ApiConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9000)),
+        tls: None,
+        secrets_env: None,
+        region: "us-east-1".into(),
+        max_presign_ttl: config::units::Span::secs(7 * 24 * 3600),
+        domain: None,
+        secret: Some(master),
     });
     c
 }

@@ -31,6 +31,7 @@ pub mod build;
 pub mod config;
 pub mod console;
 pub mod dev;
+pub mod door;
 pub mod embedded;
 pub mod error;
 #[doc(hidden)]
@@ -115,7 +116,9 @@ struct Live {
     config: Config,
     state: Arc<AppState>,
     service: SyncService,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The S3 front door's service, with `[s3_api]`.
+    door: Option<SyncService>,
+    tls: build::Tls,
 }
 
 /// [`HttpService`] that may be shared between threads (as the swapped config is).
@@ -183,7 +186,7 @@ impl Portcullis {
         );
         if old.tls_switched(&new) {
             return Err(BuildError::new(
-                "server.tls",
+                "server.tls or s3_api.tls",
                 "cannot be turned on or off by a reload; restart",
             )
             .into());
@@ -216,8 +219,12 @@ impl Live {
     }
 
     /// The service for `state`, with `[cors]` in front of the router.
-    fn serving(config: &Config, state: AppState, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    fn serving(config: &Config, state: AppState, tls: build::Tls) -> Self {
         let state = Arc::new(state);
+        let door = state
+            .door
+            .is_some()
+            .then(|| SyncService::new(door::Door::new(state.clone())));
         let gateway = Gateway::new(state.clone());
         let service = match &config.cors {
             Some(c) => SyncService::new(Preflights {
@@ -230,6 +237,7 @@ impl Live {
             config: config.clone(),
             state,
             service,
+            door,
             tls,
         }
     }
@@ -398,10 +406,15 @@ pub async fn run(
     log: Arc<AccessLog>,
     mut opts: ServerOptions,
 ) {
-    if let Some(first) = gateway.live.load().tls.clone() {
+    if let Some(first) = gateway.live.load().tls.public.clone() {
         let g = gateway.clone();
         opts.tls = Some(TlsSource(Arc::new(move || {
-            g.live.load().tls.clone().unwrap_or_else(|| first.clone())
+            g.live
+                .load()
+                .tls
+                .public
+                .clone()
+                .unwrap_or_else(|| first.clone())
         })));
     }
     let shed = gateway.lasting.shed.clone();
@@ -410,6 +423,47 @@ pub async fn run(
         service.oneshot(req)
     });
     let service = ServiceBuilder::new()
+        .layer(AccessLogLayer::new(log, opts.trusted_proxies.clone()))
+        .layer(api::CatchPanicLayer)
+        .layer(ShedLayer::new(shed))
+        .service(current);
+    server::run(listener, shutdown, HttpService::new(service), opts).await;
+}
+
+/// Serves the S3 front door on `listener` until `shutdown` resolves: the same stack as
+/// [`run`] (access log, panic catching, shedding, each answering in S3's XML here), then the
+/// current config's [`door::Door`], swapped whole on reload.
+pub async fn run_door(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    gateway: Arc<Portcullis>,
+    log: Arc<AccessLog>,
+    mut opts: ServerOptions,
+) {
+    opts.tls = None;
+    if let Some(first) = gateway.live.load().tls.door.clone() {
+        let g = gateway.clone();
+        opts.tls = Some(TlsSource(Arc::new(move || {
+            g.live
+                .load()
+                .tls
+                .door
+                .clone()
+                .unwrap_or_else(|| first.clone())
+        })));
+    }
+    let shed = gateway.lasting.shed.clone();
+    let current = tower::service_fn(move |req: http::Request<Body>| {
+        let live = gateway.live.load();
+        // A reload cannot remove `[s3_api]` from under its listener (it is restart-only).
+        let service = live.door.clone().unwrap_or_else(|| live.service.clone());
+        service.oneshot(req)
+    });
+    let service = ServiceBuilder::new()
+        .map_request(|mut req: http::Request<Body>| {
+            req.extensions_mut().insert(door::S3Dialect);
+            req
+        })
         .layer(AccessLogLayer::new(log, opts.trusted_proxies.clone()))
         .layer(api::CatchPanicLayer)
         .layer(ShedLayer::new(shed))

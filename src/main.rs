@@ -39,6 +39,9 @@ enum Command {
         /// Admin listener here instead of `admin.listen`.
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// The S3 door here instead of `s3_api.listen` (with --dev: 127.0.0.1:9000).
+        #[arg(long)]
+        s3_listen: Option<SocketAddr>,
         /// With --dev: also allow browser pages from this origin (repeatable); pages on
         /// http://localhost and http://127.0.0.1, any port, are always allowed.
         #[arg(long = "cors-origin", requires = "dev", value_name = "ORIGIN")]
@@ -67,6 +70,14 @@ enum Command {
         /// Print `{"key","hash"}` as JSON.
         #[arg(long)]
         json: bool,
+        /// An S3 access key id and its secret for the S3 door instead. The secret is derived
+        /// from the master secret in `s3_api.secrets_env`'s variable (named by --config, or
+        /// PORTCULLIS_S3_SECRET without it).
+        #[arg(long)]
+        s3: bool,
+        /// With --s3: the config whose `[s3_api] secrets_env` names the master secret.
+        #[arg(long, requires = "s3")]
+        config: Option<PathBuf>,
     },
     /// Generate load against a gateway (bounded by --duration and --requests).
     Load {
@@ -133,6 +144,33 @@ enum Command {
     },
 }
 
+/// A new S3 access key id and its secret, derived from the master secret the config (or
+/// `PORTCULLIS_S3_SECRET`) names.
+fn keygen_s3(config: Option<&std::path::Path>) -> Result<(String, String), String> {
+    let var = match config {
+        Some(path) => {
+            let loaded = portcullis::config::load(path).map_err(|e| e.to_string())?;
+            let door = loaded
+                .config
+                .s3_api
+                .ok_or_else(|| format!("{} has no [s3_api]", path.display()))?;
+            door.secrets_env
+                .ok_or_else(|| format!("{} names no s3_api.secrets_env", path.display()))?
+        }
+        None => "PORTCULLIS_S3_SECRET".to_owned(),
+    };
+    let master = std::env::var(&var).map_err(|_| format!("${var} is not set"))?;
+    if master.len() < portcullis::auth::MIN_SECRET_BYTES {
+        return Err(format!(
+            "the master secret in ${var} is shorter than {} bytes",
+            portcullis::auth::MIN_SECRET_BYTES
+        ));
+    }
+    let id = portcullis::auth::access_keys::generate_id();
+    let secret = portcullis::auth::access_keys::derive_secret(master.as_bytes(), &id);
+    Ok((id, secret))
+}
+
 /// jemalloc rather than glibc's malloc: it returns freed pages to the system (glibc keeps
 /// them in its heaps, so memory freed by parked connections stayed resident).
 #[global_allocator]
@@ -141,7 +179,32 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { json } => {
+        Command::Keygen {
+            json,
+            s3: true,
+            config,
+        } => match keygen_s3(config.as_deref()) {
+            Ok((id, secret)) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "access_key_id": id, "secret": secret })
+                    );
+                } else {
+                    println!("access key id: {id}");
+                    println!("secret:        {secret}");
+                    println!(
+                        "\nAdd the id to its principal's s3_access_keys and reload; give both to the client."
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis keygen --s3: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keygen { json, .. } => {
             let (key, hash) = generate_key();
             if json {
                 println!("{}", serde_json::json!({ "key": key, "hash": hash }));
@@ -312,6 +375,7 @@ fn main() -> ExitCode {
             listen,
             data,
             admin_listen,
+            s3_listen,
             cors_origins,
             public_url,
         } => {
@@ -319,6 +383,7 @@ fn main() -> ExitCode {
                 listen,
                 data,
                 admin_listen,
+                s3_listen,
             };
             let dev = dev.then_some(DevOptions {
                 cors_origins,

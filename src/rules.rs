@@ -282,3 +282,19 @@ impl fmt::Display for Prefix {
         f.write_str(&self.0)
     }
 }
+
+/// The shape of an S3 access key id (`portcullis keygen --s3` makes `PCAK` and 16 more):
+/// 16 to 128 of `A-Z 0-9`, as AWS's own ids.
+pub fn validate_access_key_id(id: &str) -> Result<(), String> {
+    if (16..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not an access key id: 16-128 of A-Z 0-9 (portcullis keygen --s3 makes one)"
+        ))
+    }
+}

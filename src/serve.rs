@@ -153,6 +153,22 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {admin_addr} (admin): {e}"))?;
     let admin_local = admin.local_addr()?;
+    let door = match &config.s3_api {
+        None => None,
+        Some(door) => {
+            let at = door.listen;
+            let listener = TcpListener::bind(at).await.map_err(|e| {
+                let hint = if dev_key.is_some() {
+                    "; --s3-listen moves it"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("cannot listen on {at} (the S3 door): {e}{hint}")
+            })?;
+            Some(listener)
+        }
+    };
+    let door_local = door.as_ref().map(|l| l.local_addr()).transpose()?;
     let _watch = health.watch(READINESS_INTERVAL);
     tokio::spawn(crate::admin::serve(
         admin,
@@ -160,7 +176,14 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         std::future::pending(),
     ));
     let names = handle.buckets.names().join(", ");
-    tracing::info!(listen = %local, admin = %admin_local, buckets = %names, "portcullis is serving");
+    match door_local {
+        Some(door) => {
+            tracing::info!(listen = %local, s3_api = %door, admin = %admin_local, buckets = %names, "portcullis is serving")
+        }
+        None => {
+            tracing::info!(listen = %local, admin = %admin_local, buckets = %names, "portcullis is serving")
+        }
+    }
 
     if let Some(key) = dev_key {
         let root = config.backend.root.display();
@@ -177,20 +200,68 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         eprintln!(
             "        curl -H 'Authorization: Bearer {key}' http://{local}/v1/objects/hello.txt"
         );
+        if let (Some(door), Some((id, secret))) = (door_local, dev_s3_credentials(&config)) {
+            let region = config
+                .s3_api
+                .as_ref()
+                .map_or("us-east-1", |d| d.region.as_str());
+            eprintln!();
+            eprintln!("  S3 door on http://{door}  (aws-cli, boto3, rclone, s5cmd)");
+            eprintln!("  Access key id: {id}");
+            eprintln!("  Secret (shown once): {secret}");
+            eprintln!(
+                "  Try:  AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION={region} \\"
+            );
+            eprintln!(
+                "        aws --endpoint-url http://{door} s3 cp hello.txt s3://{}/hello.txt",
+                config.bucket_configs()[0].name
+            );
+        }
         eprintln!();
     }
 
+    // One signal stops both listeners; each drains its own requests.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let door_task = door.map(|listener| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(crate::run_door(
+            listener,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+            gateway.clone(),
+            log.clone(),
+            crate::server_options(&config),
+        ))
+    });
+    let signal = async move {
+        shutdown_signal(health.clone()).await;
+        let _ = stop.send(true);
+    };
     crate::run(
         listener,
-        shutdown_signal(health.clone()),
+        signal,
         gateway,
         log,
         crate::server_options(&config),
     )
     .await;
+    if let Some(task) = door_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     drop(handle);
     Ok(())
+}
+
+/// `serve --dev`'s S3 access key and its secret, from its config.
+fn dev_s3_credentials(config: &Config) -> Option<(String, String)> {
+    let master = config.s3_api.as_ref()?.secret.as_ref()?;
+    let id = config.principals.first()?.s3_access_keys.first()?;
+    Some((
+        id.clone(),
+        crate::auth::access_keys::derive_secret(master.as_bytes(), id),
+    ))
 }
 
 /// Command-line values that replace the config's, at start and on every reload.
@@ -199,6 +270,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
     pub admin_listen: Option<SocketAddr>,
+    /// Moves `s3_api.listen` (with `--dev`, the door's 127.0.0.1:9000).
+    pub s3_listen: Option<SocketAddr>,
 }
 
 impl Overrides {
@@ -211,6 +284,9 @@ impl Overrides {
         }
         if let Some(admin) = self.admin_listen {
             config.admin.listen = admin;
+        }
+        if let (Some(at), Some(door)) = (self.s3_listen, config.s3_api.as_mut()) {
+            door.listen = at;
         }
     }
 }
@@ -313,6 +389,9 @@ pub fn init_tracing(format: LogFormat) {
     let caps = Targets::new()
         .with_default(LevelFilter::TRACE)
         .with_target("s3s", LevelFilter::INFO)
+        // s3s logs every refused request as an error; the door and the relay log each
+        // failure once themselves, with the request id.
+        .with_target("s3s::ops", LevelFilter::OFF)
         .with_target("s3s_fs", LevelFilter::INFO)
         .with_target("aws_smithy_runtime", LevelFilter::DEBUG)
         .with_target("aws_sigv4", LevelFilter::DEBUG);

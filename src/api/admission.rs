@@ -89,7 +89,11 @@ async fn identify(
 /// The local limits decide first; with `[redis]`, an admitted request then asks the shared
 /// ones (one round trip: the address's failed-auth block, the quota, the rate), so a
 /// lockout on any instance holds here whether or not this request's credential was right.
-async fn admit(state: &AppState, req: &Request<Body>, identity: &Identity) -> Result<(), ApiError> {
+pub(crate) async fn admit<B>(
+    state: &AppState,
+    req: &Request<B>,
+    identity: &Identity,
+) -> Result<(), ApiError> {
     let principal = &identity.principal;
     let permit = principal.gate.admit()?;
     // An upload's declared length must fit the quota before its body is read.

@@ -7,11 +7,11 @@
 //! from any phase become JSON through `respond::error`, and every phase records what it
 //! learned in the request's access-log note.
 
-mod admission;
+pub(crate) mod admission;
 mod conditions;
 mod links;
 mod list;
-mod objects;
+pub(crate) mod objects;
 mod panic;
 pub(crate) mod respond;
 
@@ -58,6 +58,10 @@ pub struct AppState {
     pub principals: HashMap<String, Arc<Principal>>,
     /// Configured principals by client-certificate subject (mTLS).
     pub subjects: HashMap<String, Arc<Principal>>,
+    /// `[s3_api]`, when the S3 front door is open.
+    pub door: Option<crate::door::Settings>,
+    /// The door's access keys, with their derived secrets.
+    pub access_keys: crate::auth::access_keys::AccessKeys,
     /// `server.public_url`: makes links absolute.
     pub public_url: Option<String>,
     /// Failed authentication per client address (kept across reloads).
@@ -147,7 +151,7 @@ impl Service<Request<Body>> for Gateway {
 /// and `Transfer-Encoding` (SPEC section 6), or without exactly one host. An HTTP/1.1 request
 /// names its host once (RFC 9112 section 3.2: a server must answer 400 to none or several);
 /// HTTP/1.0 and HTTP/2 (`:authority`) may leave it out, but never repeat it.
-fn read_one_way<B>(req: &Request<B>) -> Result<(), ApiError> {
+pub(crate) fn read_one_way<B>(req: &Request<B>) -> Result<(), ApiError> {
     if req
         .extensions()
         .get::<crate::server::AmbiguousFraming>()
@@ -260,7 +264,7 @@ async fn me(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiE
 ///
 /// A combinator rather than an `async fn`: an `async fn` would hold `call` twice in its
 /// state, as its argument and as the future it awaits, and a relay call's future is large.
-fn timed<'a, B, T>(
+pub(crate) fn timed<'a, B, T>(
     req: &'a Request<B>,
     op: &'static str,
     call: impl Future<Output = T> + 'a,

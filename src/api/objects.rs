@@ -107,10 +107,63 @@ pub(super) async fn put(
 
     let (parts, body) = req.into_parts();
     let head = Request::from_parts(parts, ());
+    let spec = Store {
+        key: key.clone(),
+        declared,
+        length,
+        condition,
+        digests,
+        headers: Default::default(),
+    };
+    let (stored, content_type) = store(state, &identity, limits, &head, spec, body).await?;
+    let status = if create_only {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = respond::json(
+        status,
+        &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
+    );
+    // As S3's own PUT answers do.
+    if let Ok(etag) = HeaderValue::from_str(&stored.etag)
+        && !stored.etag.is_empty()
+    {
+        resp.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(resp)
+}
+
+/// An upload the admission phase and the head's checks have let through.
+pub(crate) struct Store {
+    pub key: crate::policy::ObjectKey,
+    /// `Content-Type` as the client sent it (checked to be a media type).
+    pub declared: Option<String>,
+    pub length: Option<u64>,
+    pub condition: WriteCondition,
+    pub digests: crate::limits::ExpectedDigests,
+    pub headers: crate::relay::ObjectHeaders,
+}
+
+/// Streams an upload to the principal's bucket through the streaming limits: size, idle
+/// timeout and digests as it streams, the sniffed type against the declared one and the
+/// allowed ones, the quota and throttle. Returns what S3 stored and the type it was stored
+/// with. `/v1` PUTs and the S3 door's PutObject both come here.
+pub(crate) async fn store<B>(
+    state: &AppState,
+    identity: &Identity,
+    limits: &crate::limits::Limits,
+    head: &Request<B>,
+    spec: Store,
+    body: Body,
+) -> Result<(crate::relay::Stored, String), ApiError> {
+    let bucket = state.bucket_of(&identity.principal)?;
+    let declared = spec.declared;
+    let declared_essence = declared.as_deref().and_then(media_type);
     let guard = Guard {
         max_bytes: limits.max_object_size.bytes(),
         idle_timeout: state.body_idle_timeout,
-        digests,
+        digests: spec.digests,
     };
     let (mut body, watch) = GuardedBody::new(body, guard);
 
@@ -144,39 +197,24 @@ pub(super) async fn put(
             "application/octet-stream".to_owned()
         }
     };
-
     let upload = Upload {
-        key: key.clone(),
+        key: spec.key,
         content_type: content_type.clone(),
-        length,
-        condition,
-        body: shaped(state, &identity, Prefixed::new(prefix, body).boxed()),
+        length: spec.length,
+        condition: spec.condition,
+        headers: spec.headers,
+        body: shaped(state, identity, Prefixed::new(prefix, body).boxed()),
     };
-    let stored = timed(&head, "put", bucket.put(upload)).await?;
+    let stored = timed(head, "put", bucket.put(upload)).await?;
     if let Some(sha) = watch.sha256() {
-        note(&head, |n| n.sha256 = Some(sha));
+        note(head, |n| n.sha256 = Some(sha));
     }
-    let status = if create_only {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let mut resp = respond::json(
-        status,
-        &json!({ "key": key.as_str(), "size": stored.size, "etag": stored.etag, "content_type": content_type }),
-    );
-    // As S3's own PUT answers do.
-    if let Ok(etag) = HeaderValue::from_str(&stored.etag)
-        && !stored.etag.is_empty()
-    {
-        resp.headers_mut().insert(header::ETAG, etag);
-    }
-    Ok(resp)
+    Ok((stored, content_type))
 }
 
 /// The body, counted toward the principal's daily quota and delayed to its
 /// `bytes_per_second`, when it has them.
-fn shaped(state: &AppState, identity: &Identity, body: Body) -> Body {
+pub(crate) fn shaped(state: &AppState, identity: &Identity, body: Body) -> Body {
     let principal = &identity.principal;
     let body = match principal.max_bytes_per_day {
         Some(_) => Metered::new(body, state.ledger.clone(), principal.name.clone()).boxed(),
@@ -191,7 +229,7 @@ fn shaped(state: &AppState, identity: &Identity, body: Body) -> Body {
 /// Reads up to `n` bytes from the front of the body (fewer if it ends first). A failure is
 /// the body's own (too large, stalled, wrong digest), found in its error's chain, or else
 /// the client's.
-async fn read_prefix<B>(body: &mut B, n: usize) -> Result<Bytes, ApiError>
+pub(crate) async fn read_prefix<B>(body: &mut B, n: usize) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes, Error = crate::BoxError> + Unpin,
 {
@@ -218,7 +256,7 @@ where
 }
 
 /// `If-None-Match: *` (create only) or `If-Match: <etag>` on a PUT.
-fn write_condition(headers: &HeaderMap) -> Result<WriteCondition, ApiError> {
+pub(crate) fn write_condition(headers: &HeaderMap) -> Result<WriteCondition, ApiError> {
     let inm = header_str(headers, header::IF_NONE_MATCH)?;
     let im = header_str(headers, header::IF_MATCH)?;
     match (inm, im) {

@@ -49,12 +49,14 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
         let note = req.extensions().get::<Arc<Mutex<RequestNote>>>().cloned();
+        let s3 = req.extensions().get::<crate::door::S3Dialect>().is_some();
         // A panic in `call` itself is caught too.
         let inner = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
         Catching {
             inner: inner.ok(),
             request_id,
             note,
+            s3,
         }
     }
 }
@@ -65,6 +67,8 @@ pub struct Catching<F> {
     inner: Option<F>,
     request_id: Option<Arc<str>>,
     note: Option<Arc<Mutex<RequestNote>>>,
+    /// Answer in S3's XML (the request came through the door).
+    s3: bool,
 }
 
 impl<F, E> Future for Catching<F>
@@ -91,7 +95,7 @@ where
                     n.error_code = Some(err.code.as_str());
                 }
                 let id = this.request_id.clone().unwrap_or_else(|| Arc::from("-"));
-                Poll::Ready(Ok(respond::error(&err, &id)))
+                Poll::Ready(Ok(respond::error_in(&err, &id, this.s3)))
             }
         }
     }

@@ -78,7 +78,24 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
 pub(crate) fn refuse<B>(req: &http::Request<B>, err: &ApiError) -> Response<Body> {
     crate::obs::note(req, |n| n.error_code = Some(err.code.as_str()));
     let id = req.extensions().get::<crate::obs::RequestId>();
-    error(err, id.map_or("-", |r| &r.0))
+    let s3 = req.extensions().get::<crate::door::S3Dialect>().is_some();
+    error_in(err, id.map_or("-", |r| &r.0), s3)
+}
+
+/// [`error`], or S3's XML error for a request that came through the S3 door.
+pub(crate) fn error_in(err: &ApiError, request_id: &str, s3: bool) -> Response<Body> {
+    if !s3 {
+        return error(err, request_id);
+    }
+    let copy = ApiError {
+        code: err.code,
+        origin: err.origin,
+        message: err.message.clone(),
+        detail: err.detail.clone(),
+        source: None,
+        headers: err.headers.clone(),
+    };
+    crate::door::errors::response(crate::door::errors::to_s3(copy, request_id))
 }
 
 /// Moves `permits` onto the response body: they are released when it ends or is dropped.

@@ -5,6 +5,7 @@
 //! constant time against every configured hash, so neither the time taken nor the log
 //! reveals which one matched or how close a guess came.
 
+pub mod access_keys;
 pub mod client_cert;
 mod jwt;
 mod links;
@@ -32,6 +33,8 @@ pub enum AuthMethod {
     Jwt,
     Link,
     Mtls,
+    /// The S3 front door: an access key and a SigV4 signature.
+    SigV4,
     None,
 }
 
@@ -42,6 +45,7 @@ impl AuthMethod {
             AuthMethod::Jwt => "jwt",
             AuthMethod::Link => "link",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::SigV4 => "sigv4",
             AuthMethod::None => "none",
         }
     }

@@ -24,6 +24,8 @@ pub struct RestartOnly<'a> {
     deadlines: [Span; 3],
     tls_on: bool,
     redis: Option<&'a RedisConfig>,
+    /// `s3_api.listen`, and whether the door has TLS.
+    door: Option<(SocketAddr, bool)>,
 }
 
 impl<'a> RestartOnly<'a> {
@@ -49,6 +51,7 @@ impl<'a> RestartOnly<'a> {
             ],
             tls_on: c.server.tls.is_some(),
             redis: c.redis.as_ref(),
+            door: c.s3_api.as_ref().map(|d| (d.listen, d.tls.is_some())),
         }
     }
 
@@ -56,6 +59,7 @@ impl<'a> RestartOnly<'a> {
     /// (new handshakes would otherwise meet a listener that no longer matches the file).
     pub fn tls_switched(&self, new: &RestartOnly<'_>) -> bool {
         self.tls_on != new.tls_on
+            || matches!((self.door, new.door), (Some((_, a)), Some((_, b))) if a != b)
     }
 
     /// The config names of what differs from `new`, for the reload's log.
@@ -92,6 +96,10 @@ impl<'a> RestartOnly<'a> {
             self.trusted_proxies == new.trusted_proxies && self.deadlines == new.deadlines,
         );
         note("redis", self.redis == new.redis);
+        note(
+            "s3_api.listen",
+            self.door.map(|d| d.0) == new.door.map(|d| d.0),
+        );
         changed
     }
 }

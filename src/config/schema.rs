@@ -29,6 +29,8 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// `[redis]`: limits shared by every instance. Default: each instance keeps its own.
     pub redis: Option<RedisConfig>,
+    /// `[s3_api]`: the S3 front door (SPEC section 11). Default: no door.
+    pub s3_api: Option<S3ApiConfig>,
 }
 
 /// `[server]`: the public listener.
@@ -94,7 +96,7 @@ impl Default for ServerConfig {
 }
 
 /// `server.tls`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
@@ -486,6 +488,9 @@ pub struct PrincipalConfig {
     pub bucket: Option<String>,
     /// Bytes in and out per UTC day. Default: no quota.
     pub max_bytes_per_day: Option<Size>,
+    /// Access key ids for the S3 front door (several: rotation). Their secrets are derived
+    /// from `s3_api.secrets_env`'s master secret, so the file holds none.
+    pub s3_access_keys: Vec<String>,
 }
 
 /// `[jwt]`.
@@ -572,5 +577,53 @@ impl RedisConfig {
             return Ok(url.clone());
         }
         std::env::var(&self.url_env).map_err(|_| format!("${} is not set", self.url_env))
+    }
+}
+
+/// `[s3_api]`: the S3 front door, a second listener that speaks S3 (SigV4) to the same
+/// principals, policy and limits.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3ApiConfig {
+    pub listen: SocketAddr,
+    /// As `[server] tls`: h2 and http/1.1 by ALPN. Default: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Environment variable holding the master secret (at least 32 bytes) every access key's
+    /// secret is derived from.
+    #[serde(default)]
+    pub secrets_env: Option<String>,
+    /// The region clients sign for. Default `us-east-1`.
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Longest `X-Amz-Expires` of a presigned URL. Default `7d` (S3's own limit).
+    #[serde(default = "default_max_presign_ttl")]
+    pub max_presign_ttl: Span,
+    /// Also accept virtual-hosted style, `BUCKET.<domain>`. Default: path style only.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The master secret given directly (`serve --dev` only; never read from a file).
+    #[serde(skip)]
+    pub secret: Option<String>,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_max_presign_ttl() -> Span {
+    Span::secs(7 * 24 * 3600)
+}
+
+impl S3ApiConfig {
+    /// The master secret: given directly, or from `secrets_env`.
+    pub fn resolve_secret(&self) -> Result<String, String> {
+        if let Some(secret) = &self.secret {
+            return Ok(secret.clone());
+        }
+        let Some(var) = &self.secrets_env else {
+            return Err("is required: the environment variable holding the master secret".into());
+        };
+        std::env::var(var).map_err(|_| format!("${var} is not set"))
     }
 }

@@ -157,11 +157,35 @@ impl S3 for Embedded {
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
         delete_object: DeleteObjectInput => DeleteObjectOutput;
         delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
+        copy_object: CopyObjectInput => CopyObjectOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
-        upload_part: UploadPartInput => UploadPartOutput;
-        list_parts: ListPartsInput => ListPartsOutput;
-        abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
+    }
+
+    // s3s-fs answers an upload that is not open with `AccessDenied` (parts) or an empty list;
+    // S3 answers `NoSuchUpload`, and so does this server.
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.upload_open(&req.input.upload_id)?;
+        self.fs.upload_part(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.upload_open(&req.input.upload_id)?;
+        self.fs.list_parts(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.upload_open(&req.input.upload_id)?;
+        self.fs.abort_multipart_upload(req).await
     }
 
     async fn get_object(
@@ -242,6 +266,7 @@ impl S3 for Embedded {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.upload_open(&req.input.upload_id)?;
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         self.storable(&bucket, &key)?;
         let _one_at_a_time = self.lock(&bucket, &key).await;
@@ -393,6 +418,19 @@ impl Embedded {
             trailing_headers: None,
         };
         Ok(self.fs.head_object(head).await?.output)
+    }
+
+    /// `NoSuchUpload` unless `.upload-{id}.json` marks the upload as open.
+    fn upload_open(&self, upload_id: &str) -> S3Result<()> {
+        let well_formed = upload_id.len() == 36
+            && upload_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if well_formed && self.root.join(format!(".upload-{upload_id}.json")).exists() {
+            Ok(())
+        } else {
+            Err(s3_error!(NoSuchUpload))
+        }
     }
 
     /// Unfinished uploads, read from s3s-fs's files: `.upload-{id}.json` marks an upload as

@@ -104,16 +104,90 @@ impl BodyWatch {
 }
 
 /// Digests a client sent, to be checked against the bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ExpectedDigests {
     pub md5: Option<[u8; 16]>,
     pub sha256: Option<[u8; 32]>,
+    /// An S3 `x-amz-checksum-*` (the S3 door), sent as a header or as a trailer.
+    pub checksum: Option<ExpectedChecksum>,
 }
 
 impl ExpectedDigests {
     pub fn is_empty(&self) -> bool {
-        self.md5.is_none() && self.sha256.is_none()
+        self.md5.is_none() && self.sha256.is_none() && self.checksum.is_none()
     }
+}
+
+/// The S3 checksum algorithms (`x-amz-checksum-<name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    Crc32,
+    Crc32c,
+    Crc64Nvme,
+    Sha1,
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    /// From the header's name without its `x-amz-checksum-` (case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "crc32" => Self::Crc32,
+            "crc32c" => Self::Crc32c,
+            "crc64nvme" => Self::Crc64Nvme,
+            "sha1" => Self::Sha1,
+            "sha256" => Self::Sha256,
+            _ => return None,
+        })
+    }
+
+    fn hasher(self) -> s3s::checksum::ChecksumHasher {
+        let mut h = s3s::checksum::ChecksumHasher::default();
+        match self {
+            Self::Crc32 => h.crc32 = Some(Default::default()),
+            Self::Crc32c => h.crc32c = Some(Default::default()),
+            Self::Crc64Nvme => h.crc64nvme = Some(Default::default()),
+            Self::Sha1 => h.sha1 = Some(Default::default()),
+            Self::Sha256 => h.sha256 = Some(Default::default()),
+        }
+        h
+    }
+
+    /// The base64 value of this algorithm in `sums`.
+    fn pick(self, sums: s3s::dto::Checksum) -> Option<String> {
+        match self {
+            Self::Crc32 => sums.checksum_crc32,
+            Self::Crc32c => sums.checksum_crc32c,
+            Self::Crc64Nvme => sums.checksum_crc64nvme,
+            Self::Sha1 => sums.checksum_sha1,
+            Self::Sha256 => sums.checksum_sha256,
+        }
+    }
+}
+
+/// Where the expected value of a checksum comes from.
+#[derive(Clone)]
+pub enum ChecksumValue {
+    /// A header: known before the body.
+    Header(String),
+    /// A trailer: read when the body has ended (the closure gives its value, if it came).
+    Trailer(std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>),
+}
+
+impl std::fmt::Debug for ChecksumValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Header(v) => f.debug_tuple("Header").field(v).finish(),
+            Self::Trailer(_) => f.write_str("Trailer"),
+        }
+    }
+}
+
+/// An S3 checksum to verify against the body.
+#[derive(Clone, Debug)]
+pub struct ExpectedChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub value: ChecksumValue,
 }
 
 /// What a [`GuardedBody`] enforces.
@@ -134,6 +208,7 @@ pub struct GuardedBody<B> {
     idle_timer: Option<Pin<Box<Sleep>>>,
     md5: Option<(Md5, [u8; 16])>,
     sha256: Option<(Sha256, Option<[u8; 32]>)>,
+    checksum: Option<(s3s::checksum::ChecksumHasher, ExpectedChecksum)>,
     /// The last data frame, held back until the digests are checked.
     held: Option<Bytes>,
     done: bool,
@@ -153,6 +228,10 @@ impl<B> GuardedBody<B> {
             idle_timer: None,
             md5: guard.digests.md5.map(|want| (Md5::new(), want)),
             sha256: guard.digests.sha256.map(|want| (Sha256::new(), Some(want))),
+            checksum: guard
+                .digests
+                .checksum
+                .map(|want| (want.algorithm.hasher(), want)),
             held: None,
             done: false,
             watch: watch.clone(),
@@ -161,7 +240,7 @@ impl<B> GuardedBody<B> {
     }
 
     fn holds_back(&self) -> bool {
-        self.md5.is_some() || self.sha256.is_some()
+        self.md5.is_some() || self.sha256.is_some() || self.checksum.is_some()
     }
 
     fn fail(&mut self, f: BodyFailure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -183,6 +262,14 @@ impl<B> GuardedBody<B> {
                 *slot = Some(hex::encode(got));
             }
             ok &= want.is_none_or(|w| w == got);
+        }
+        if let Some((h, want)) = self.checksum.take() {
+            let got = want.algorithm.pick(h.finalize());
+            let expected = match &want.value {
+                ChecksumValue::Header(v) => Some(v.clone()),
+                ChecksumValue::Trailer(read) => read(),
+            };
+            ok &= got.is_some() && got == expected;
         }
         if ok {
             Ok(())
@@ -233,6 +320,9 @@ where
                     if let Some((h, _)) = &mut this.sha256 {
                         h.update(&data);
                     }
+                    if let Some((h, _)) = &mut this.checksum {
+                        h.update(&data);
+                    }
                     if !this.holds_back() {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
@@ -243,6 +333,10 @@ where
                 Poll::Ready(Some(Err(e))) => {
                     let e: BoxError = e.into();
                     tracing::debug!(error = %e, "request body failed");
+                    // A wrapper inside (the door's chunk cap) may have said why already.
+                    if let Some(f) = e.downcast_ref::<BodyFailure>() {
+                        return this.fail(*f);
+                    }
                     return this.fail(if client_went_away(&*e) {
                         BodyFailure::Closed
                     } else {
@@ -419,7 +513,7 @@ mod tests {
         let want_md5: [u8; 16] = Md5::digest(b"abcd").into();
         let digests = ExpectedDigests {
             md5: Some(want_md5),
-            sha256: None,
+            ..Default::default()
         };
         let (b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd"]), guard(100, digests.clone()));
         assert_eq!(b.collect().await.unwrap().to_bytes(), "abcd");
@@ -433,11 +527,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_trailer_checksum_is_checked_before_the_last_bytes_go() {
+        use base64::Engine as _;
+        // CRC32 of "abcd" is 0xed82cd11.
+        let right = base64::engine::general_purpose::STANDARD.encode(0xed82cd11u32.to_be_bytes());
+        for (trailer, ok) in [
+            (Some(right.clone()), true),
+            (Some("AAAAAA==".into()), false),
+            (None, false),
+        ] {
+            let trailer: Option<String> = trailer;
+            let digests = ExpectedDigests {
+                checksum: Some(ExpectedChecksum {
+                    algorithm: ChecksumAlgorithm::Crc32,
+                    value: ChecksumValue::Trailer(Arc::new(move || trailer.clone())),
+                }),
+                ..Default::default()
+            };
+            let (mut b, watch) = GuardedBody::new(body_of(vec![b"ab", b"cd"]), guard(100, digests));
+            assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+            let last = b.frame().await.unwrap();
+            assert_eq!(last.is_ok(), ok, "{right}");
+            if !ok {
+                assert_eq!(watch.failure(), Some(BodyFailure::BadDigest));
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn records_the_sha256() {
         let want: [u8; 32] = Sha256::digest(b"abcd").into();
         let digests = ExpectedDigests {
-            md5: None,
             sha256: Some(want),
+            ..Default::default()
         };
         let (b, watch) = GuardedBody::new(body_of(vec![b"a", b"bcd"]), guard(100, digests));
         b.collect().await.unwrap();

@@ -13,7 +13,10 @@ mod shed;
 mod sniff;
 mod throttle;
 
-pub use body::{BodyFailure, BodyWatch, ExpectedDigests, Guard, GuardedBody, Prefixed};
+pub use body::{
+    BodyFailure, BodyWatch, ChecksumAlgorithm, ChecksumValue, ExpectedChecksum, ExpectedDigests,
+    Guard, GuardedBody, Prefixed,
+};
 pub use digest::expected_digests;
 pub use rate::{AuthFailures, PrincipalGate, address_key, rate_limited};
 pub use shed::{Admission, Permit, Shed, ShedLayer, ShedPermit, Shedding};

@@ -14,6 +14,7 @@
 
 mod buffers;
 mod client;
+mod door;
 mod errors;
 mod light;
 mod multipart;
@@ -31,6 +32,7 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use http_body_util::BodyExt;
 
 pub use client::{BackendSettings, connect};
+pub use door::{ListPage, ListQuery, Part, Replace, Unfinished, UploadsPage};
 pub use errors::translate;
 pub use posture::{Answer, Posture};
 pub use sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD, reference_sign};
@@ -155,8 +157,72 @@ pub struct Upload {
     /// `Content-Length`, when the client sent one.
     pub length: Option<u64>,
     pub condition: WriteCondition,
+    /// Stored with the object besides its type (the door forwards these).
+    pub headers: ObjectHeaders,
     /// Already wrapped in the streaming limits; its errors say why it failed.
     pub body: Body,
+}
+
+/// What an object stores besides its type and bytes, as S3 takes and answers it: the
+/// `Cache-Control`, `Content-Disposition`, `Content-Encoding`, `Content-Language` and
+/// `Expires` headers and the user metadata (`x-amz-meta-*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectHeaders {
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    /// `Expires`, as the client sent it (an HTTP date).
+    pub expires: Option<String>,
+    /// `x-amz-meta-*`, by the name after the prefix.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl ObjectHeaders {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Boxed, or `None` when empty.
+    pub fn boxed(self) -> Option<Box<Self>> {
+        (!self.is_empty()).then(|| Box::new(self))
+    }
+
+    /// From S3's answer (or a client's request): the headers this type names.
+    pub fn from_headers(h: &http::HeaderMap) -> Self {
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut metadata = std::collections::BTreeMap::new();
+        for (name, value) in h {
+            if let Some(key) = name.as_str().strip_prefix("x-amz-meta-")
+                && let Ok(value) = value.to_str()
+            {
+                metadata.insert(key.to_owned(), value.to_owned());
+            }
+        }
+        Self {
+            cache_control: text("cache-control"),
+            content_disposition: text("content-disposition"),
+            content_encoding: text("content-encoding"),
+            content_language: text("content-language"),
+            expires: text("expires"),
+            metadata,
+        }
+    }
+
+    /// `Expires` as the SDK takes it (an unparseable date is left out, as S3 would ignore it).
+    fn expires_time(&self) -> Option<aws_smithy_types::DateTime> {
+        let t = httpdate::parse_http_date(self.expires.as_deref()?).ok()?;
+        Some(aws_smithy_types::DateTime::from(t))
+    }
+
+    fn metadata_map(&self) -> Option<std::collections::HashMap<String, String>> {
+        (!self.metadata.is_empty()).then(|| {
+            self.metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
 }
 
 /// What S3 stored.
@@ -173,6 +239,9 @@ pub struct ObjectMeta {
     pub etag: Option<String>,
     pub content_type: Option<String>,
     pub last_modified: Option<SystemTime>,
+    /// What the object stores besides its type; `None` when nothing (most objects, and no
+    /// allocation for them).
+    pub headers: Option<Box<ObjectHeaders>>,
 }
 
 /// The answer to a GET or HEAD.
@@ -292,12 +361,14 @@ impl Backend {
             key,
             content_type,
             condition,
+            headers,
             body,
             ..
         } = upload;
         let (if_none_match, if_match) = condition.headers();
         let (sse, kms_key_id) = self.encryption();
-        if let Some(light) = &self.light {
+        // The light path signs a few fixed headers; an upload with more takes the SDK's.
+        if let Some(light) = self.light.as_ref().filter(|_| headers.is_empty()) {
             let put = light::PutHeaders {
                 content_type: &content_type,
                 length,
@@ -320,7 +391,13 @@ impl Backend {
             .set_if_none_match(if_none_match)
             .set_if_match(if_match)
             .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key_id);
+            .set_ssekms_key_id(kms_key_id)
+            .set_cache_control(headers.cache_control.clone())
+            .set_content_disposition(headers.content_disposition.clone())
+            .set_content_encoding(headers.content_encoding.clone())
+            .set_content_language(headers.content_language.clone())
+            .set_expires(headers.expires_time())
+            .set_metadata(headers.metadata_map());
         let (body, upload) = UploadWatch::new(body);
         let sending = async {
             Box::pin(request.body(ByteStream::from_body_1_x(body)).send())
@@ -367,6 +444,15 @@ impl Backend {
                 if initiated > cutoff {
                     continue;
                 }
+                // A client still sending parts (the S3 door's uploads are driven part by
+                // part, for as long as the client likes) keeps its upload alive.
+                if self
+                    .last_part_at(key, id)
+                    .await?
+                    .is_some_and(|at| at > cutoff)
+                {
+                    continue;
+                }
                 self.sdk
                     .bounded
                     .abort_multipart_upload()
@@ -386,6 +472,39 @@ impl Backend {
             id_marker = page.next_upload_id_marker().map(str::to_owned);
             if key_marker.is_none() && id_marker.is_none() {
                 return Ok(aborted);
+            }
+        }
+    }
+
+    /// When the newest part of an upload was stored.
+    async fn last_part_at(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<SystemTime>, ApiError> {
+        let mut newest = None;
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .sdk
+                .bounded
+                .list_parts()
+                .bucket(&*self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(translate)?;
+            for part in out.parts() {
+                let at = part
+                    .last_modified()
+                    .and_then(|d| SystemTime::try_from(*d).ok());
+                newest = newest.max(at);
+            }
+            match out.next_part_number_marker() {
+                Some(next) if out.is_truncated() == Some(true) => marker = Some(next.to_owned()),
+                _ => return Ok(newest),
             }
         }
     }
@@ -426,6 +545,15 @@ impl Backend {
                 etag: out.e_tag,
                 content_type: out.content_type,
                 last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
+                headers: ObjectHeaders {
+                    cache_control: out.cache_control,
+                    content_disposition: out.content_disposition,
+                    content_encoding: out.content_encoding,
+                    content_language: out.content_language,
+                    expires: out.expires_string,
+                    metadata: out.metadata.unwrap_or_default().into_iter().collect(),
+                }
+                .boxed(),
             };
             let body = out.body.into_inner().map_err(sdk_body_error).boxed();
             Ok(Fetched::Object {
@@ -456,6 +584,15 @@ impl Backend {
                 etag: out.e_tag,
                 content_type: out.content_type,
                 last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
+                headers: ObjectHeaders {
+                    cache_control: out.cache_control,
+                    content_disposition: out.content_disposition,
+                    content_encoding: out.content_encoding,
+                    content_language: out.content_language,
+                    expires: out.expires_string,
+                    metadata: out.metadata.unwrap_or_default().into_iter().collect(),
+                }
+                .boxed(),
             };
             Ok(Fetched::Object {
                 meta,

@@ -19,6 +19,7 @@ impl Backend {
             key,
             content_type,
             condition,
+            headers,
             mut body,
             ..
         } = upload;
@@ -36,6 +37,7 @@ impl Backend {
                 content_type,
                 length: Some(length),
                 condition,
+                headers,
                 body,
             };
             return self.put_single(upload, length).await;
@@ -47,7 +49,13 @@ impl Backend {
             .create_multipart_upload()
             .bucket(&*self.bucket)
             .key(key.as_str())
-            .content_type(content_type);
+            .content_type(content_type)
+            .set_cache_control(headers.cache_control.clone())
+            .set_content_disposition(headers.content_disposition.clone())
+            .set_content_encoding(headers.content_encoding.clone())
+            .set_content_language(headers.content_language.clone())
+            .set_expires(headers.expires_time())
+            .set_metadata(headers.metadata_map());
         let (sse, kms_key_id) = self.encryption();
         let request = request
             .set_server_side_encryption(sse)

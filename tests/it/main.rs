@@ -10,6 +10,8 @@
 //! - `identity`: TLS, mTLS, JWTs, CORS.
 //! - `links`: signed links and the presigned-URL routes.
 //! - `buckets`: several buckets behind one gateway.
+//! - `door`: the S3 front door, with aws-sdk-s3 and hand-signed requests; `tools`: the real
+//!   S3 tools (aws-cli, boto3, rclone, s5cmd) against it over TLS.
 //! - `relay`: the light path against the SDK's, and the S3 connections.
 //! - `operations`: metrics, probes, shutdown, the load generator.
 //! - `shared`: limits shared by several instances through a real `redis-server`.
@@ -22,6 +24,7 @@ mod cli;
 mod common;
 mod connections;
 mod console;
+mod door;
 mod failures;
 mod identity;
 mod limits;

@@ -53,6 +53,7 @@ fn upload(
         content_type: content_type.into(),
         length,
         condition,
+        headers: Default::default(),
         body,
     }
 }

@@ -271,6 +271,70 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
         }
     }
 
+    // [s3_api] (the master secret and the TLS files are read by the build step)
+    if let Some(s3) = &c.s3_api {
+        let taken = [
+            ("server.listen", c.server.listen),
+            ("admin.listen", c.admin.listen),
+        ];
+        for (field, addr) in taken {
+            if s3.listen == addr && addr.port() != 0 {
+                p.push((
+                    "s3_api.listen".into(),
+                    format!("{addr} is {field} too; the door needs its own address"),
+                ));
+            }
+        }
+        if s3.secrets_env.is_none() && s3.secret.is_none() {
+            p.push((
+                "s3_api.secrets_env".into(),
+                "must name the environment variable that holds the master secret".into(),
+            ));
+        }
+        if s3.region.is_empty()
+            || s3.region.len() > 64
+            || !s3
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            p.push((
+                "s3_api.region".into(),
+                format!("`{}` must be 1-64 of a-z 0-9 -, like us-east-1", s3.region),
+            ));
+        }
+        let ttl = s3.max_presign_ttl.get();
+        if ttl.is_zero() || ttl > std::time::Duration::from_secs(7 * 24 * 3600) {
+            p.push((
+                "s3_api.max_presign_ttl".into(),
+                "must be between 1s and 7d (S3's own limit)".into(),
+            ));
+        }
+        if let Some(domain) = &s3.domain
+            && (domain.is_empty()
+                || domain.starts_with('.')
+                || domain.ends_with('.')
+                || !domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        {
+            p.push((
+                "s3_api.domain".into(),
+                format!("`{domain}` must be a host name like s3.example.com"),
+            ));
+        }
+        if s3.tls.is_none() && !s3.listen.ip().is_loopback() {
+            w.push(Warning {
+                field: "s3_api.tls".into(),
+                message: format!(
+                    "not set: plain HTTP on {}; SigV4 protects the requests' integrity, not \
+                     their bytes, unless a TLS-terminating load balancer is in front",
+                    s3.listen
+                ),
+            });
+        }
+    }
+
     // [log]
     if c.log.access_log.is_empty() {
         p.push((

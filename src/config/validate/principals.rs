@@ -11,6 +11,7 @@ pub(super) fn validate(c: &Config, p: &mut Problems, w: &mut Vec<Warning>) {
     let defaults = &l.content_types;
     let mut names = HashSet::new();
     let mut hashes = HashSet::new();
+    let mut access_keys = HashSet::new();
     for (i, pr) in c.principals.iter().enumerate() {
         let at = |f: &str| format!("principals[{i}].{f}");
         if let Some(reason) = super::buckets::unknown(c, &pr.bucket) {
@@ -40,7 +41,22 @@ pub(super) fn validate(c: &Config, p: &mut Problems, w: &mut Vec<Warning>) {
                 ));
             }
         }
+        for (j, id) in pr.s3_access_keys.iter().enumerate() {
+            let field = format!("principals[{i}].s3_access_keys[{j}]");
+            if let Err(reason) = crate::rules::validate_access_key_id(id) {
+                p.push((field, reason));
+            } else if !access_keys.insert(id.as_str()) {
+                p.push((field, format!("`{id}` is listed twice")));
+            }
+        }
+        if !pr.s3_access_keys.is_empty() && c.s3_api.is_none() {
+            w.push(Warning {
+                field: at("s3_access_keys"),
+                message: "are set but there is no [s3_api]: nobody can use them".into(),
+            });
+        }
         if pr.api_keys.is_empty()
+            && pr.s3_access_keys.is_empty()
             && pr.client_cert_subjects.is_empty()
             && pr.client_cert_sans.is_empty()
         {

@@ -424,6 +424,7 @@ impl Relay {
             content_type: header_text(h, header::CONTENT_TYPE),
             last_modified: header_text(h, header::LAST_MODIFIED)
                 .and_then(|v| httpdate::parse_http_date(&v).ok()),
+            headers: crate::relay::ObjectHeaders::from_headers(h).boxed(),
         };
         let body = (read == Read::Body).then(|| StallGuard::new(body, self.stall_grace).boxed());
         Ok(Fetched::Object {

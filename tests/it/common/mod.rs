@@ -3,8 +3,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+mod door;
 mod faults;
 mod redis;
+pub use door::*;
 pub use faults::*;
 pub use redis::*;
 
@@ -45,9 +47,12 @@ pub struct TestGateway {
     /// The embedded S3 server's address and credentials.
     pub s3_addr: std::net::SocketAddr,
     pub s3_credentials: (String, String),
+    /// The S3 door (`http(s)://127.0.0.1:<port>`), when the config has `[s3_api]`.
+    pub door_url: Option<String>,
+    pub dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _backend: portcullis::BackendHandle,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// A gateway with three principals (admin: everything; alice: everything under
@@ -179,12 +184,29 @@ prefix = "users/alice/"
     let log = Arc::new(AccessLog::open(&config.log.access_log).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let opts = portcullis::server_options(&config);
+    let mut door_url = None;
+    if let Some(door) = &config.s3_api {
+        let listener = TcpListener::bind(door.listen).await.unwrap();
+        let scheme = if door.tls.is_some() { "https" } else { "http" };
+        door_url = Some(format!("{scheme}://{}", listener.local_addr().unwrap()));
+        let mut stopped = stopped.clone();
+        tokio::spawn(portcullis::run_door(
+            listener,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+            gateway.clone(),
+            log.clone(),
+            opts.clone(),
+        ));
+    }
+    let mut stopped_too = stopped;
     tokio::spawn(portcullis::run(
         listener,
-        async {
-            let _ = stopped.await;
+        async move {
+            let _ = stopped_too.wait_for(|s| *s).await;
         },
         gateway.clone(),
         log,
@@ -210,6 +232,8 @@ prefix = "users/alice/"
         buckets: relay,
         s3_addr,
         s3_credentials,
+        door_url,
+        dir: dir.path().to_owned(),
         _dir: dir,
         _backend: backend,
         _stop: stop,
