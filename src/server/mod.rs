@@ -246,6 +246,11 @@ fn to_gateway(
     let answer = service.clone().oneshot(req);
     // The body is made (and so joins its task's send deadline) inside hyper's poll.
     match response_half {
+        // hyper leaves a HEAD answer's body out on HTTP/1.1, but on h2 it sends it as DATA,
+        // which clients reject as a protocol error: it goes (and what it held with it) here.
+        None if no_body => {
+            Box::pin(answer.map(|resp| resp.map(|resp| resp.map(|_| crate::api::respond::empty()))))
+        }
         None => Box::pin(answer.map(move |resp| {
             resp.map(|resp| resp.map(|b| send_deadline::Sending::new(b).boxed()))
         })),
