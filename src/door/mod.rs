@@ -154,10 +154,14 @@ impl Door {
             }
             return refuse(err, "s3_refused");
         }
-        let streaming = req
-            .headers()
-            .get("x-amz-content-sha256")
-            .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
+        let payload = req.headers().get("x-amz-content-sha256");
+        tracing::debug!(
+            request_id,
+            payload = ?payload,
+            trailer = ?req.headers().get("x-amz-trailer"),
+            "door request"
+        );
+        let streaming = payload.is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
         let req = if streaming {
             req.map(|b| chunks::ChunkCap::new(b).boxed())
         } else {

@@ -9,7 +9,8 @@ use s3s::dto::*;
 use s3s::{S3Response, S3Result};
 
 use super::ops::{
-    Ops, Parts, answer, body_of, declared_type, digests, etag, key_of, timestamp, verified,
+    Ops, Parts, answer, body_of, declared_length, declared_type, digests, etag, key_of, timestamp,
+    verified,
 };
 use crate::api::objects::{read_prefix, shaped};
 use crate::error::{ApiError, Code};
@@ -111,11 +112,8 @@ pub(super) async fn upload_part(
         if !(1..=MAX_PARTS).contains(&number) {
             return Err(ApiError::bad_request("Part number must be from 1 to 10000"));
         }
-        let length = p
-            .input
-            .content_length
-            .map(|l| l.max(0) as u64)
-            .ok_or_else(|| {
+        let length =
+            declared_length(p.input.content_length, p.head.headers()).ok_or_else(|| {
                 ApiError::new(Code::LengthRequired, "UploadPart needs a Content-Length")
             })?;
         let limits = identity.limits();

@@ -189,6 +189,19 @@ pub(super) fn body_of(blob: Option<StreamingBlob>) -> Body {
     }
 }
 
+/// The length of an upload's bytes: `Content-Length`, or an aws-chunked body's
+/// `x-amz-decoded-content-length` (clients send the trailer forms chunked, without a length).
+pub(super) fn declared_length(content_length: Option<i64>, headers: &HeaderMap) -> Option<u64> {
+    content_length.map(|l| l.max(0) as u64).or_else(|| {
+        headers
+            .get("x-amz-decoded-content-length")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    })
+}
+
 /// `Content-Type` as sent, if it is a media type.
 pub(super) fn declared_type(t: Option<&str>) -> Result<Option<String>, ApiError> {
     match t {
@@ -439,7 +452,7 @@ impl S3 for Ops {
             if let Some(essence) = declared.as_deref().and_then(media_type) {
                 limits.check_type(&essence)?;
             }
-            let length = p.input.content_length.map(|l| l.max(0) as u64);
+            let length = declared_length(p.input.content_length, p.head.headers());
             if let Some(length) = length {
                 limits.check_length(length)?;
                 self.state.bucket_of(&identity.principal)?.admits(length)?;

@@ -34,3 +34,4 @@ mod operations;
 mod relay;
 mod reload;
 mod shared;
+mod tools;
