@@ -105,6 +105,19 @@ pub fn describe(c: &Config) -> String {
             span(links.max_ttl)
         ));
     }
+    if let Some(d) = &c.s3_api {
+        line(format!(
+            "s3 door: listen {} ({}), region {}, presigned URLs at most {}, {}",
+            d.listen,
+            if d.tls.is_some() { "TLS" } else { "plain HTTP" },
+            d.region,
+            span(d.max_presign_ttl),
+            match &d.domain {
+                Some(domain) => format!("path style and BUCKET.{domain}"),
+                None => "path style".to_owned(),
+            }
+        ));
+    }
     if let Some(j) = &c.jwt {
         line(format!(
             "jwt: issuer {}, audience {}, principal from `{}`, prefix {:?}, allow {}",
@@ -125,7 +138,7 @@ pub fn describe(c: &Config) -> String {
         );
         let _ = writeln!(
             out,
-            "  principal {}: bucket {}, prefix {:?}, allow {}, max_object_size {}, content_types {}, rate {}, {} key(s), {} certificate name(s)",
+            "  principal {}: bucket {}, prefix {:?}, allow {}, max_object_size {}, content_types {}, rate {}, {} key(s), {} S3 access key(s), {} certificate name(s)",
             p.name,
             p.bucket.as_deref().unwrap_or(&buckets[0].name),
             p.prefix,
@@ -134,6 +147,7 @@ pub fn describe(c: &Config) -> String {
             patterns(p.content_types.as_ref().unwrap_or(&l.content_types)),
             rate,
             p.api_keys.len(),
+            p.s3_access_keys.len(),
             p.client_cert_subjects.len() + p.client_cert_sans.len()
         );
     }

@@ -18,7 +18,7 @@ use crate::limits::{
     ChecksumAlgorithm, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, media_type, sniff,
 };
 use crate::policy::{Action, ObjectKey};
-use crate::relay::{MAX_PARTS, ObjectHeaders};
+use crate::relay::MAX_PARTS;
 
 /// A backend's "no such key" in a multipart call means the upload is gone.
 fn upload_gone(e: ApiError) -> ApiError {
@@ -69,7 +69,7 @@ pub(super) async fn create(
         let essence = media_type(&content_type).unwrap_or_default();
         limits.check_type(&essence)?;
         let bucket = ops.state.bucket_of(&identity.principal)?;
-        let headers = ObjectHeaders::from_headers(p.head.headers());
+        let headers = super::ops::forwarded(p.head.headers());
         let id = crate::api::timed(
             &p.head,
             "create_upload",

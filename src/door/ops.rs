@@ -27,7 +27,7 @@ use crate::limits::{
 };
 use crate::obs::{RequestId, note};
 use crate::policy::{Action, ObjectKey, percent_decode_once};
-use crate::relay::{Fetched, ObjectHeaders, Read, ReadConditions, Replace};
+use crate::relay::{CopyConditions, Fetched, ObjectHeaders, Read, ReadConditions, Replace};
 
 pub(super) struct Ops {
     pub(super) state: Arc<AppState>,
@@ -200,6 +200,22 @@ pub(super) fn declared_length(content_length: Option<i64>, headers: &HeaderMap) 
             .parse()
             .ok()
     })
+}
+
+/// What a client's upload stores besides its type (SPEC section 11's list). The
+/// `aws-chunked` coding is the request's framing, not the object's: S3 drops it, and so
+/// does the door.
+pub(super) fn forwarded(headers: &HeaderMap) -> ObjectHeaders {
+    let mut h = ObjectHeaders::from_headers(headers);
+    h.content_encoding = h.content_encoding.and_then(|e| {
+        let kept: Vec<&str> = e
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("aws-chunked"))
+            .collect();
+        (!kept.is_empty()).then(|| kept.join(", "))
+    });
+    h
 }
 
 /// `Content-Type` as sent, if it is a media type.
@@ -463,7 +479,7 @@ impl S3 for Ops {
                 length,
                 condition: write_condition(p.head.headers())?,
                 digests,
-                headers: ObjectHeaders::from_headers(p.head.headers()),
+                headers: forwarded(p.head.headers()),
             };
             let (stored, _) = store(&self.state, &identity, &limits, &p.head, spec, body).await?;
             let mut out = PutObjectOutput {
@@ -670,36 +686,54 @@ impl S3 for Ops {
             admit(&self.state, &p.head, &identity).await?;
             let bucket = self.state.bucket_of(&identity.principal)?;
             let quiet = p.input.delete.quiet.unwrap_or(false);
-            let (mut deleted, mut errors) = (Vec::new(), Vec::new());
-            for object in &p.input.delete.objects {
-                // Each key on its own: a denied key is an error in the answer, the others go.
-                let outcome = match ObjectKey::parse(object.key.clone()) {
-                    Err(why) => Err(ApiError::invalid_key(why)),
-                    Ok(key) => match identity.principal.authorize(Action::Delete, &key) {
-                        Err(e) => Err(e),
-                        Ok(()) if object.version_id.is_some() => {
-                            Err(ApiError::bad_request("versionId is not served here"))
+            // Each key on its own: a denied key is an error in the answer, the others go, in
+            // one call to S3.
+            let mut refused: Vec<(usize, ApiError)> = Vec::new();
+            let mut allowed: Vec<(usize, ObjectKey)> = Vec::new();
+            for (i, object) in p.input.delete.objects.iter().enumerate() {
+                let checked = ObjectKey::parse(object.key.clone())
+                    .map_err(ApiError::invalid_key)
+                    .and_then(|key| {
+                        identity.principal.authorize(Action::Delete, &key)?;
+                        if object.version_id.is_some() {
+                            return Err(ApiError::bad_request("versionId is not served here"));
                         }
-                        Ok(()) => bucket.delete(&key).await,
-                    },
-                };
-                match outcome {
-                    Ok(()) if quiet => {}
-                    Ok(()) => deleted.push(DeletedObject {
-                        key: Some(object.key.clone()),
-                        ..Default::default()
-                    }),
-                    Err(e) => {
-                        let (code, _) = super::errors::s3_code(e.code);
-                        errors.push(Error {
-                            code: Some(code.as_str().to_owned()),
-                            key: Some(object.key.clone()),
-                            message: Some(e.message.to_string()),
-                            version_id: object.version_id.clone(),
-                        });
-                    }
+                        Ok(key)
+                    });
+                match checked {
+                    Ok(key) => allowed.push((i, key)),
+                    Err(e) => refused.push((i, e)),
                 }
             }
+            let keys: Vec<ObjectKey> = allowed.iter().map(|(_, k)| k.clone()).collect();
+            let failed = crate::api::timed(&p.head, "delete", bucket.delete_many(&keys)).await?;
+            for (i, key) in &allowed {
+                if let Some((_, e)) = failed.iter().find(|(k, _)| k == key.as_str()) {
+                    refused.push((*i, ApiError::new(e.code, e.message.clone())));
+                }
+            }
+            let objects = &p.input.delete.objects;
+            let errors: Vec<Error> = refused
+                .iter()
+                .map(|(i, e)| Error {
+                    code: Some(super::errors::s3_code(e.code).0.as_str().to_owned()),
+                    key: Some(objects[*i].key.clone()),
+                    message: Some(e.message.to_string()),
+                    version_id: objects[*i].version_id.clone(),
+                })
+                .collect();
+            let deleted: Vec<DeletedObject> = if quiet {
+                Vec::new()
+            } else {
+                allowed
+                    .iter()
+                    .filter(|(i, _)| !refused.iter().any(|(j, _)| j == i))
+                    .map(|(i, _)| DeletedObject {
+                        key: Some(objects[*i].key.clone()),
+                        ..Default::default()
+                    })
+                    .collect()
+            };
             Ok(S3Response::new(DeleteObjectsOutput {
                 deleted: Some(deleted),
                 errors: Some(errors),
@@ -752,7 +786,7 @@ impl S3 for Ops {
                     .unwrap_or_else(|| "application/octet-stream".into());
                 Some(Replace {
                     content_type: declared,
-                    headers: ObjectHeaders::from_headers(p.head.headers()),
+                    headers: forwarded(p.head.headers()),
                 })
             } else {
                 None
@@ -766,8 +800,27 @@ impl S3 for Ops {
                 .and_then(media_type)
                 .unwrap_or_else(|| "application/octet-stream".into());
             limits.check_type(&essence)?;
-            let (tag, modified) =
-                crate::api::timed(&p.head, "copy", bucket.copy(&source, &target, replace)).await?;
+            let h = p.head.headers();
+            let cond = CopyConditions {
+                if_match: text(
+                    h,
+                    header::HeaderName::from_static("x-amz-copy-source-if-match"),
+                ),
+                if_none_match: text(
+                    h,
+                    header::HeaderName::from_static("x-amz-copy-source-if-none-match"),
+                ),
+                if_modified_since: date(
+                    h,
+                    header::HeaderName::from_static("x-amz-copy-source-if-modified-since"),
+                ),
+                if_unmodified_since: date(
+                    h,
+                    header::HeaderName::from_static("x-amz-copy-source-if-unmodified-since"),
+                ),
+            };
+            let copying = bucket.copy(&source, &target, replace, cond);
+            let (tag, modified) = crate::api::timed(&p.head, "copy", copying).await?;
             Ok(S3Response::new(CopyObjectOutput {
                 copy_object_result: Some(CopyObjectResult {
                     e_tag: etag(&tag),
@@ -890,4 +943,22 @@ fn copy_source(headers: &HeaderMap, bucket: &str) -> Result<ObjectKey, ApiError>
             .detail("the copy source names another bucket"));
     }
     ObjectKey::from_path(key).map_err(ApiError::invalid_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chunked_framing_is_not_stored_as_a_coding() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_ENCODING, HeaderValue::from_str(v).unwrap());
+            forwarded(&m).content_encoding
+        };
+        assert_eq!(h("aws-chunked"), None);
+        assert_eq!(h("aws-chunked, gzip").as_deref(), Some("gzip"));
+        assert_eq!(h("gzip,aws-chunked").as_deref(), Some("gzip"));
+        assert_eq!(h("br").as_deref(), Some("br"));
+    }
 }

@@ -6,7 +6,9 @@
 use std::time::SystemTime;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
+};
 
 use super::watch::UploadWatch;
 use super::{Backend, Listed, ObjectHeaders, blame, translate};
@@ -58,6 +60,15 @@ pub struct UploadsPage {
     pub truncated: bool,
     pub next_key_marker: Option<String>,
     pub next_upload_id_marker: Option<String>,
+}
+
+/// Conditions on a copy's source (`x-amz-copy-source-if-*`), evaluated by S3.
+#[derive(Clone, Debug, Default)]
+pub struct CopyConditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<SystemTime>,
+    pub if_unmodified_since: Option<SystemTime>,
 }
 
 /// What a copy replaces on the target (`MetadataDirective: REPLACE`); `None` keeps the
@@ -295,12 +306,53 @@ impl Backend {
         })
     }
 
+    /// Deletes up to 1000 keys in one call; each key's own failure, if any, by key.
+    pub async fn delete_many(
+        &self,
+        keys: &[ObjectKey],
+    ) -> Result<Vec<(String, ApiError)>, ApiError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k.as_str()).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::internal)?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(ApiError::internal)?;
+        let out = self
+            .sdk
+            .bounded
+            .delete_objects()
+            .bucket(&*self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(translate)?;
+        Ok(out
+            .errors()
+            .iter()
+            .filter(|e| e.code() != Some("NoSuchKey"))
+            .map(|e| {
+                let key = e.key().unwrap_or_default().to_owned();
+                let err = super::errors::classify(500, e.code().unwrap_or("InternalError"))
+                    .detail(e.message().unwrap_or_default());
+                (key, err)
+            })
+            .collect())
+    }
+
     /// Copies `source` to `target` inside this bucket; returns the new ETag and time.
     pub async fn copy(
         &self,
         source: &ObjectKey,
         target: &ObjectKey,
         replace: Option<Replace>,
+        cond: CopyConditions,
     ) -> Result<(String, Option<SystemTime>), ApiError> {
         let (sse, kms_key_id) = self.encryption();
         let copy_source = format!(
@@ -315,6 +367,10 @@ impl Backend {
             .bucket(&*self.bucket)
             .key(target.as_str())
             .copy_source(copy_source)
+            .set_copy_source_if_match(cond.if_match)
+            .set_copy_source_if_none_match(cond.if_none_match)
+            .set_copy_source_if_modified_since(cond.if_modified_since.map(Into::into))
+            .set_copy_source_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key_id);
         if let Some(r) = replace {

@@ -32,7 +32,7 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use http_body_util::BodyExt;
 
 pub use client::{BackendSettings, connect};
-pub use door::{ListPage, ListQuery, Part, Replace, Unfinished, UploadsPage};
+pub use door::{CopyConditions, ListPage, ListQuery, Part, Replace, Unfinished, UploadsPage};
 pub use errors::translate;
 pub use posture::{Answer, Posture};
 pub use sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD, reference_sign};

@@ -49,7 +49,12 @@ async fn serve_dev_prints_a_key_that_works() {
     assert!(status.success(), "{status:?}");
     // The access log went to stdout, one JSON line per request, without the key.
     // The default application log is info: no debug lines from any crate.
-    let log: Vec<String> = gw.stderr.try_iter().collect();
+    let log: Vec<String> = gw
+        .banner
+        .iter()
+        .cloned()
+        .chain(gw.stderr.try_iter())
+        .collect();
     assert!(!log.iter().any(|l| l.contains("DEBUG")), "{log:?}");
     let stdout = gw.stdout();
     assert_eq!(stdout.lines().count(), 3, "{stdout}");
@@ -142,6 +147,55 @@ fn keygen_prints_a_key_and_its_hash() {
 }
 
 #[test]
+fn keygen_s3_derives_the_secret_from_the_master() {
+    let master = "keygen-test-master-secret-0123456789abcdef";
+    let out = Command::new(BIN)
+        .args(["keygen", "--s3", "--json"])
+        .env("PORTCULLIS_S3_SECRET", master)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["access_key_id"].as_str().unwrap();
+    assert!(id.starts_with("PCAK") && id.len() == 20, "{id}");
+    assert_eq!(
+        v["secret"],
+        portcullis::auth::access_keys::derive_secret(master.as_bytes(), id)
+    );
+    // The master named by a config's [s3_api] secrets_env.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("door.toml");
+    std::fs::write(
+        &path,
+        "[backend]\nkind = \"embedded\"\n[s3_api]\nlisten = \"127.0.0.1:9000\"\nsecrets_env = \"MY_DOOR_MASTER\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["keygen", "--s3", "--json", "--config"])
+        .arg(&path)
+        .env("MY_DOOR_MASTER", master)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A master that is missing or short is refused, naming the variable.
+    let out = Command::new(BIN)
+        .args(["keygen", "--s3"])
+        .env("PORTCULLIS_S3_SECRET", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORTCULLIS_S3_SECRET"));
+}
+
+#[test]
 fn s3_server_prints_its_endpoint_and_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
@@ -188,9 +242,33 @@ async fn debug_logs_carry_no_signature_and_the_data_is_private() {
     assert_eq!(put.send().await.unwrap().status(), 200);
     let get = http.get(&url).header("authorization", &auth);
     assert_eq!(get.send().await.unwrap().text().await.unwrap(), "x");
+    // And through the S3 door, whose requests are all signed.
+    let creds =
+        aws_sdk_s3::config::Credentials::new(&gw.access_key_id, &gw.secret, None, None, "test");
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&gw.door)
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.put_object()
+        .bucket("files")
+        .key("door.txt")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"y"))
+        .send()
+        .await
+        .unwrap();
     gw.signal("-TERM");
     assert!(gw.wait(Duration::from_secs(20)).is_some());
-    let log: Vec<String> = gw.stderr.try_iter().collect();
+    let log: Vec<String> = gw
+        .banner
+        .iter()
+        .cloned()
+        .chain(gw.stderr.try_iter())
+        .collect();
     assert!(log.len() > 10, "trace logging is on: {} lines", log.len());
     for line in &log {
         let lower = line.to_ascii_lowercase();

@@ -102,6 +102,17 @@ async fn objects_go_through_the_door_and_are_logged() {
     assert!(lines.iter().any(|l| l["route"] == "s3:GetObject"
         && l["status"] == 404
         && l["error_code"] == "NoSuchKey"));
+    // Metrics by operation.
+    let metrics = portcullis::obs::metrics::render();
+    for op in ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("portcullis_requests_total{")
+                    && l.contains(&format!("route=\"{op}\""))),
+            "{op}: {metrics}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -749,6 +760,15 @@ async fn digests_and_checksums_are_verified_before_the_object_exists() {
         g.bucket_object("trailer-good.txt").await.as_deref(),
         Some(&data[..])
     );
+    // `aws-chunked` framed the request; it is not the object's coding.
+    let stored =
+        g.s3.head_object()
+            .bucket(BUCKET)
+            .key("trailer-good.txt")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(stored.content_encoding(), None);
     // A trailer that never comes.
     let missing = put_trailer("trailer-missing.txt", String::new()).await;
     assert!(!missing.status.is_success(), "{}", missing.body);

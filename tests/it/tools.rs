@@ -320,3 +320,41 @@ async fn aws_cli_boto3_rclone_and_s5cmd_work_through_the_door_over_tls() {
     assert!(lines.iter().all(|l| l["auth"] == "sigv4"), "{lines:?}");
     assert!(g.pending_uploads().await.is_empty());
 }
+
+/// `serve --dev` prints an `aws --endpoint-url` line that works as printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_banners_aws_line_works_as_printed() {
+    let Some(bin) = tools() else { return };
+    let dev = tokio::task::spawn_blocking(DevGateway::start)
+        .await
+        .unwrap();
+    let work = dev.dir.path().to_owned();
+    std::fs::write(work.join("hello.txt"), b"hello\n").unwrap();
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&dev.aws_line)
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env("HOME", &work)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}{}",
+        dev.aws_line,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = reqwest::Client::new()
+        .get(format!("{}/v1/objects/hello.txt", dev.url))
+        .bearer_auth(&dev.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(got, "hello\n");
+}

@@ -564,7 +564,14 @@ pub struct DevGateway {
     pub url: String,
     pub admin: String,
     pub key: String,
+    /// The S3 door, its access key id and secret, and the `aws` line the banner prints.
+    pub door: String,
+    pub access_key_id: String,
+    pub secret: String,
+    pub aws_line: String,
     pub dir: tempfile::TempDir,
+    /// What it wrote to stderr up to the end of its banner.
+    pub banner: Vec<String>,
     /// What it writes to stderr after its banner, line by line.
     pub stderr: std::sync::mpsc::Receiver<String>,
 }
@@ -586,6 +593,8 @@ impl DevGateway {
                 "127.0.0.1:0",
                 "--admin-listen",
                 "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
                 "--data",
             ])
             .arg(dir.path().join("data"))
@@ -601,8 +610,11 @@ impl DevGateway {
             }
         });
         let (mut url, mut admin, mut key) = (None, None, None);
+        let (mut door, mut id, mut secret, mut aws_line) = (None, None, None, None);
+        let mut previous = String::new();
+        let mut banner = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while (url.is_none() || admin.is_none() || key.is_none()) && Instant::now() < deadline {
+        while aws_line.is_none() && Instant::now() < deadline {
             let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
                 continue;
             };
@@ -615,12 +627,33 @@ impl DevGateway {
             url = url.or(after("gateway on "));
             admin = admin.or(after("metrics): "));
             key = key.or(after("API key (shown once): "));
+            door = door.or(after("S3 door on "));
+            id = id.or(after("Access key id: "));
+            secret = secret.or(after("Secret (shown once): "));
+            if line.contains("aws --endpoint-url") {
+                // The two lines as a shell reads them: a `\` continues the first.
+                aws_line = Some(format!(
+                    "{} {}",
+                    previous
+                        .trim()
+                        .trim_start_matches("Try:")
+                        .trim_end_matches('\\'),
+                    line.trim()
+                ));
+            }
+            banner.push(line.clone());
+            previous = line;
         }
         Self {
             child,
             url: url.unwrap(),
             admin: admin.unwrap(),
             key: key.unwrap(),
+            door: door.unwrap(),
+            access_key_id: id.unwrap(),
+            secret: secret.unwrap(),
+            aws_line: aws_line.unwrap(),
+            banner,
             dir,
             stderr: rx,
         }
