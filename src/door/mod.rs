@@ -162,6 +162,8 @@ impl Door {
             "door request"
         );
         let streaming = payload.is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
+        // The operations read the settings they were served with (the virtual host's domain).
+        req.extensions_mut().insert(settings.clone());
         let req = if streaming {
             req.map(|b| chunks::ChunkCap::new(b).boxed())
         } else {

@@ -168,17 +168,27 @@ pub(super) fn key_of(
     Ok(key)
 }
 
-/// Did the request name its bucket in the host (`BUCKET.<domain>`)?
+/// Did the request name its bucket in the host (`BUCKET.<s3_api.domain>`)? Without a
+/// domain, never: a host that merely starts with the bucket's name is path style.
 fn virtual_hosted(head: &Request<()>, bucket: &str) -> bool {
+    let Some(domain) = head
+        .extensions()
+        .get::<super::Settings>()
+        .and_then(|s| s.domain.as_deref())
+    else {
+        return false;
+    };
     let host = head
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| head.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
-    host.to_ascii_lowercase()
-        .strip_prefix(bucket)
-        .is_some_and(|rest| rest.starts_with('.'))
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.eq_ignore_ascii_case(&format!("{bucket}.{domain}"))
 }
 
 /// The request's body as the gateway's body type.
@@ -371,6 +381,7 @@ impl S3 for Ops {
         let p = split(req);
         answer(&p.head, async {
             let identity = self.caller(&p.head, p.credentials.as_ref(), None)?;
+            admit(&self.state, &p.head, &identity).await?;
             let bucket = Bucket {
                 name: Some(identity.principal.bucket.to_string()),
                 creation_date: Some(Timestamp::from(SystemTime::UNIX_EPOCH)),
@@ -394,7 +405,8 @@ impl S3 for Ops {
     ) -> S3Result<S3Response<HeadBucketOutput>> {
         let p = split(req);
         answer(&p.head, async {
-            self.caller(&p.head, p.credentials.as_ref(), Some(&p.input.bucket))?;
+            let identity = self.caller(&p.head, p.credentials.as_ref(), Some(&p.input.bucket))?;
+            admit(&self.state, &p.head, &identity).await?;
             Ok(S3Response::new(HeadBucketOutput {
                 bucket_region: self.state.door.as_ref().map(|d| d.region.clone()),
                 ..Default::default()
@@ -409,7 +421,8 @@ impl S3 for Ops {
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let p = split(req);
         answer(&p.head, async {
-            self.caller(&p.head, p.credentials.as_ref(), Some(&p.input.bucket))?;
+            let identity = self.caller(&p.head, p.credentials.as_ref(), Some(&p.input.bucket))?;
+            admit(&self.state, &p.head, &identity).await?;
             // us-east-1 is S3's empty constraint.
             let region = self.state.door.as_ref().map(|d| d.region.clone());
             Ok(S3Response::new(GetBucketLocationOutput {

@@ -1222,3 +1222,48 @@ async fn virtual_hosted_style_when_a_domain_is_set() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await.unwrap(), "virtual");
 }
+
+#[tokio::test]
+async fn a_host_named_like_the_bucket_is_still_path_style_without_a_domain() {
+    let g = door_gateway("").await;
+    let admin = Signer::now(ADMIN_AK, &secret_of(ADMIN_AK));
+    let addr = g
+        .door_url
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let host = format!("{NAME}.example.test:{port}");
+    let payload = hex_sha256(b"path style");
+    let signed = [
+        ("host", host.as_str()),
+        ("x-amz-date", admin.amz_date.as_str()),
+        ("x-amz-content-sha256", payload.as_str()),
+    ];
+    let (authorization, _) =
+        admin.authorization("PUT", "/files/host-check.txt", "", &signed, &payload);
+    let client = reqwest::Client::builder()
+        .resolve(&format!("{NAME}.example.test"), addr.parse().unwrap())
+        .build()
+        .unwrap();
+    let resp = client
+        .put(format!("http://{host}/files/host-check.txt"))
+        .header("authorization", authorization)
+        .header("x-amz-date", &admin.amz_date)
+        .header("x-amz-content-sha256", &payload)
+        .body("path style")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    assert_eq!(
+        g.bucket_object("host-check.txt").await.as_deref(),
+        Some(&b"path style"[..])
+    );
+}
