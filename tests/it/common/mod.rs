@@ -6,9 +6,11 @@
 mod door;
 mod faults;
 mod redis;
+pub mod sigv4;
 pub use door::*;
 pub use faults::*;
 pub use redis::*;
+pub use sigv4::*;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
