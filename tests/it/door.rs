@@ -834,6 +834,123 @@ fn the_test_signer_reproduces_aws_published_streaming_example() {
         c3,
         "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9"
     );
+    // "... Including Trailing Headers": the chunks and the trailer's signature from its seed.
+    let seed = "106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e";
+    let c1 = signer.chunk_signature(seed, &[b'a'; 65536]);
+    assert_eq!(
+        c1,
+        "b474d8862b1487a5145d686f57f013e54db672cee1c953b3010fb58501ef5aa2"
+    );
+    let c2 = signer.chunk_signature(&c1, &[b'a'; 1024]);
+    assert_eq!(
+        c2,
+        "1c1344b170168f8e65b41376b44b20fe354e373826ccbbe2c1d40a8cae51e5c7"
+    );
+    let c3 = signer.chunk_signature(&c2, b"");
+    assert_eq!(
+        c3,
+        "2ca2aba2005185cf7159c6277faf83795951dd77a3a99e6e65d5c9f85863f992"
+    );
+    assert_eq!(
+        signer.trailer_signature(&c3, "x-amz-checksum-crc32c:sOO8/Q==\n"),
+        "d81f82fc3505edab99d459891051a732e8730629a2e4a59689829ca17fe2e435"
+    );
+}
+
+/// A checksum of `data` in base64, by its `x-amz-checksum-` name.
+fn checksum_b64(name: &str, data: &[u8]) -> String {
+    let mut h = s3s::checksum::ChecksumHasher::default();
+    match name {
+        "crc32" => h.crc32 = Some(Default::default()),
+        "crc32c" => h.crc32c = Some(Default::default()),
+        "crc64nvme" => h.crc64nvme = Some(Default::default()),
+        "sha1" => h.sha1 = Some(Default::default()),
+        _ => h.sha256 = Some(Default::default()),
+    }
+    h.update(data);
+    let sums = h.finalize();
+    [
+        sums.checksum_crc32,
+        sums.checksum_crc32c,
+        sums.checksum_crc64nvme,
+        sums.checksum_sha1,
+        sums.checksum_sha256,
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_checksum_trailer_is_verified_in_the_signed_trailer_form() {
+    let g = door_gateway("").await;
+    let admin = Signer::now(ADMIN_AK, &secret_of(ADMIN_AK));
+    let data = random_bytes(150_000, 8);
+    let decoded = data.len().to_string();
+    for name in ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"] {
+        for good in [true, false] {
+            let key = format!("signed-trailer-{name}-{good}.bin");
+            let value = if good {
+                checksum_b64(name, &data)
+            } else {
+                checksum_b64(name, b"other bytes")
+            };
+            let trailer_name = format!("x-amz-checksum-{name}");
+            let sent = send_signed(
+                &g,
+                &admin,
+                "PUT",
+                &format!("/{NAME}/{key}"),
+                &[
+                    ("content-encoding", "aws-chunked"),
+                    ("x-amz-decoded-content-length", decoded.as_str()),
+                    ("x-amz-trailer", trailer_name.as_str()),
+                ],
+                &[],
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+                |seed| {
+                    // Signed chunks, the final one's signature, then the signed trailer.
+                    let mut body = Vec::new();
+                    let mut previous = seed.to_owned();
+                    for chunk in data.chunks(65536) {
+                        let sig = admin.chunk_signature(&previous, chunk);
+                        body.extend(format!("{:x};chunk-signature={sig}\r\n", chunk.len()).as_bytes());
+                        body.extend(chunk);
+                        body.extend(b"\r\n");
+                        previous = sig;
+                    }
+                    let last = admin.chunk_signature(&previous, b"");
+                    let trailer = format!("{trailer_name}:{value}");
+                    let signature = admin.trailer_signature(&last, &format!("{trailer}\n"));
+                    body.extend(
+                        format!(
+                            "0;chunk-signature={last}\r\n{trailer}\r\nx-amz-trailer-signature:{signature}\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                    body
+                },
+            )
+            .await;
+            if good {
+                assert_eq!(sent.status, StatusCode::OK, "{name}: {}", sent.body);
+                assert_eq!(
+                    g.bucket_object(&key).await.as_deref(),
+                    Some(&data[..]),
+                    "{name}"
+                );
+            } else {
+                assert_eq!(
+                    sent.code.as_deref(),
+                    Some("BadDigest"),
+                    "{name}: {}",
+                    sent.body
+                );
+                assert_eq!(g.bucket_object(&key).await, None, "{name}");
+            }
+        }
+    }
 }
 
 #[tokio::test]
