@@ -114,6 +114,7 @@ pub(super) async fn put(
         condition,
         digests,
         headers: Default::default(),
+        idle_timeout: state.body_idle_timeout,
     };
     let (stored, content_type) = store(state, &identity, limits, &head, spec, body).await?;
     let status = if create_only {
@@ -143,6 +144,9 @@ pub(crate) struct Store {
     pub condition: WriteCondition,
     pub digests: crate::limits::ExpectedDigests,
     pub headers: crate::relay::ObjectHeaders,
+    /// The body's idle timeout (`server.body_idle_timeout`, unless the caller watches the
+    /// client's bytes itself).
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Streams an upload to the principal's bucket through the streaming limits: size, idle
@@ -162,7 +166,7 @@ pub(crate) async fn store<B>(
     let declared_essence = declared.as_deref().and_then(media_type);
     let guard = Guard {
         max_bytes: limits.max_object_size.bytes(),
-        idle_timeout: state.body_idle_timeout,
+        idle_timeout: spec.idle_timeout,
         digests: spec.digests,
     };
     let (mut body, watch) = GuardedBody::new(body, guard);

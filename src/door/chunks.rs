@@ -1,17 +1,24 @@
 //! A cap on `aws-chunked` chunk sizes, in front of s3s (which buffers each chunk whole to
-//! check its signature, with no cap of its own).
+//! check its signature, with no cap of its own), and the body idle timeout for such bodies.
 //!
 //! The wrapper passes every frame through unchanged and follows the framing as it goes:
 //! `<hex size>[;chunk-signature=...]\r\n<data>\r\n` ... `0[;...]\r\n<trailers>\r\n`. A chunk
 //! that declares more than [`MAX_CHUNK`] fails the body at its header, before its data is
 //! read; so does a header line or a trailer section longer than any client sends.
+//!
+//! The idle timeout is watched here, on the bytes as the client sends them: after s3s, a
+//! chunk arrives only once it is whole, and a slow client sending a large chunk would look
+//! idle while its bytes flow.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use crate::error::ApiError;
 use crate::limits::BodyFailure;
 use crate::{Body, BoxError};
 
@@ -121,20 +128,75 @@ impl Framing {
     }
 }
 
-/// The request body with its chunk sizes capped.
+/// Why an aws-chunked body failed before the operation saw it, for the operation to answer
+/// with: s3s wraps the body's errors without keeping them as sources, so the failure is
+/// passed beside them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawFailure(Arc<OnceLock<Raw>>);
+
+#[derive(Clone, Copy, Debug)]
+enum Raw {
+    /// [`ChunkCap`] failed the client's bytes.
+    Body(BodyFailure),
+    /// s3s found a chunk (or the trailer) whose signature does not match.
+    Signature,
+}
+
+impl RawFailure {
+    /// `err`, or the body's own failure when the raw body failed first.
+    pub(crate) fn blame(&self, err: ApiError) -> ApiError {
+        match self.0.get() {
+            Some(Raw::Body(f)) => ApiError::from(*f).detail(&err).caused_by(err),
+            _ => err,
+        }
+    }
+
+    /// Did a chunk's signature fail to match?
+    pub(crate) fn signature_failed(&self) -> bool {
+        matches!(self.0.get(), Some(Raw::Signature))
+    }
+
+    /// Notes an error of the decoded body: s3s reports a chunk whose signature does not match
+    /// as `AwsChunkedStreamError: SignatureMismatch`, and a body that does not match its
+    /// signed SHA-256 as `UploadStreamError: Sha256Mismatch` (s3s is pinned; tests hold both).
+    pub(crate) fn decoded_error(&self, e: &(dyn std::error::Error + 'static)) {
+        let text = e.to_string();
+        if text.contains("SignatureMismatch") {
+            let _ = self.0.set(Raw::Signature);
+        } else if text.contains("Sha256Mismatch") {
+            let _ = self.0.set(Raw::Body(BodyFailure::BadDigest));
+        }
+    }
+}
+
+/// The request body with its chunk sizes capped and its pauses timed.
 pub(super) struct ChunkCap {
     inner: Body,
     framing: Framing,
     failed: bool,
+    idle: Duration,
+    /// Armed while waiting on the client.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    raw: RawFailure,
 }
 
 impl ChunkCap {
-    pub(super) fn new(inner: Body) -> Self {
+    pub(super) fn new(inner: Body, idle: Duration, raw: RawFailure) -> Self {
         Self {
             inner,
             framing: Framing::default(),
             failed: false,
+            idle,
+            timer: None,
+            raw,
         }
+    }
+
+    fn fail(&mut self, failure: BodyFailure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.failed = true;
+        self.timer = None;
+        let _ = self.raw.0.set(Raw::Body(failure));
+        Poll::Ready(Some(Err(Box::new(failure))))
     }
 }
 
@@ -146,22 +208,30 @@ impl http_body::Body for ChunkCap {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.failed {
+        let this = &mut *self;
+        if this.failed {
             return Poll::Ready(None);
         }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let idle = this.idle;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            ready!(timer.as_mut().poll(cx));
+            return this.fail(BodyFailure::Idle);
+        }
+        this.timer = None;
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
-            && let Err(why) = self.framing.feed(data)
+            && let Err(why) = this.framing.feed(data)
         {
-            self.failed = true;
             tracing::debug!(why, "aws-chunked body refused");
-            let failure = if why.contains("16 MiB") {
+            return this.fail(if why.contains("16 MiB") {
                 BodyFailure::TooLarge
             } else {
                 BodyFailure::Client
-            };
-            return Poll::Ready(Some(Err(Box::new(failure))));
+            });
         }
         polled
     }

@@ -45,6 +45,28 @@ use crate::limits::Admission;
 use crate::obs::{ClientIp, RequestId, note};
 
 pub use chunks::MAX_CHUNK;
+pub(crate) use chunks::RawFailure;
+
+/// The idle timeout of an aws-chunked body after s3s has decoded it: none to speak of, since
+/// `ChunkCap` times the client's own bytes (see `chunks.rs`).
+const DECODED_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// Is this an aws-chunked upload (whose pauses `ChunkCap` times)?
+fn streaming(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("x-amz-content-sha256")
+        .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"))
+}
+
+/// The idle timeout for a decoded upload body: `server.body_idle_timeout`, or, for an
+/// aws-chunked body, none beyond the one `ChunkCap` keeps on its bytes.
+pub(crate) fn decoded_idle(headers: &http::HeaderMap, configured: Duration) -> Duration {
+    if streaming(headers) {
+        DECODED_IDLE
+    } else {
+        configured
+    }
+}
 
 /// `[s3_api]` as requests read it.
 #[derive(Clone, Debug)]
@@ -152,7 +174,8 @@ impl Door {
             if refusal.failed_auth {
                 self.failed_auth(ip).await;
             }
-            return refuse(err, "s3_refused");
+            let code = static_code(err.code().as_str());
+            return refuse(err, code);
         }
         let payload = req.headers().get("x-amz-content-sha256");
         tracing::debug!(
@@ -161,13 +184,21 @@ impl Door {
             trailer = ?req.headers().get("x-amz-trailer"),
             "door request"
         );
-        let streaming = payload.is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
+        let streaming = streaming(req.headers());
         // The operations read the settings they were served with (the virtual host's domain).
         req.extensions_mut().insert(settings.clone());
-        let req = if streaming {
-            req.map(|b| chunks::ChunkCap::new(b).boxed())
-        } else {
-            req
+        // Uploads learn why their body failed inside s3s through this (see `RawFailure`).
+        let raw = matches!(*req.method(), http::Method::PUT | http::Method::POST).then(|| {
+            let raw = chunks::RawFailure::default();
+            req.extensions_mut().insert(raw.clone());
+            raw
+        });
+        let req = match raw {
+            Some(raw) if streaming => {
+                let idle = state.body_idle_timeout;
+                req.map(|b| chunks::ChunkCap::new(b, idle, raw).boxed())
+            }
+            _ => req,
         };
         let resp = match self.s3.call(req.map(s3s::Body::http_body)).await {
             Ok(resp) => resp,
@@ -240,6 +271,10 @@ fn static_code(code: &str) -> &'static str {
         "BucketAlreadyOwnedByYou" => "BucketAlreadyOwnedByYou",
         "InternalError" => "InternalError",
         "ServiceUnavailable" => "ServiceUnavailable",
+        "MetadataTooLarge" => "MetadataTooLarge",
+        "AuthorizationQueryParametersError" => "AuthorizationQueryParametersError",
+        "MissingContentLength" => "MissingContentLength",
+        "RequestTimeout" => "RequestTimeout",
         _ => "s3_error",
     }
 }

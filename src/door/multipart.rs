@@ -34,9 +34,11 @@ async fn answer_upload<T>(
     head: &Request<()>,
     op: impl Future<Output = Result<S3Response<T>, ApiError>>,
 ) -> S3Result<S3Response<T>> {
+    let raw_failed = |e: &ApiError| e.find_cause::<crate::limits::BodyFailure>().is_some();
     match op.await {
         Ok(r) => Ok(r),
-        Err(e) if e.code == Code::NotFound => {
+        // A part whose raw body failed is answered for that (by `answer`), not as missing.
+        Err(e) if e.code == Code::NotFound && !raw_failed(&e) => {
             let mut err = s3s::S3Error::with_message(
                 s3s::S3ErrorCode::NoSuchUpload,
                 "The specified upload does not exist.",
@@ -96,7 +98,7 @@ pub(super) async fn upload_part(
         e
     })?;
     let checksum = digests.checksum.clone();
-    let body = body_of(p.input.body.take());
+    let body = body_of(&p.head, p.input.body.take());
     answer_upload(&p.head, async {
         let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
         let identity = ops
@@ -135,7 +137,7 @@ pub(super) async fn upload_part(
         }
         let guard = Guard {
             max_bytes: room,
-            idle_timeout: ops.state.body_idle_timeout,
+            idle_timeout: super::decoded_idle(p.head.headers(), ops.state.body_idle_timeout),
             digests,
         };
         let (mut body, _watch) = GuardedBody::new(body, guard);

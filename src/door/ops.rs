@@ -69,12 +69,28 @@ pub(super) fn request_id<B>(head: &Request<B>) -> String {
         .map_or_else(|| "-".to_owned(), |r| r.0.to_string())
 }
 
-/// Runs `op` and turns its refusal into S3's error with the request id.
+/// Runs `op` and turns its refusal into S3's error with the request id; a failure of the
+/// client's raw aws-chunked body (a stall, a chunk too large) is what the client is told.
 pub(super) async fn answer<T>(
     head: &Request<()>,
     op: impl Future<Output = Result<S3Response<T>, ApiError>>,
 ) -> S3Result<S3Response<T>> {
-    op.await.map_err(|e| to_s3(e, &request_id(head)))
+    op.await.map_err(|e| {
+        let raw = head.extensions().get::<super::RawFailure>();
+        if raw.is_some_and(super::RawFailure::signature_failed) {
+            let mut err = refusal(
+                S3ErrorCode::SignatureDoesNotMatch,
+                "a chunk's signature does not match its bytes",
+            );
+            err.set_request_id(request_id(head));
+            return err;
+        }
+        let e = match raw {
+            Some(raw) => raw.blame(e),
+            None => e,
+        };
+        to_s3(e, &request_id(head))
+    })
 }
 
 impl Ops {
@@ -191,11 +207,18 @@ fn virtual_hosted(head: &Request<()>, bucket: &str) -> bool {
     name.eq_ignore_ascii_case(&format!("{bucket}.{domain}"))
 }
 
-/// The request's body as the gateway's body type.
-pub(super) fn body_of(blob: Option<StreamingBlob>) -> Body {
+/// The request's body as the gateway's body type; what its errors say about a chunk's
+/// signature is noted in the request's [`super::RawFailure`].
+pub(super) fn body_of(head: &Request<()>, blob: Option<StreamingBlob>) -> Body {
+    let raw = head.extensions().get::<super::RawFailure>().cloned();
     match blob {
         None => crate::api::respond::empty(),
-        Some(blob) => StreamBody::new(blob.map_ok(Frame::data)).boxed(),
+        Some(blob) => StreamBody::new(blob.map_ok(Frame::data).inspect_err(move |e| {
+            if let Some(raw) = &raw {
+                raw.decoded_error(&**e);
+            }
+        }))
+        .boxed(),
     }
 }
 
@@ -464,7 +487,7 @@ impl S3 for Ops {
             e
         })?;
         let checksum = digests.checksum.clone();
-        let body = body_of(p.input.body.take());
+        let body = body_of(&p.head, p.input.body.take());
         answer(&p.head, async {
             let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
             let identity = self
@@ -493,6 +516,7 @@ impl S3 for Ops {
                 condition: write_condition(p.head.headers())?,
                 digests,
                 headers: forwarded(p.head.headers()),
+                idle_timeout: super::decoded_idle(p.head.headers(), self.state.body_idle_timeout),
             };
             let (stored, _) = store(&self.state, &identity, &limits, &p.head, spec, body).await?;
             let mut out = PutObjectOutput {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 
 use crate::common::*;
@@ -771,7 +772,12 @@ async fn digests_and_checksums_are_verified_before_the_object_exists() {
     assert_eq!(stored.content_encoding(), None);
     // A trailer that never comes.
     let missing = put_trailer("trailer-missing.txt", String::new()).await;
-    assert!(!missing.status.is_success(), "{}", missing.body);
+    assert_eq!(
+        missing.code.as_deref(),
+        Some("BadDigest"),
+        "{}",
+        missing.body
+    );
     assert_eq!(g.bucket_object("trailer-missing.txt").await, None);
 
     // A signed payload hash that does not match the bytes.
@@ -786,7 +792,7 @@ async fn digests_and_checksums_are_verified_before_the_object_exists() {
         |_| data.clone(),
     )
     .await;
-    assert!(!sent.status.is_success(), "{}", sent.body);
+    assert_eq!(sent.code.as_deref(), Some("BadDigest"), "{}", sent.body);
     assert_eq!(g.bucket_object("signed.txt").await, None);
 }
 
@@ -996,7 +1002,12 @@ async fn signed_chunks_are_each_verified() {
         Some(&data[..])
     );
     let tampered = put("tampered.bin", true).await;
-    assert!(!tampered.status.is_success(), "{}", tampered.body);
+    assert_eq!(
+        tampered.code.as_deref(),
+        Some("SignatureDoesNotMatch"),
+        "{}",
+        tampered.body
+    );
     assert_eq!(g.bucket_object("tampered.bin").await, None);
     assert!(g.pending_uploads().await.is_empty());
 }
@@ -1013,6 +1024,7 @@ async fn a_chunk_over_16_mib_is_refused_before_its_data() {
         &[
             ("content-encoding", "aws-chunked"),
             ("x-amz-decoded-content-length", "16777217"),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
         ],
         &[],
         "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
@@ -1020,7 +1032,12 @@ async fn a_chunk_over_16_mib_is_refused_before_its_data() {
         |_| b"1000001\r\nabc".to_vec(),
     )
     .await;
-    assert!(!sent.status.is_success(), "{}", sent.body);
+    assert_eq!(
+        sent.code.as_deref(),
+        Some("EntityTooLarge"),
+        "{}",
+        sent.body
+    );
     assert_eq!(g.bucket_object("huge-chunk.bin").await, None);
 }
 
@@ -1383,4 +1400,66 @@ async fn a_host_named_like_the_bucket_is_still_path_style_without_a_domain() {
         g.bucket_object("host-check.txt").await.as_deref(),
         Some(&b"path style"[..])
     );
+}
+
+/// An aws-chunked body arrives at s3s's pace, a chunk at a time; its idle timeout is kept on
+/// the client's own bytes, so a slow client sending a large chunk is not taken for a silent
+/// one, and a silent one is still cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_chunk_is_not_idle_and_a_silent_client_is() {
+    let g = door_gateway("[server]\nbody_idle_timeout = \"1s\"\n").await;
+    let admin = Signer::now(ADMIN_AK, &secret_of(ADMIN_AK));
+    let data = random_bytes(64 * 1024, 4);
+    let decoded = data.len().to_string();
+    let trailer = format!("x-amz-checksum-crc32:{}", crc32_b64(&data));
+    // The whole body in 4 KiB pieces, one every `gap`, and a pause of `stall` before the last.
+    let paced = |gap: u64, stall: u64| {
+        let body = unsigned_chunks_with_trailer(&data, data.len(), &trailer);
+        let pieces: Vec<Vec<u8>> = body.chunks(4096).map(<[u8]>::to_vec).collect();
+        let last = pieces.len() - 1;
+        let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
+            move |(i, piece)| async move {
+                let wait = if i == last { stall } else { gap };
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Ok::<_, std::io::Error>(piece)
+            },
+        );
+        reqwest::Body::wrap_stream(stream)
+    };
+    let put = |key: &'static str, gap: u64, stall: u64| {
+        let (g, admin, decoded) = (&g, &admin, decoded.clone());
+        async move {
+            send_signed(
+                g,
+                admin,
+                "PUT",
+                &format!("/{NAME}/{key}"),
+                &[
+                    ("content-encoding", "aws-chunked"),
+                    ("x-amz-decoded-content-length", decoded.as_str()),
+                    ("x-amz-trailer", "x-amz-checksum-crc32"),
+                ],
+                &[],
+                "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                |_| paced(gap, stall),
+            )
+            .await
+        }
+    };
+    // 17 pieces 150 ms apart: 2.5 s for one chunk, never a second without a byte.
+    let slow = put("slow-chunk.bin", 150, 150).await;
+    assert_eq!(slow.status, StatusCode::OK, "{}", slow.body);
+    assert_eq!(
+        g.bucket_object("slow-chunk.bin").await.as_deref(),
+        Some(&data[..])
+    );
+    // Silent for 2.5 s before its last bytes.
+    let silent = put("silent.bin", 10, 2500).await;
+    assert_eq!(
+        silent.code.as_deref(),
+        Some("RequestTimeout"),
+        "{}",
+        silent.body
+    );
+    assert_eq!(g.bucket_object("silent.bin").await, None);
 }

@@ -108,7 +108,7 @@ pub struct Sent {
 
 // Each argument is one part of the request the tests vary; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
-pub async fn send_signed(
+pub async fn send_signed<B: Into<reqwest::Body>>(
     gw: &TestGateway,
     signer: &Signer,
     method: &str,
@@ -116,7 +116,7 @@ pub async fn send_signed(
     headers: &[(&str, &str)],
     unsigned: &[(&str, &str)],
     payload_hash: &str,
-    body: impl FnOnce(&str) -> Vec<u8>,
+    body: impl FnOnce(&str) -> B,
 ) -> Sent {
     let url = gw.door_url.clone().unwrap();
     let host = url.trim_start_matches("http://").to_owned();
