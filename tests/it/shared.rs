@@ -57,6 +57,42 @@ fn shared_up(g: &TestGateway) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_signatures_on_one_door_lock_the_address_out_of_the_other() {
+    let redis = RedisServer::start().await;
+    let config = redis_config(&redis.url(), "door:", OnRedisError::Local);
+    let a = door_gateway_tweaked(&principals(), |c| c.redis = Some(config.clone())).await;
+    let b = door_gateway_tweaked(&principals(), |c| c.redis = Some(config)).await;
+    let wrong = one_attempt(&door_client_with(
+        &a,
+        ADMIN_AK,
+        &secret_of(ALICE_AK),
+        "us-east-1",
+    ));
+    for _ in 0..4 {
+        let e = wrong
+            .list_objects_v2()
+            .bucket("files")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            ["SignatureDoesNotMatch", "SlowDown"].contains(&s3_code(&e).as_str()),
+            "{e:?}"
+        );
+    }
+    // B saw no failure; its door refuses the right key as S3 clients expect to back off.
+    let right = one_attempt(&door_client(&b, ADMIN_AK));
+    let e = right
+        .list_objects_v2()
+        .bucket("files")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(s3_code(&e), "SlowDown");
+    assert_eq!(e.raw_response().unwrap().status().as_u16(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_burst() {
     let redis = RedisServer::start().await;
     let a = instance(&redis.url(), "burst:", OnRedisError::Local).await;
