@@ -251,6 +251,9 @@ pub struct Lasting {
     pub shed: Arc<Shed>,
     pub ledger: Arc<crate::limits::quota::Ledger>,
     pub shared: Option<Arc<crate::limits::shared::SharedLimits>>,
+    /// The memory the S3 door's aws-chunked chunks are gathered in (s3s holds each whole
+    /// to check its signature): `backend.upload_buffer_memory`, in bytes.
+    pub chunk_room: Arc<tokio::sync::Semaphore>,
 }
 
 impl Lasting {
@@ -274,10 +277,14 @@ impl Lasting {
             config.server.max_concurrent_requests,
             config.server.requests_per_address(),
         ));
+        let room = usize::try_from(config.backend.upload_buffer_memory.bytes())
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         Ok(Self {
             shed,
             ledger,
             shared,
+            chunk_room: Arc::new(tokio::sync::Semaphore::new(room)),
         })
     }
 }
@@ -316,6 +323,7 @@ pub fn assemble(
         subjects: built.subjects,
         door: built.door,
         access_keys: built.access_keys,
+        chunk_room: lasting.chunk_room.clone(),
         public_url: config.server.public_url.clone(),
         body_idle_timeout: config.server.body_idle_timeout.get(),
         auth_failures: previous

@@ -62,6 +62,8 @@ pub struct AppState {
     pub door: Option<crate::door::Settings>,
     /// The door's access keys, with their derived secrets.
     pub access_keys: crate::auth::access_keys::AccessKeys,
+    /// The door's budget for aws-chunked chunks being gathered (kept across reloads).
+    pub chunk_room: Arc<tokio::sync::Semaphore>,
     /// `server.public_url`: makes links absolute.
     pub public_url: Option<String>,
     /// Failed authentication per client address (kept across reloads).

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -38,7 +39,7 @@ enum State {
         len: usize,
     },
     /// Inside a chunk's data and its closing CRLF.
-    Data { left: u64 },
+    Data { left: u64, size: u64 },
     /// After the last chunk.
     Trailers { seen: usize },
 }
@@ -62,11 +63,19 @@ impl Default for Framing {
 }
 
 impl Framing {
+    /// The declared size of the chunk being received, or 0 between chunks.
+    fn open_chunk(&self) -> u64 {
+        match self.state {
+            State::Data { size, .. } => size,
+            _ => 0,
+        }
+    }
+
     /// Follows `bytes`; an error says why the body is refused.
     pub(super) fn feed(&mut self, mut bytes: &[u8]) -> Result<(), &'static str> {
         while !bytes.is_empty() {
             match &mut self.state {
-                State::Data { left } => {
+                State::Data { left, .. } => {
                     let take = (*left).min(bytes.len() as u64);
                     *left -= take;
                     bytes = &bytes[take as usize..];
@@ -104,7 +113,10 @@ impl Framing {
                         self.state = if size == 0 {
                             State::Trailers { seen: 0 }
                         } else {
-                            State::Data { left: size + 2 }
+                            State::Data {
+                                left: size + 2,
+                                size,
+                            }
                         };
                         continue;
                     }
@@ -140,6 +152,8 @@ enum Raw {
     Body(BodyFailure),
     /// s3s found a chunk (or the trailer) whose signature does not match.
     Signature,
+    /// No room in the chunk budget freed up in time.
+    Busy,
 }
 
 impl RawFailure {
@@ -147,6 +161,11 @@ impl RawFailure {
     pub(crate) fn blame(&self, err: ApiError) -> ApiError {
         match self.0.get() {
             Some(Raw::Body(f)) => ApiError::from(*f).detail(&err).caused_by(err),
+            Some(Raw::Busy) => ApiError::new(
+                crate::error::Code::Overloaded,
+                "the gateway's memory for incoming chunks is in use; retry",
+            )
+            .caused_by(err),
             _ => err,
         }
     }
@@ -169,7 +188,23 @@ impl RawFailure {
     }
 }
 
-/// The request body with its chunk sizes capped and its pauses timed.
+/// How long a chunk may wait for room in the budget before the upload is refused.
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+
+/// A frame held back until its chunk has room.
+struct Waiting {
+    frame: Frame<Bytes>,
+    need: usize,
+    acquire:
+        Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The request body with its chunk sizes capped, its pauses timed, and the chunk s3s is
+/// gathering counted in the door's memory budget (`backend.upload_buffer_memory`): from a
+/// chunk's header to its last byte, the upload holds room for its declared size, and waits
+/// for room (reading nothing more) when there is none; if none frees up in 2 s, the upload
+/// is refused `503 SlowDown`.
 pub(super) struct ChunkCap {
     inner: Body,
     framing: Framing,
@@ -178,10 +213,14 @@ pub(super) struct ChunkCap {
     /// Armed while waiting on the client.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     raw: RawFailure,
+    room: Arc<Semaphore>,
+    /// Bytes of room held for the chunk being received.
+    held: usize,
+    waiting: Option<Waiting>,
 }
 
 impl ChunkCap {
-    pub(super) fn new(inner: Body, idle: Duration, raw: RawFailure) -> Self {
+    pub(super) fn new(inner: Body, idle: Duration, raw: RawFailure, room: Arc<Semaphore>) -> Self {
         Self {
             inner,
             framing: Framing::default(),
@@ -189,14 +228,48 @@ impl ChunkCap {
             idle,
             timer: None,
             raw,
+            room,
+            held: 0,
+            waiting: None,
         }
     }
 
     fn fail(&mut self, failure: BodyFailure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = true;
         self.timer = None;
+        self.waiting = None;
         let _ = self.raw.0.set(Raw::Body(failure));
         Poll::Ready(Some(Err(Box::new(failure))))
+    }
+
+    /// Holds room for the open chunk before `frame` goes on; `Some(frame)` when it may go now.
+    fn make_room(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
+        let open = usize::try_from(self.framing.open_chunk()).unwrap_or(usize::MAX);
+        if open <= self.held {
+            self.room.add_permits(self.held - open);
+            self.held = open;
+            return Some(frame);
+        }
+        let need = open - self.held;
+        let permits = u32::try_from(need).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.room.clone().try_acquire_many_owned(permits) {
+            permit.forget();
+            self.held = open;
+            return Some(frame);
+        }
+        self.waiting = Some(Waiting {
+            frame,
+            need,
+            acquire: Box::pin(self.room.clone().acquire_many_owned(permits)),
+            deadline: Box::pin(tokio::time::sleep(ROOM_WAIT)),
+        });
+        None
+    }
+}
+
+impl Drop for ChunkCap {
+    fn drop(&mut self) {
+        self.room.add_permits(self.held);
     }
 }
 
@@ -211,6 +284,24 @@ impl http_body::Body for ChunkCap {
         let this = &mut *self;
         if this.failed {
             return Poll::Ready(None);
+        }
+        if let Some(waiting) = &mut this.waiting {
+            match waiting.acquire.as_mut().poll(cx) {
+                Poll::Ready(Ok(permit)) => {
+                    permit.forget();
+                    let waiting = this.waiting.take().expect("waiting");
+                    this.held += waiting.need;
+                    return Poll::Ready(Some(Ok(waiting.frame)));
+                }
+                Poll::Ready(Err(_)) => return this.fail(BodyFailure::Client),
+                Poll::Pending => {
+                    ready!(waiting.deadline.as_mut().poll(cx));
+                    let _ = this.raw.0.set(Raw::Busy);
+                    this.failed = true;
+                    this.waiting = None;
+                    return Poll::Ready(Some(Err("no room for the chunk".into())));
+                }
+            }
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() {
@@ -233,7 +324,14 @@ impl http_body::Body for ChunkCap {
                 BodyFailure::Client
             });
         }
-        polled
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => match this.make_room(frame) {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                // Polls the wait for room at once (it registers the waker).
+                None => Pin::new(this).poll_frame(cx),
+            },
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -282,6 +380,19 @@ mod tests {
         // Split anywhere, and with leading zeros that overflow nothing.
         assert!(follow(&[b"100", b"0001\r\n"]).is_err());
         assert!(follow(&[b"ffffffffffffffffffffffff"]).is_err());
+    }
+
+    #[test]
+    fn the_open_chunk_is_known_from_its_header_to_its_end() {
+        let mut f = Framing::default();
+        f.feed(b"400;chunk-signature=ab\r\n").unwrap();
+        assert_eq!(f.open_chunk(), 0x400);
+        f.feed(&[b'x'; 0x400]).unwrap();
+        assert_eq!(f.open_chunk(), 0x400, "until its closing CRLF");
+        f.feed(b"\r\n").unwrap();
+        assert_eq!(f.open_chunk(), 0);
+        f.feed(b"0\r\n").unwrap();
+        assert_eq!(f.open_chunk(), 0);
     }
 
     #[test]

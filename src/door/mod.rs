@@ -196,7 +196,8 @@ impl Door {
         let req = match raw {
             Some(raw) if streaming => {
                 let idle = state.body_idle_timeout;
-                req.map(|b| chunks::ChunkCap::new(b, idle, raw).boxed())
+                let room = state.chunk_room.clone();
+                req.map(|b| chunks::ChunkCap::new(b, idle, raw, room).boxed())
             }
             _ => req,
         };

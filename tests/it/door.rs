@@ -1463,3 +1463,62 @@ async fn a_slow_chunk_is_not_idle_and_a_silent_client_is() {
     );
     assert_eq!(g.bucket_object("silent.bin").await, None);
 }
+
+/// The chunk s3s gathers is counted in `backend.upload_buffer_memory`: uploads wait for
+/// room, and one whose chunk can get none is refused `SlowDown` with nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_being_gathered_draw_on_the_upload_memory_budget() {
+    let g = door_gateway("[backend]\nupload_buffer_memory = \"5MiB\"\n").await;
+    let admin = Signer::now(ADMIN_AK, &secret_of(ADMIN_AK));
+    let put = |key: String, data: Vec<u8>, chunk: usize| {
+        let (g, admin) = (&g, &admin);
+        async move {
+            let decoded = data.len().to_string();
+            let trailer = format!("x-amz-checksum-crc32:{}", crc32_b64(&data));
+            send_signed(
+                g,
+                admin,
+                "PUT",
+                &format!("/{NAME}/{key}"),
+                &[
+                    ("content-encoding", "aws-chunked"),
+                    ("x-amz-decoded-content-length", decoded.as_str()),
+                    ("x-amz-trailer", "x-amz-checksum-crc32"),
+                ],
+                &[],
+                "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                |_| unsigned_chunks_with_trailer(&data, chunk, &trailer),
+            )
+            .await
+        }
+    };
+    // Four uploads of 4 MiB chunks at once: never more than one chunk's room at a time,
+    // and each waits its turn.
+    let data = random_bytes(8 << 20, 6);
+    let results = futures_util::future::join_all(
+        (0..4).map(|i| put(format!("turns/{i}.bin"), data.clone(), 4 << 20)),
+    )
+    .await;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.status, StatusCode::OK, "{i}: {}", r.body);
+        assert_eq!(
+            g.bucket_object(&format!("turns/{i}.bin")).await.as_deref(),
+            Some(&data[..])
+        );
+    }
+    // A chunk larger than the whole budget never gets room.
+    let big = put(
+        "too-big-a-chunk.bin".into(),
+        random_bytes(6 << 20, 7),
+        6 << 20,
+    )
+    .await;
+    assert_eq!(big.code.as_deref(), Some("SlowDown"), "{}", big.body);
+    assert_eq!(big.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(g.bucket_object("too-big-a-chunk.bin").await, None);
+    assert_eq!(
+        g.gateway.state().chunk_room.available_permits(),
+        5 << 20,
+        "every upload gave its room back"
+    );
+}
