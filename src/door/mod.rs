@@ -297,6 +297,7 @@ pub(crate) fn route_name(op: &str) -> &'static str {
         "CopyObject" => "s3:CopyObject",
         "CreateMultipartUpload" => "s3:CreateMultipartUpload",
         "UploadPart" => "s3:UploadPart",
+        "UploadPartCopy" => "s3:UploadPartCopy",
         "CompleteMultipartUpload" => "s3:CompleteMultipartUpload",
         "AbortMultipartUpload" => "s3:AbortMultipartUpload",
         "ListParts" => "s3:ListParts",

@@ -406,3 +406,115 @@ pub(super) async fn list_uploads(
     })
     .await
 }
+
+/// `bytes=a-b` of an object of `size` bytes: the part's length, or why it is refused.
+fn copy_range(range: Option<&str>, size: u64) -> Result<u64, ApiError> {
+    let Some(range) = range else { return Ok(size) };
+    let parsed = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+    match parsed {
+        None => Err(ApiError::bad_request(
+            "x-amz-copy-source-range must be bytes=first-last",
+        )),
+        Some((first, last)) if first > last || last >= size => Err(ApiError::new(
+            Code::RangeNotSatisfiable,
+            "the range is outside the source object",
+        )),
+        Some((first, last)) => Ok(last - first + 1),
+    }
+}
+
+/// A part copied from an object: get on the source and put on the upload's key, and the
+/// copied length held to what the upload has left of `max_object_size`.
+pub(super) async fn upload_part_copy(
+    ops: &Ops,
+    p: Parts<UploadPartCopyInput>,
+) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    answer_upload(&p.head, async {
+        let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
+        let identity = ops
+            .admitted(
+                &p.head,
+                p.credentials.as_ref(),
+                &p.input.bucket,
+                &key,
+                Action::Put,
+            )
+            .await?;
+        let source = super::ops::copy_source(p.head.headers(), &identity.principal.bucket)?;
+        identity.principal.authorize(Action::Get, &source)?;
+        let number = p.input.part_number;
+        if !(1..=MAX_PARTS).contains(&number) {
+            return Err(ApiError::bad_request("Part number must be from 1 to 10000"));
+        }
+        let limits = identity.limits();
+        let bucket = ops.state.bucket_of(&identity.principal)?;
+        let fetched = bucket
+            .fetch(
+                &source,
+                None,
+                &crate::relay::ReadConditions::default(),
+                crate::relay::Read::Head,
+            )
+            .await?;
+        let crate::relay::Fetched::Object { meta, .. } = fetched else {
+            return Err(ApiError::internal("a HEAD without conditions answered 304"));
+        };
+        let essence = meta
+            .content_type
+            .as_deref()
+            .and_then(media_type)
+            .unwrap_or_else(|| "application/octet-stream".into());
+        limits.check_type(&essence)?;
+        let length = copy_range(p.input.copy_source_range.as_deref(), meta.size)?;
+        let parts = bucket
+            .parts(&key, &p.input.upload_id)
+            .await
+            .map_err(upload_gone)?;
+        let others: u64 = parts
+            .iter()
+            .filter(|part| part.number != number)
+            .map(|part| part.size)
+            .sum();
+        if others + length > limits.max_object_size.bytes() {
+            return Err(ApiError::too_large(limits.max_object_size)
+                .detail(format_args!("{others} bytes in the upload's other parts")));
+        }
+        let copying = bucket.upload_part_copy(
+            (&key, &p.input.upload_id, number),
+            &source,
+            p.input.copy_source_range.clone(),
+            super::ops::copy_conditions(p.head.headers()),
+        );
+        let (tag, modified) = crate::api::timed(&p.head, "upload_part_copy", copying)
+            .await
+            .map_err(upload_gone)?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: etag(&tag),
+                last_modified: timestamp(modified.or(Some(std::time::SystemTime::now()))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_ranges() {
+        assert_eq!(copy_range(None, 10).unwrap(), 10);
+        assert_eq!(copy_range(Some("bytes=0-9"), 10).unwrap(), 10);
+        assert_eq!(copy_range(Some("bytes=2-4"), 10).unwrap(), 3);
+        assert!(copy_range(Some("bytes=5-10"), 10).is_err());
+        assert!(copy_range(Some("bytes=5-4"), 10).is_err());
+        assert!(copy_range(Some("bytes=-4"), 10).is_err());
+        assert!(copy_range(Some("0-4"), 10).is_err());
+    }
+}

@@ -837,25 +837,7 @@ impl S3 for Ops {
                 .and_then(media_type)
                 .unwrap_or_else(|| "application/octet-stream".into());
             limits.check_type(&essence)?;
-            let h = p.head.headers();
-            let cond = CopyConditions {
-                if_match: text(
-                    h,
-                    header::HeaderName::from_static("x-amz-copy-source-if-match"),
-                ),
-                if_none_match: text(
-                    h,
-                    header::HeaderName::from_static("x-amz-copy-source-if-none-match"),
-                ),
-                if_modified_since: date(
-                    h,
-                    header::HeaderName::from_static("x-amz-copy-source-if-modified-since"),
-                ),
-                if_unmodified_since: date(
-                    h,
-                    header::HeaderName::from_static("x-amz-copy-source-if-unmodified-since"),
-                ),
-            };
+            let cond = copy_conditions(p.head.headers());
             let copying = bucket.copy(&source, &target, replace, cond);
             let (tag, modified) = crate::api::timed(&p.head, "copy", copying).await?;
             Ok(S3Response::new(CopyObjectOutput {
@@ -912,6 +894,13 @@ impl S3 for Ops {
         super::multipart::abort(self, split(req)).await
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        super::multipart::upload_part_copy(self, split(req)).await
+    }
+
     async fn list_parts(
         &self,
         req: S3Request<ListPartsInput>,
@@ -960,8 +949,19 @@ impl Ops {
     }
 }
 
+/// The `x-amz-copy-source-if-*` conditions, for S3 to evaluate.
+pub(super) fn copy_conditions(h: &HeaderMap) -> CopyConditions {
+    let name = header::HeaderName::from_static;
+    CopyConditions {
+        if_match: text(h, name("x-amz-copy-source-if-match")),
+        if_none_match: text(h, name("x-amz-copy-source-if-none-match")),
+        if_modified_since: date(h, name("x-amz-copy-source-if-modified-since")),
+        if_unmodified_since: date(h, name("x-amz-copy-source-if-unmodified-since")),
+    }
+}
+
 /// `x-amz-copy-source: [/]bucket/key`, in the principal's bucket, by the one strict decode.
-fn copy_source(headers: &HeaderMap, bucket: &str) -> Result<ObjectKey, ApiError> {
+pub(super) fn copy_source(headers: &HeaderMap, bucket: &str) -> Result<ObjectKey, ApiError> {
     let raw = headers
         .get("x-amz-copy-source")
         .and_then(|v| v.to_str().ok())

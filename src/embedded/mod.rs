@@ -172,6 +172,14 @@ impl S3 for Embedded {
         self.fs.upload_part(req).await
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.upload_open(&req.input.upload_id)?;
+        self.fs.upload_part_copy(req).await
+    }
+
     async fn list_parts(
         &self,
         req: S3Request<ListPartsInput>,

@@ -188,6 +188,52 @@ impl Backend {
         Ok(out.e_tag.unwrap_or_default())
     }
 
+    /// Copies `range` (`bytes=a-b`, or the whole object) of `source` as one part of an
+    /// upload; returns the part's ETag and time.
+    pub async fn upload_part_copy(
+        &self,
+        target: (&ObjectKey, &str, i32),
+        source: &ObjectKey,
+        range: Option<String>,
+        cond: CopyConditions,
+    ) -> Result<(String, Option<SystemTime>), ApiError> {
+        let (key, upload_id, number) = target;
+        let out = self
+            .sdk
+            .bounded
+            .upload_part_copy()
+            .bucket(&*self.bucket)
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(self.copy_source(source))
+            .set_copy_source_range(range)
+            .set_copy_source_if_match(cond.if_match)
+            .set_copy_source_if_none_match(cond.if_none_match)
+            .set_copy_source_if_modified_since(cond.if_modified_since.map(Into::into))
+            .set_copy_source_if_unmodified_since(cond.if_unmodified_since.map(Into::into))
+            .send()
+            .await
+            .map_err(translate)?;
+        let result = out.copy_part_result;
+        Ok((
+            result
+                .as_ref()
+                .and_then(|r| r.e_tag().map(str::to_owned))
+                .unwrap_or_default(),
+            result.as_ref().and_then(|r| time(r.last_modified())),
+        ))
+    }
+
+    /// `x-amz-copy-source` for a key of this bucket.
+    fn copy_source(&self, source: &ObjectKey) -> String {
+        format!(
+            "{}/{}",
+            self.bucket,
+            crate::policy::percent_encode_key(source.as_str())
+        )
+    }
+
     /// Every part of an upload so far, in order.
     pub async fn parts(&self, key: &ObjectKey, upload_id: &str) -> Result<Vec<Part>, ApiError> {
         let mut parts = Vec::new();
@@ -355,11 +401,7 @@ impl Backend {
         cond: CopyConditions,
     ) -> Result<(String, Option<SystemTime>), ApiError> {
         let (sse, kms_key_id) = self.encryption();
-        let copy_source = format!(
-            "{}/{}",
-            self.bucket,
-            crate::policy::percent_encode_key(source.as_str())
-        );
+        let copy_source = self.copy_source(source);
         let mut request = self
             .sdk
             .bounded

@@ -1522,3 +1522,77 @@ async fn chunks_being_gathered_draw_on_the_upload_memory_budget() {
         "every upload gave its room back"
     );
 }
+
+#[tokio::test]
+async fn a_part_copied_from_an_object_is_held_to_the_same_rights_and_limits() {
+    let g = door_gateway("").await;
+    let admin = door_client(&g, ADMIN_AK);
+    let alice = door_client(&g, ALICE_AK);
+    let data = random_bytes(5 << 20, 12);
+    for key in ["users/alice/src.bin", "users/bob/src.bin"] {
+        admin
+            .put_object()
+            .bucket(NAME)
+            .key(key)
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let target = "users/alice/assembled.bin";
+    let id = alice
+        .create_multipart_upload()
+        .bucket(NAME)
+        .key(target)
+        .send()
+        .await
+        .unwrap()
+        .upload_id
+        .unwrap();
+    let copy = |n: i32, source: &str, range: Option<&str>| {
+        alice
+            .upload_part_copy()
+            .bucket(NAME)
+            .key(target)
+            .upload_id(&id)
+            .part_number(n)
+            .copy_source(format!("{NAME}/{source}"))
+            .set_copy_source_range(range.map(str::to_owned))
+            .send()
+    };
+    // Another principal's object is not a source.
+    let e = copy(1, "users/bob/src.bin", None).await.unwrap_err();
+    assert_eq!(s3_code(&e), "AccessDenied");
+    let p1 = copy(1, "users/alice/src.bin", None).await.unwrap();
+    // alice's 6 MiB: 5 MiB copied, then 2 MiB more would be over.
+    let e = copy(2, "users/alice/src.bin", Some("bytes=0-2097151"))
+        .await
+        .unwrap_err();
+    assert_eq!(s3_code(&e), "EntityTooLarge");
+    let p2 = copy(2, "users/alice/src.bin", Some("bytes=0-1023"))
+        .await
+        .unwrap();
+    let parts = [(1, p1), (2, p2)].map(|(n, out)| {
+        CompletedPart::builder()
+            .part_number(n)
+            .e_tag(out.copy_part_result.unwrap().e_tag.unwrap())
+            .build()
+    });
+    alice
+        .complete_multipart_upload()
+        .bucket(NAME)
+        .key(target)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut want = data.clone();
+    want.extend_from_slice(&data[..1024]);
+    assert_eq!(g.bucket_object(target).await.as_deref(), Some(&want[..]));
+    assert!(g.pending_uploads().await.is_empty());
+}

@@ -1,6 +1,7 @@
 //! The real S3 tools against the door, over TLS with a CA made here (so they take the paths
 //! they take against AWS: aws-cli and boto3 send `STREAMING-UNSIGNED-PAYLOAD-TRAILER` with a
-//! CRC32 trailer over TLS): aws-cli (`cp`, `sync`, `ls`, `rm`, a 20 MiB multipart upload),
+//! CRC32 trailer over TLS): aws-cli (`cp`, `sync`, `ls`, `rm`, a 20 MiB multipart upload, a
+//! 20 MiB server-side copy and move),
 //! boto3 (`upload_file` of 20 MiB, presigned GET and PUT), rclone (`copy`, `sync`, `lsf`,
 //! provider Other, path style) and s5cmd (`cp`, `ls`).
 //!
@@ -223,6 +224,31 @@ async fn aws_cli_boto3_rclone_and_s5cmd_work_through_the_door_over_tls() {
     assert!(
         std::fs::read(work.join("aws-back.bin")).unwrap() == big,
         "aws download"
+    );
+    // A server-side copy over aws-cli's 8 MiB threshold goes as UploadPartCopy parts; a move
+    // is a copy and a delete.
+    run_aws(aws(&[
+        "s3",
+        "cp",
+        "s3://files/tools/aws/big.bin",
+        "s3://files/tools/aws/copy.bin",
+    ]))
+    .await;
+    assert!(
+        g.bucket_object("tools/aws/copy.bin").await.as_deref() == Some(&big[..]),
+        "aws s3 cp s3:// s3://"
+    );
+    run_aws(aws(&[
+        "s3",
+        "mv",
+        "s3://files/tools/aws/copy.bin",
+        "s3://files/tools/aws/moved.bin",
+    ]))
+    .await;
+    assert_eq!(g.bucket_object("tools/aws/copy.bin").await, None);
+    assert!(
+        g.bucket_object("tools/aws/moved.bin").await.as_deref() == Some(&big[..]),
+        "aws s3 mv"
     );
     run_aws(aws(&["s3", "rm", "s3://files/tools/aws/small.txt"])).await;
     assert_eq!(g.bucket_object("tools/aws/small.txt").await, None);
