@@ -221,10 +221,18 @@ impl Live {
     /// The service for `state`, with `[cors]` in front of the router.
     fn serving(config: &Config, state: AppState, tls: build::Tls) -> Self {
         let state = Arc::new(state);
-        let door = state
-            .door
-            .is_some()
-            .then(|| SyncService::new(door::Door::new(state.clone())));
+        // The door answers browsers as `/v1` does: a page using its presigned URLs needs the
+        // same `[cors]`.
+        let door = state.door.is_some().then(|| {
+            let door = door::Door::new(state.clone());
+            match &config.cors {
+                Some(c) => SyncService::new(Preflights {
+                    inner: cors_layer(c).layer(door),
+                    allowed: c.allowed_origins.clone().into(),
+                }),
+                None => SyncService::new(door),
+            }
+        });
         let gateway = Gateway::new(state.clone());
         let service = match &config.cors {
             Some(c) => SyncService::new(Preflights {

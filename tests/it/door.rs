@@ -1596,3 +1596,67 @@ async fn a_part_copied_from_an_object_is_held_to_the_same_rights_and_limits() {
     assert_eq!(g.bucket_object(target).await.as_deref(), Some(&want[..]));
     assert!(g.pending_uploads().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_page_can_use_the_doors_presigned_urls_under_cors() {
+    use aws_sdk_s3::presigning::PresigningConfig;
+    let g = door_gateway("[cors]\nallowed_origins = [\"https://app.example\"]\n").await;
+    let door = g.door_url.clone().unwrap();
+    let preflight = |origin: &'static str| {
+        g.http
+            .request(reqwest::Method::OPTIONS, format!("{door}/files/page.txt"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight("https://app.example").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("<Code>AccessDenied</Code>")
+    );
+
+    let s3 = door_client(&g, ADMIN_AK);
+    let put = s3
+        .put_object()
+        .bucket(NAME)
+        .key("page.txt")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
+        .await
+        .unwrap();
+    let resp = g
+        .http
+        .put(put.uri())
+        .header("origin", "https://app.example")
+        .header("content-type", "text/plain")
+        .body("from a page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("etag")
+    );
+    assert_eq!(
+        g.bucket_object("page.txt").await.as_deref(),
+        Some(&b"from a page"[..])
+    );
+}
