@@ -169,15 +169,7 @@ async fn drive(
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let (round, rounds) = support::rounds();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(round, rounds));
+    support::main(run);
 }
 
 async fn run(round: Duration, rounds: usize) {
@@ -186,24 +178,17 @@ async fn run(round: Duration, rounds: usize) {
     let dir = tempfile::tempdir_in(&target).unwrap();
     let s3 = S3Server::start(&dir.path().join("data"), BUCKET);
     let door_port = support::free_port();
-    let config = dir.path().join("door.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[backend]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\n\
-             force_path_style = true\naudit = \"off\"\n\n\
-             [s3_api]\nlisten = \"127.0.0.1:{door_port}\"\nsecrets_env = \"BENCH_DOOR_MASTER\"\n\n\
-             [rate_limit]\nmax_concurrent_per_principal = 20000\n\n\
-             [log]\naccess_log = \"{}\"\n\n\
-             [[principals]]\nname = \"bench\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\"]\n\
-             s3_access_keys = [\"{ACCESS_KEY}\"]\n\
-             rate_limit = {{ requests_per_second = 1000000, burst = 1000000 }}\n",
-            s3.endpoint,
-            dir.path().join("access.log").display(),
-            portcullis::auth::hash_key(KEY)
+    let config = support::gateway_config(
+        dir.path(),
+        "door",
+        &s3.endpoint,
+        BUCKET,
+        KEY,
+        &format!(
+            "[s3_api]\nlisten = \"127.0.0.1:{door_port}\"\nsecrets_env = \"BENCH_DOOR_MASTER\"\n"
         ),
-    )
-    .unwrap();
+        &format!("s3_access_keys = [\"{ACCESS_KEY}\"]"),
+    );
     let port = support::free_port();
     let gateway = Proc::gateway_with_env(
         &config,

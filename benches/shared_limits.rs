@@ -22,15 +22,7 @@ const KEY: &str = "bench-key-0123456789";
 const BUCKET: &str = "bench";
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let (round, rounds) = support::rounds();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(round, rounds));
+    support::main(run);
 }
 
 /// Sums of one gateway's rounds.
@@ -91,27 +83,12 @@ async fn run(round: Duration, rounds: usize) {
     // The same gateway twice: the principal's rate is high enough never to refuse, so both
     // do the same work but for the shared decision.
     let config = |name: &str, shared: bool| {
-        let path = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[backend]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\n\
-                 force_path_style = true\naudit = \"off\"\n\n\
-                 [log]\naccess_log = \"{}\"\n\n{}\
-                 [[principals]]\nname = \"bench\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\"]\n\
-                 rate_limit = {{ requests_per_second = 1000000, burst = 1000000 }}\n",
-                s3.endpoint,
-                dir.path().join(format!("{name}.log")).display(),
-                if shared {
-                    "[redis]\nurl_env = \"PORTCULLIS_BENCH_REDIS\"\ntimeout = \"1s\"\n\n"
-                } else {
-                    ""
-                },
-                portcullis::auth::hash_key(KEY)
-            ),
-        )
-        .unwrap();
-        path
+        let redis = if shared {
+            "[redis]\nurl_env = \"PORTCULLIS_BENCH_REDIS\"\ntimeout = \"1s\"\n"
+        } else {
+            ""
+        };
+        support::gateway_config(dir.path(), name, &s3.endpoint, BUCKET, KEY, redis, "")
     };
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let env = [("PORTCULLIS_BENCH_REDIS", redis_url.as_str())];

@@ -30,15 +30,7 @@ const CELLS: [(Op, u64, usize); 3] = [
 ];
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let (round, rounds) = support::rounds();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(round, rounds));
+    support::main(run);
 }
 
 /// A CA and a certificate for `localhost` signed by it, as PEM files in `dir`:
@@ -108,33 +100,16 @@ async fn run(round: Duration, rounds: usize) {
     let s3 = S3Server::start(&dir.path().join("data"), BUCKET);
     let (ca, cert, key) = certificates(dir.path());
     let config = |name: &str, tls: bool| {
-        let path = dir.path().join(format!("{name}.toml"));
-        let tls = if tls {
+        let server = if tls {
             format!(
-                "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                "[server]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
                 cert.display(),
                 key.display()
             )
         } else {
             String::new()
         };
-        std::fs::write(
-            &path,
-            format!(
-                "[backend]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\n\
-                 force_path_style = true\naudit = \"off\"\n\n\
-                 [server]\n{tls}\n\
-                 [rate_limit]\nmax_concurrent_per_principal = 20000\n\n\
-                 [log]\naccess_log = \"{}\"\n\n\
-                 [[principals]]\nname = \"bench\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\"]\n\
-                 rate_limit = {{ requests_per_second = 1000000, burst = 1000000 }}\n",
-                s3.endpoint,
-                dir.path().join(format!("{name}.log")).display(),
-                portcullis::auth::hash_key(KEY)
-            ),
-        )
-        .unwrap();
-        path
+        support::gateway_config(dir.path(), name, &s3.endpoint, BUCKET, KEY, &server, "")
     };
     let (plain_port, tls_port) = (support::free_port(), support::free_port());
     let plain = Proc::gateway(

@@ -24,6 +24,8 @@ pub enum Code {
     LinkInvalid,
     LinkExpired,
     NotFound,
+    /// A multipart upload that is not open (the S3 door's multipart calls).
+    NoSuchUpload,
     MethodNotAllowed,
     BodyTimeout,
     /// The client went away mid-request (nginx's 499); only ever logged.
@@ -55,6 +57,7 @@ impl Code {
             LinkInvalid => "link_invalid",
             LinkExpired => "link_expired",
             NotFound => "not_found",
+            NoSuchUpload => "no_such_upload",
             MethodNotAllowed => "method_not_allowed",
             BodyTimeout => "body_timeout",
             ClientClosed => "client_closed",
@@ -79,7 +82,7 @@ impl Code {
             BadRequest | InvalidKey | InvalidRange | BadDigest => StatusCode::BAD_REQUEST,
             Unauthenticated => StatusCode::UNAUTHORIZED,
             Forbidden | LinkInvalid | LinkExpired => StatusCode::FORBIDDEN,
-            NotFound => StatusCode::NOT_FOUND,
+            NotFound | NoSuchUpload => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ClientClosed => StatusCode::from_u16(499).expect("499 is a status code"),

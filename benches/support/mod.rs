@@ -21,6 +21,55 @@ pub fn rounds() -> (Duration, usize) {
     (Duration::from_secs_f64(secs), rounds.max(1))
 }
 
+/// A bench's `main`: `--list` (what `cargo test --benches` asks) does nothing; otherwise
+/// `run(round, rounds)` on a multi-threaded runtime.
+pub fn main<F, Fut>(run: F)
+where
+    F: FnOnce(Duration, usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let (round, rounds) = rounds();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(round, rounds));
+}
+
+/// Writes `dir/<name>.toml`: a gateway relaying to `endpoint`'s `bucket`, its access log
+/// in `dir/<name>.log`, one principal `bench` with the API key `key` (get and put, a rate
+/// that never refuses), plus the sections in `extra` and the principal's lines in
+/// `principal_extra`.
+pub fn gateway_config(
+    dir: &std::path::Path,
+    name: &str,
+    endpoint: &str,
+    bucket: &str,
+    key: &str,
+    extra: &str,
+    principal_extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\n\
+             force_path_style = true\naudit = \"off\"\n\n\
+             [rate_limit]\nmax_concurrent_per_principal = 20000\n\n\
+             [log]\naccess_log = \"{}\"\n\n{extra}\n\
+             [[principals]]\nname = \"bench\"\napi_keys = [\"{}\"]\nallow = [\"get\", \"put\"]\n\
+             rate_limit = {{ requests_per_second = 1000000, burst = 1000000 }}\n{principal_extra}\n",
+            dir.join(format!("{name}.log")).display(),
+            portcullis::auth::hash_key(key)
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// A `portcullis` child process.
 pub struct Proc {
     pub child: Child,

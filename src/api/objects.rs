@@ -114,7 +114,7 @@ pub(super) async fn put(
         condition,
         digests,
         headers: Default::default(),
-        idle_timeout: state.body_idle_timeout,
+        idle_timeout: Some(state.body_idle_timeout),
     };
     let (stored, content_type) = store(state, &identity, limits, &head, spec, body).await?;
     let status = if create_only {
@@ -144,9 +144,9 @@ pub(crate) struct Store {
     pub condition: WriteCondition,
     pub digests: crate::limits::ExpectedDigests,
     pub headers: crate::relay::ObjectHeaders,
-    /// The body's idle timeout (`server.body_idle_timeout`, unless the caller watches the
-    /// client's bytes itself).
-    pub idle_timeout: std::time::Duration,
+    /// The body's idle timeout (`server.body_idle_timeout`; `None` when the caller watches
+    /// the client's bytes itself).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Streams an upload to the principal's bucket through the streaming limits: size, idle

@@ -33,25 +33,7 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
 /// The response for an error: status, extra headers and the JSON body of SPEC section 7.
 /// The error's log-only detail is logged here, once, with the request id.
 pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
-    let cause = err.source.as_deref().map(|e| crate::error::chain(e));
-    match err.origin {
-        crate::error::Origin::Client => {
-            tracing::debug!(
-                request_id,
-                code = err.code.as_str(),
-                detail = err.detail.as_deref(),
-                cause = cause.as_deref(),
-                "request refused"
-            )
-        }
-        _ => tracing::warn!(
-            request_id,
-            code = err.code.as_str(),
-            detail = err.detail.as_deref(),
-            cause = cause.as_deref(),
-            "request failed"
-        ),
-    }
+    log(err, request_id);
     let body = Full::new(Bytes::from(error_body(err, request_id)))
         .map_err(|e| match e {})
         .boxed();
@@ -73,6 +55,30 @@ pub(crate) fn error(err: &ApiError, request_id: &str) -> Response<Body> {
     resp
 }
 
+/// Logs an error once, with its request id: a refusal at debug, a failure at warn, with its
+/// log-only detail and its cause (both `/v1`'s JSON and the S3 door's XML answers log here).
+pub(crate) fn log(err: &ApiError, request_id: &str) {
+    let cause = err.source.as_deref().map(|e| crate::error::chain(e));
+    match err.origin {
+        crate::error::Origin::Client => {
+            tracing::debug!(
+                request_id,
+                code = err.code.as_str(),
+                detail = err.detail.as_deref(),
+                cause = cause.as_deref(),
+                "request refused"
+            )
+        }
+        _ => tracing::warn!(
+            request_id,
+            code = err.code.as_str(),
+            detail = err.detail.as_deref(),
+            cause = cause.as_deref(),
+            "request failed"
+        ),
+    }
+}
+
 /// The answer to a request refused before it reached a handler: the error's code in its
 /// access-log note, and the error response with its request id.
 pub(crate) fn refuse<B>(req: &http::Request<B>, err: &ApiError) -> Response<Body> {
@@ -87,15 +93,7 @@ pub(crate) fn error_in(err: &ApiError, request_id: &str, s3: bool) -> Response<B
     if !s3 {
         return error(err, request_id);
     }
-    let copy = ApiError {
-        code: err.code,
-        origin: err.origin,
-        message: err.message.clone(),
-        detail: err.detail.clone(),
-        source: None,
-        headers: err.headers.clone(),
-    };
-    crate::door::errors::response(crate::door::errors::to_s3(copy, request_id))
+    crate::door::errors::response(crate::door::errors::to_s3(err, request_id))
 }
 
 /// Moves `permits` onto the response body: they are released when it ends or is dropped.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use crate::error::ApiError;
-use crate::limits::BodyFailure;
+use crate::limits::{BodyFailure, IdleTimer};
 use crate::{Body, BoxError};
 
 /// The largest chunk the door takes.
@@ -209,9 +209,7 @@ pub(super) struct ChunkCap {
     inner: Body,
     framing: Framing,
     failed: bool,
-    idle: Duration,
-    /// Armed while waiting on the client.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: IdleTimer,
     raw: RawFailure,
     room: Arc<Semaphore>,
     /// Bytes of room held for the chunk being received.
@@ -225,8 +223,7 @@ impl ChunkCap {
             inner,
             framing: Framing::default(),
             failed: false,
-            idle,
-            timer: None,
+            idle: IdleTimer::new(Some(idle)),
             raw,
             room,
             held: 0,
@@ -236,7 +233,7 @@ impl ChunkCap {
 
     fn fail(&mut self, failure: BodyFailure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = true;
-        self.timer = None;
+        self.idle.reset();
         self.waiting = None;
         let _ = self.raw.0.set(Raw::Body(failure));
         Poll::Ready(Some(Err(Box::new(failure))))
@@ -305,14 +302,10 @@ impl http_body::Body for ChunkCap {
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() {
-            let idle = this.idle;
-            let timer = this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-            ready!(timer.as_mut().poll(cx));
+            ready!(this.idle.poll_expired(cx));
             return this.fail(BodyFailure::Idle);
         }
-        this.timer = None;
+        this.idle.reset();
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
             && let Err(why) = this.framing.feed(data)

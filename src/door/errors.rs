@@ -31,6 +31,7 @@ pub(crate) fn s3_code(code: Code) -> (S3ErrorCode, StatusCode) {
         // A type the policy refuses is a denial, as a bucket policy's condition would be.
         Code::UnsupportedMediaType => s(S::AccessDenied),
         Code::NotFound => s(S::NoSuchKey),
+        Code::NoSuchUpload => s(S::NoSuchUpload),
         Code::MethodNotAllowed => s(S::MethodNotAllowed),
         Code::BodyTimeout | Code::ClientClosed => s(S::RequestTimeout),
         Code::LengthRequired => s(S::MissingContentLength),
@@ -49,8 +50,8 @@ pub(crate) fn s3_code(code: Code) -> (S3ErrorCode, StatusCode) {
 
 /// `err` as an [`S3Error`]: S3's code, the safe message, the request id, and the headers it
 /// carries (`Retry-After`). The detail and cause are logged here, as `respond::error` does.
-pub(crate) fn to_s3(err: ApiError, request_id: &str) -> S3Error {
-    log(&err, request_id);
+pub(crate) fn to_s3(err: &ApiError, request_id: &str) -> S3Error {
+    crate::api::respond::log(err, request_id);
     let (code, status) = s3_code(err.code);
     let mut e = S3Error::with_message(code, err.message.clone());
     e.set_status_code(status);
@@ -101,26 +102,6 @@ pub(crate) fn code_of(resp: &s3s::HttpResponse) -> Option<String> {
     Some(text[start..end].to_owned())
 }
 
-fn log(err: &ApiError, request_id: &str) {
-    let cause = err.source.as_deref().map(|e| crate::error::chain(e));
-    match err.origin {
-        crate::error::Origin::Client => tracing::debug!(
-            request_id,
-            code = err.code.as_str(),
-            detail = err.detail.as_deref(),
-            cause = cause.as_deref(),
-            "request refused"
-        ),
-        _ => tracing::warn!(
-            request_id,
-            code = err.code.as_str(),
-            detail = err.detail.as_deref(),
-            cause = cause.as_deref(),
-            "request failed"
-        ),
-    }
-}
-
 /// A door-only refusal with S3's own code (those our [`Code`]s do not name).
 pub(crate) fn refusal(code: S3ErrorCode, message: impl Into<String>) -> S3Error {
     S3Error::with_message(code, message.into())
@@ -133,13 +114,13 @@ mod tests {
     #[test]
     fn overload_and_limits_are_slow_down_with_retry_after() {
         for code in [Code::RateLimited, Code::QuotaExceeded, Code::Overloaded] {
-            let e = to_s3(ApiError::new(code, "slow"), "r1");
+            let e = to_s3(&ApiError::new(code, "slow"), "r1");
             assert_eq!(e.code(), &S3ErrorCode::SlowDown);
             assert_eq!(e.status_code(), Some(StatusCode::SERVICE_UNAVAILABLE));
             assert_eq!(e.headers().unwrap()[header::RETRY_AFTER], "1");
         }
         let e = to_s3(
-            ApiError::new(Code::QuotaExceeded, "q")
+            &ApiError::new(Code::QuotaExceeded, "q")
                 .header(header::RETRY_AFTER, HeaderValue::from_static("3600")),
             "r1",
         );

@@ -58,22 +58,22 @@ fn max_keys(asked: Option<i32>) -> i32 {
     asked.unwrap_or(1000).clamp(0, 1000)
 }
 
-/// The page for `scope`, as the backend lists it (or the one common prefix).
+/// The page for the prefix the client `asked` (recorded in the log), confined to the
+/// principal's: as the backend lists it, or the one common prefix leading there.
 async fn page(
     ops: &Ops,
-    parts_head: &http::Request<()>,
+    head: &http::Request<()>,
     identity: &crate::auth::Identity,
-    scope: Scope,
+    asked: &str,
     mut query: ListQuery,
 ) -> Result<ListPage, ApiError> {
-    match scope {
-        Scope::Outside => Err(ApiError::new(
-            crate::error::Code::Forbidden,
-            format!(
-                "keys of this principal start with `{}`",
-                identity.principal.prefix
-            ),
-        )),
+    crate::obs::note(head, |n| n.key = Some(asked.to_owned()));
+    match scope(
+        &identity.principal.prefix,
+        asked,
+        query.delimiter.as_deref(),
+    ) {
+        Scope::Outside => Err(identity.principal.outside_prefix()),
         Scope::One(prefix) => {
             let after = query
                 .continuation
@@ -89,7 +89,7 @@ async fn page(
         Scope::List(prefix) => {
             query.prefix = prefix;
             let bucket = ops.state.bucket_of(&identity.principal)?;
-            crate::api::timed(parts_head, "list", bucket.list_page(&query)).await
+            crate::api::timed(head, "list", bucket.list_page(&query)).await
         }
     }
 }
@@ -129,8 +129,6 @@ pub(super) async fn list_v2(
             .await?;
         let i = &p.input;
         let asked = i.prefix.clone().unwrap_or_default();
-        crate::obs::note(&p.head, |n| n.key = Some(asked.clone()));
-        let scope = scope(&identity.principal.prefix, &asked, i.delimiter.as_deref());
         let query = ListQuery {
             prefix: String::new(),
             delimiter: i.delimiter.clone().filter(|d| !d.is_empty()),
@@ -138,7 +136,7 @@ pub(super) async fn list_v2(
             continuation: i.continuation_token.clone(),
             start_after: i.start_after.clone(),
         };
-        let page = page(ops, &p.head, &identity, scope, query).await?;
+        let page = page(ops, &p.head, &identity, &asked, query).await?;
         let enc = Encoding::of(i.encoding_type.as_ref());
         let contents = contents(&page, &enc);
         let common = prefixes(&page, &enc);
@@ -171,9 +169,7 @@ pub(super) async fn list_v1(
             .await?;
         let i = &p.input;
         let asked = i.prefix.clone().unwrap_or_default();
-        crate::obs::note(&p.head, |n| n.key = Some(asked.clone()));
         let delimiter = i.delimiter.clone().filter(|d| !d.is_empty());
-        let scope = scope(&identity.principal.prefix, &asked, delimiter.as_deref());
         // A marker that is a common prefix skips everything under it, as S3 does.
         let start_after = i
             .marker
@@ -190,7 +186,7 @@ pub(super) async fn list_v1(
             continuation: None,
             start_after,
         };
-        let page = page(ops, &p.head, &identity, scope, query).await?;
+        let page = page(ops, &p.head, &identity, &asked, query).await?;
         let enc = Encoding::of(i.encoding_type.as_ref());
         // With a delimiter S3 says where to go on; without one, clients use the last key.
         let last = page

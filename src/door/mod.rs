@@ -47,10 +47,6 @@ use crate::obs::{ClientIp, RequestId, note};
 pub use chunks::MAX_CHUNK;
 pub(crate) use chunks::RawFailure;
 
-/// The idle timeout of an aws-chunked body after s3s has decoded it: none to speak of, since
-/// `ChunkCap` times the client's own bytes (see `chunks.rs`).
-const DECODED_IDLE: Duration = Duration::from_secs(24 * 3600);
-
 /// Is this an aws-chunked upload (whose pauses `ChunkCap` times)?
 fn streaming(headers: &http::HeaderMap) -> bool {
     headers
@@ -59,13 +55,9 @@ fn streaming(headers: &http::HeaderMap) -> bool {
 }
 
 /// The idle timeout for a decoded upload body: `server.body_idle_timeout`, or, for an
-/// aws-chunked body, none beyond the one `ChunkCap` keeps on its bytes.
-pub(crate) fn decoded_idle(headers: &http::HeaderMap, configured: Duration) -> Duration {
-    if streaming(headers) {
-        DECODED_IDLE
-    } else {
-        configured
-    }
+/// aws-chunked body, none: `ChunkCap` keeps it on the client's own bytes.
+pub(crate) fn decoded_idle(headers: &http::HeaderMap, configured: Duration) -> Option<Duration> {
+    (!streaming(headers)).then_some(configured)
 }
 
 /// `[s3_api]` as requests read it.
@@ -133,10 +125,10 @@ impl Door {
         note(&req, |n| n.route = "s3");
         let state = &self.state;
         let settings = state.door.as_ref().expect("the door is configured");
-        let request_id = req
+        let request_id: Arc<str> = req
             .extensions()
             .get::<RequestId>()
-            .map_or_else(|| "-".to_owned(), |r| r.0.to_string());
+            .map_or_else(|| Arc::from("-"), |r| r.0.clone());
         let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
         let admission = match req.extensions().get::<Admission>() {
             Some(a) => a.clone(),
@@ -160,17 +152,17 @@ impl Door {
         };
         if let Err(err) = crate::api::read_one_way(&req) {
             let code = err.code.as_str();
-            return refuse(errors::to_s3(err, &request_id), code);
+            return refuse(errors::to_s3(&err, &request_id), code);
         }
         if let Some(ip) = ip
             && let Err(err) = state.auth_failures.check(ip)
         {
             let code = err.code.as_str();
-            return refuse(errors::to_s3(err, &request_id), code);
+            return refuse(errors::to_s3(&err, &request_id), code);
         }
         if let Err(refusal) = front::check(settings, &req) {
             let mut err = refusal.error;
-            err.set_request_id(&request_id);
+            err.set_request_id(&*request_id);
             if refusal.failed_auth {
                 self.failed_auth(ip).await;
             }
@@ -179,14 +171,12 @@ impl Door {
         }
         let payload = req.headers().get("x-amz-content-sha256");
         tracing::debug!(
-            request_id,
+            request_id = &*request_id,
             payload = ?payload,
             trailer = ?req.headers().get("x-amz-trailer"),
             "door request"
         );
         let streaming = streaming(req.headers());
-        // The operations read the settings they were served with (the virtual host's domain).
-        req.extensions_mut().insert(settings.clone());
         // Uploads learn why their body failed inside s3s through this (see `RawFailure`).
         let raw = matches!(*req.method(), http::Method::PUT | http::Method::POST).then(|| {
             let raw = chunks::RawFailure::default();
@@ -205,7 +195,7 @@ impl Door {
             Ok(resp) => resp,
             Err(e) => {
                 let err = crate::error::ApiError::internal(format!("{e:?}"));
-                return refuse(errors::to_s3(err, &request_id), "internal_error");
+                return refuse(errors::to_s3(&err, &request_id), "internal_error");
             }
         };
         if let Some(code) = errors::code_of(&resp) {

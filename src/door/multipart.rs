@@ -4,50 +4,51 @@
 //! parts it names and aborts an upload that is over. The type is checked at `Create` and the
 //! first part is sniffed; nothing half-written stays on a refusal.
 
-use http::Request;
 use s3s::dto::*;
 use s3s::{S3Response, S3Result};
 
 use super::ops::{
-    Ops, Parts, answer, body_of, declared_length, declared_type, digests, etag, key_of, timestamp,
-    verified,
+    Ops, Parts, answer, body_of, check_stored_type, declared_length, declared_type, digests, etag,
+    timestamp, verified,
 };
 use crate::api::objects::{read_prefix, shaped};
 use crate::error::{ApiError, Code};
-use crate::limits::{
-    ChecksumAlgorithm, Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, media_type, sniff,
-};
+use crate::limits::{Guard, GuardedBody, Prefixed, SNIFF_BYTES, Sniffed, sniff};
 use crate::policy::{Action, ObjectKey};
-use crate::relay::MAX_PARTS;
+use crate::relay::{MAX_PARTS, WriteCondition};
 
-/// A backend's "no such key" in a multipart call means the upload is gone.
-fn upload_gone(e: ApiError) -> ApiError {
-    if e.code == Code::NotFound {
-        ApiError::new(Code::NotFound, "The specified upload does not exist.").detail("NoSuchUpload")
+/// A part number S3 takes.
+fn part_number(n: i32) -> Result<i32, ApiError> {
+    if (1..=MAX_PARTS).contains(&n) {
+        Ok(n)
     } else {
-        e
+        Err(ApiError::bad_request("Part number must be from 1 to 10000"))
     }
 }
 
-/// Maps [`upload_gone`]'s refusal to S3's `NoSuchUpload` on the way out.
-async fn answer_upload<T>(
-    head: &Request<()>,
-    op: impl Future<Output = Result<S3Response<T>, ApiError>>,
-) -> S3Result<S3Response<T>> {
-    let raw_failed = |e: &ApiError| e.find_cause::<crate::limits::BodyFailure>().is_some();
-    match op.await {
-        Ok(r) => Ok(r),
-        // A part whose raw body failed is answered for that (by `answer`), not as missing.
-        Err(e) if e.code == Code::NotFound && !raw_failed(&e) => {
-            let mut err = s3s::S3Error::with_message(
-                s3s::S3ErrorCode::NoSuchUpload,
-                "The specified upload does not exist.",
-            );
-            err.set_request_id(super::ops::request_id(head));
-            Err(err)
-        }
-        Err(e) => answer(head, async { Err(e) }).await,
+/// What the upload has left for part `number`: the limit less its other parts S3 holds
+/// (asked of S3, so several instances agree); `length` more must fit.
+async fn room_for(
+    bucket: &crate::relay::Backend,
+    key: &ObjectKey,
+    upload_id: &str,
+    number: i32,
+    limits: &crate::limits::Limits,
+    length: u64,
+) -> Result<u64, ApiError> {
+    let others: u64 = bucket
+        .parts(key, upload_id)
+        .await?
+        .iter()
+        .filter(|part| part.number != number)
+        .map(|part| part.size)
+        .sum();
+    let room = limits.max_object_size.bytes().saturating_sub(others);
+    if length > room {
+        return Err(ApiError::too_large(limits.max_object_size)
+            .detail(format_args!("{others} bytes in the upload's other parts")));
     }
+    Ok(room)
 }
 
 pub(super) async fn create(
@@ -55,21 +56,19 @@ pub(super) async fn create(
     p: Parts<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
     answer(&p.head, async {
-        let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-        let identity = ops
-            .admitted(
+        let (key, identity) = ops
+            .admit_object(
                 &p.head,
                 p.credentials.as_ref(),
                 &p.input.bucket,
-                &key,
+                &p.input.key,
                 Action::Put,
             )
             .await?;
         let limits = identity.limits();
         let content_type = declared_type(p.input.content_type.as_deref())?
             .unwrap_or_else(|| "application/octet-stream".into());
-        let essence = media_type(&content_type).unwrap_or_default();
-        limits.check_type(&essence)?;
+        check_stored_type(&limits, Some(&content_type))?;
         let bucket = ops.state.bucket_of(&identity.principal)?;
         let headers = super::ops::forwarded(p.head.headers());
         let id = crate::api::timed(
@@ -92,49 +91,27 @@ pub(super) async fn upload_part(
     ops: &Ops,
     mut p: Parts<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
-    let id = super::ops::request_id(&p.head);
-    let digests = digests(p.head.headers(), p.trailers.as_ref()).map_err(|mut e| {
-        e.set_request_id(&id);
-        e
-    })?;
+    let digests = digests(&p.head, p.trailers.as_ref())?;
     let checksum = digests.checksum.clone();
     let body = body_of(&p.head, p.input.body.take());
-    answer_upload(&p.head, async {
-        let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-        let identity = ops
-            .admitted(
+    answer(&p.head, async {
+        let (key, identity) = ops
+            .admit_object(
                 &p.head,
                 p.credentials.as_ref(),
                 &p.input.bucket,
-                &key,
+                &p.input.key,
                 Action::Put,
             )
             .await?;
-        let number = p.input.part_number;
-        if !(1..=MAX_PARTS).contains(&number) {
-            return Err(ApiError::bad_request("Part number must be from 1 to 10000"));
-        }
+        let number = part_number(p.input.part_number)?;
         let length =
             declared_length(p.input.content_length, p.head.headers()).ok_or_else(|| {
                 ApiError::new(Code::LengthRequired, "UploadPart needs a Content-Length")
             })?;
         let limits = identity.limits();
         let bucket = ops.state.bucket_of(&identity.principal)?;
-        // What the upload has left: the limit less the other parts already stored.
-        let parts = bucket
-            .parts(&key, &p.input.upload_id)
-            .await
-            .map_err(upload_gone)?;
-        let others: u64 = parts
-            .iter()
-            .filter(|part| part.number != number)
-            .map(|part| part.size)
-            .sum();
-        let room = limits.max_object_size.bytes().saturating_sub(others);
-        if length > room {
-            return Err(ApiError::too_large(limits.max_object_size)
-                .detail(format_args!("{others} bytes in the upload's other parts")));
-        }
+        let room = room_for(bucket, &key, &p.input.upload_id, number, &limits, length).await?;
         let guard = Guard {
             max_bytes: room,
             idle_timeout: super::decoded_idle(p.head.headers(), ops.state.body_idle_timeout),
@@ -155,21 +132,17 @@ pub(super) async fn upload_part(
             "upload_part",
             bucket.upload_part(&key, &p.input.upload_id, number, length, body),
         )
-        .await
-        .map_err(upload_gone)?;
-        let mut out = UploadPartOutput {
+        .await?;
+        let sums = verified(&checksum);
+        let out = UploadPartOutput {
             e_tag: etag(&tag),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
         };
-        if let Some((a, v)) = verified(&checksum) {
-            match a {
-                ChecksumAlgorithm::Crc32 => out.checksum_crc32 = Some(v),
-                ChecksumAlgorithm::Crc32c => out.checksum_crc32c = Some(v),
-                ChecksumAlgorithm::Crc64Nvme => out.checksum_crc64nvme = Some(v),
-                ChecksumAlgorithm::Sha1 => out.checksum_sha1 = Some(v),
-                ChecksumAlgorithm::Sha256 => out.checksum_sha256 = Some(v),
-            }
-        }
         Ok(S3Response::new(out))
     })
     .await
@@ -181,14 +154,13 @@ pub(super) async fn complete(
     ops: &Ops,
     p: Parts<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-    answer_upload(&p.head, async {
-        let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-        let identity = ops
-            .admitted(
+    answer(&p.head, async {
+        let (key, identity) = ops
+            .admit_object(
                 &p.head,
                 p.credentials.as_ref(),
                 &p.input.bucket,
-                &key,
+                &p.input.key,
                 Action::Put,
             )
             .await?;
@@ -213,10 +185,7 @@ pub(super) async fn complete(
         }
         let limits = identity.limits();
         let bucket = ops.state.bucket_of(&identity.principal)?;
-        let stored = bucket
-            .parts(&key, &p.input.upload_id)
-            .await
-            .map_err(upload_gone)?;
+        let stored = bucket.parts(&key, &p.input.upload_id).await?;
         let total: u64 = stored
             .iter()
             .filter(|part| named.iter().any(|(n, _)| *n == part.number))
@@ -237,7 +206,7 @@ pub(super) async fn complete(
         let tag = crate::api::timed(
             &p.head,
             "complete_upload",
-            bucket.complete_upload(&key, &p.input.upload_id, named),
+            bucket.complete_upload(&key, &p.input.upload_id, named, WriteCondition::None),
         )
         .await?;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
@@ -254,22 +223,18 @@ pub(super) async fn abort(
     ops: &Ops,
     p: Parts<AbortMultipartUploadInput>,
 ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-    answer_upload(&p.head, async {
-        let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-        let identity = ops
-            .admitted(
+    answer(&p.head, async {
+        let (key, identity) = ops
+            .admit_object(
                 &p.head,
                 p.credentials.as_ref(),
                 &p.input.bucket,
-                &key,
+                &p.input.key,
                 Action::Put,
             )
             .await?;
         let bucket = ops.state.bucket_of(&identity.principal)?;
-        bucket
-            .abort_upload(&key, &p.input.upload_id)
-            .await
-            .map_err(upload_gone)?;
+        bucket.abort_upload(&key, &p.input.upload_id).await?;
         let mut resp = S3Response::new(AbortMultipartUploadOutput::default());
         resp.status = Some(http::StatusCode::NO_CONTENT);
         Ok(resp)
@@ -281,22 +246,18 @@ pub(super) async fn list_parts(
     ops: &Ops,
     p: Parts<ListPartsInput>,
 ) -> S3Result<S3Response<ListPartsOutput>> {
-    answer_upload(&p.head, async {
-        let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-        let identity = ops
-            .admitted(
+    answer(&p.head, async {
+        let (key, identity) = ops
+            .admit_object(
                 &p.head,
                 p.credentials.as_ref(),
                 &p.input.bucket,
-                &key,
+                &p.input.key,
                 Action::Put,
             )
             .await?;
         let bucket = ops.state.bucket_of(&identity.principal)?;
-        let parts = bucket
-            .parts(&key, &p.input.upload_id)
-            .await
-            .map_err(upload_gone)?;
+        let parts = bucket.parts(&key, &p.input.upload_id).await?;
         let marker = p.input.part_number_marker.unwrap_or(0);
         let max = p.input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let after: Vec<_> = parts
@@ -345,15 +306,7 @@ pub(super) async fn list_uploads(
         let max = i.max_uploads.unwrap_or(1000).clamp(0, 1000);
         let page =
             match super::list::scope(&identity.principal.prefix, &asked, delimiter.as_deref()) {
-                super::list::Scope::Outside => {
-                    return Err(ApiError::new(
-                        Code::Forbidden,
-                        format!(
-                            "keys of this principal start with `{}`",
-                            identity.principal.prefix
-                        ),
-                    ));
-                }
+                super::list::Scope::Outside => return Err(identity.principal.outside_prefix()),
                 super::list::Scope::One(prefix) => crate::relay::UploadsPage {
                     common_prefixes: vec![prefix],
                     ..Default::default()
@@ -432,65 +385,30 @@ pub(super) async fn upload_part_copy(
     ops: &Ops,
     p: Parts<UploadPartCopyInput>,
 ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-    answer_upload(&p.head, async {
-        let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-        let identity = ops
-            .admitted(
+    answer(&p.head, async {
+        let (key, identity) = ops
+            .admit_object(
                 &p.head,
                 p.credentials.as_ref(),
                 &p.input.bucket,
-                &key,
+                &p.input.key,
                 Action::Put,
             )
             .await?;
-        let source = super::ops::copy_source(p.head.headers(), &identity.principal.bucket)?;
-        identity.principal.authorize(Action::Get, &source)?;
-        let number = p.input.part_number;
-        if !(1..=MAX_PARTS).contains(&number) {
-            return Err(ApiError::bad_request("Part number must be from 1 to 10000"));
-        }
+        let number = part_number(p.input.part_number)?;
+        let (source, meta) = ops.copy_source_of(&p.head, &identity).await?;
         let limits = identity.limits();
-        let bucket = ops.state.bucket_of(&identity.principal)?;
-        let fetched = bucket
-            .fetch(
-                &source,
-                None,
-                &crate::relay::ReadConditions::default(),
-                crate::relay::Read::Head,
-            )
-            .await?;
-        let crate::relay::Fetched::Object { meta, .. } = fetched else {
-            return Err(ApiError::internal("a HEAD without conditions answered 304"));
-        };
-        let essence = meta
-            .content_type
-            .as_deref()
-            .and_then(media_type)
-            .unwrap_or_else(|| "application/octet-stream".into());
-        limits.check_type(&essence)?;
+        check_stored_type(&limits, meta.content_type.as_deref())?;
         let length = copy_range(p.input.copy_source_range.as_deref(), meta.size)?;
-        let parts = bucket
-            .parts(&key, &p.input.upload_id)
-            .await
-            .map_err(upload_gone)?;
-        let others: u64 = parts
-            .iter()
-            .filter(|part| part.number != number)
-            .map(|part| part.size)
-            .sum();
-        if others + length > limits.max_object_size.bytes() {
-            return Err(ApiError::too_large(limits.max_object_size)
-                .detail(format_args!("{others} bytes in the upload's other parts")));
-        }
+        let bucket = ops.state.bucket_of(&identity.principal)?;
+        room_for(bucket, &key, &p.input.upload_id, number, &limits, length).await?;
         let copying = bucket.upload_part_copy(
             (&key, &p.input.upload_id, number),
             &source,
             p.input.copy_source_range.clone(),
             super::ops::copy_conditions(p.head.headers()),
         );
-        let (tag, modified) = crate::api::timed(&p.head, "upload_part_copy", copying)
-            .await
-            .map_err(upload_gone)?;
+        let (tag, modified) = crate::api::timed(&p.head, "upload_part_copy", copying).await?;
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: etag(&tag),

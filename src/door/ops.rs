@@ -27,7 +27,7 @@ use crate::limits::{
 };
 use crate::obs::{RequestId, note};
 use crate::policy::{Action, ObjectKey, percent_decode_once};
-use crate::relay::{CopyConditions, Fetched, ObjectHeaders, Read, ReadConditions, Replace};
+use crate::relay::{Fetched, ObjectHeaders, Read, ReadConditions, Replace};
 
 pub(super) struct Ops {
     pub(super) state: Arc<AppState>,
@@ -89,7 +89,7 @@ pub(super) async fn answer<T>(
             Some(raw) => raw.blame(e),
             None => e,
         };
-        to_s3(e, &request_id(head))
+        to_s3(&e, &request_id(head))
     })
 }
 
@@ -125,19 +125,21 @@ impl Ops {
         })
     }
 
-    /// The caller, allowed `action` on `key`, and admitted within its rates and quota.
-    pub(super) async fn admitted(
+    /// The admission phase of an object operation, as `/v1`'s: the key (the one decode),
+    /// the caller, allowed `action` on the key, admitted within its rates and quota.
+    pub(super) async fn admit_object(
         &self,
         head: &Request<()>,
         credentials: Option<&Credentials>,
         bucket: &str,
-        key: &ObjectKey,
+        key: &str,
         action: Action,
-    ) -> Result<Identity, ApiError> {
+    ) -> Result<(ObjectKey, Identity), ApiError> {
+        let key = self.key_of(head, bucket, key)?;
         let identity = self.caller(head, credentials, Some(bucket))?;
-        identity.principal.authorize(action, key)?;
+        identity.principal.authorize(action, &key)?;
         admit(&self.state, head, &identity).await?;
-        Ok(identity)
+        Ok((key, identity))
     }
 
     /// The caller, allowed to list under `prefix`, and admitted.
@@ -154,15 +156,26 @@ impl Ops {
         admit(&self.state, head, &identity).await?;
         Ok(identity)
     }
+
+    /// The object key of a request, by the one strict decode of its raw path (SPEC
+    /// section 4), recorded in the log. s3s decoded the path too, more leniently; a key the
+    /// two read differently is refused, so the key the policy checks is the key s3s verified.
+    pub(super) fn key_of(
+        &self,
+        head: &Request<()>,
+        bucket: &str,
+        decoded: &str,
+    ) -> Result<ObjectKey, ApiError> {
+        let domain = self.state.door.as_ref().and_then(|d| d.domain.as_deref());
+        key_of(head, bucket, decoded, domain)
+    }
 }
 
-/// The object key of a request, by the one strict decode of its raw path (SPEC section 4),
-/// recorded in the log. s3s decoded the path too, more leniently; a key the two read
-/// differently is refused, so the key the policy checks is the key s3s verified.
-pub(super) fn key_of(
+fn key_of(
     head: &Request<()>,
     bucket: &str,
     decoded: &str,
+    domain: Option<&str>,
 ) -> Result<ObjectKey, ApiError> {
     let path = head.uri().path();
     let raw = path
@@ -170,7 +183,7 @@ pub(super) fn key_of(
         .and_then(|p| {
             p.strip_prefix(bucket)
                 .and_then(|rest| rest.strip_prefix('/'))
-                .filter(|_| !virtual_hosted(head, bucket))
+                .filter(|_| !virtual_hosted(head, bucket, domain))
                 .or(Some(p))
         })
         .unwrap_or(path);
@@ -186,12 +199,8 @@ pub(super) fn key_of(
 
 /// Did the request name its bucket in the host (`BUCKET.<s3_api.domain>`)? Without a
 /// domain, never: a host that merely starts with the bucket's name is path style.
-fn virtual_hosted(head: &Request<()>, bucket: &str) -> bool {
-    let Some(domain) = head
-        .extensions()
-        .get::<super::Settings>()
-        .and_then(|s| s.domain.as_deref())
-    else {
+fn virtual_hosted(head: &Request<()>, bucket: &str, domain: Option<&str>) -> bool {
+    let Some(domain) = domain else {
         return false;
     };
     let host = head
@@ -266,6 +275,16 @@ pub(super) fn declared_type(t: Option<&str>) -> Result<Option<String>, ApiError>
 /// header or trailer, and the signed payload's SHA-256 (s3s checks that too, but only the
 /// gateway holds back the last bytes until it matches).
 pub(super) fn digests(
+    head: &Request<()>,
+    trailers: Option<&TrailingHeaders>,
+) -> Result<ExpectedDigests, S3Error> {
+    digests_of(head.headers(), trailers).map_err(|mut e| {
+        e.set_request_id(request_id(head));
+        e
+    })
+}
+
+fn digests_of(
     headers: &HeaderMap,
     trailers: Option<&TrailingHeaders>,
 ) -> Result<ExpectedDigests, S3Error> {
@@ -330,13 +349,21 @@ pub(super) fn digests(
 }
 
 /// The checksum an upload was verified against, to echo in the answer as S3 does.
-pub(super) fn verified(d: &Option<ExpectedChecksum>) -> Option<(ChecksumAlgorithm, String)> {
-    let c = d.as_ref()?;
-    let v = match &c.value {
+pub(super) fn verified(d: &Option<ExpectedChecksum>) -> Checksum {
+    let mut sums = Checksum::default();
+    let Some(c) = d else { return sums };
+    let value = match &c.value {
         ChecksumValue::Header(v) => Some(v.clone()),
         ChecksumValue::Trailer(read) => read(),
-    }?;
-    Some((c.algorithm, v))
+    };
+    *match c.algorithm {
+        ChecksumAlgorithm::Crc32 => &mut sums.checksum_crc32,
+        ChecksumAlgorithm::Crc32c => &mut sums.checksum_crc32c,
+        ChecksumAlgorithm::Crc64Nvme => &mut sums.checksum_crc64nvme,
+        ChecksumAlgorithm::Sha1 => &mut sums.checksum_sha1,
+        ChecksumAlgorithm::Sha256 => &mut sums.checksum_sha256,
+    } = value;
+    sums
 }
 
 pub(super) fn etag(s: &str) -> Option<ETag> {
@@ -385,14 +412,25 @@ fn guarded(content_type: Option<&str>) -> HeaderMap {
     h
 }
 
-fn set_checksum<T>(
-    out: &mut T,
-    sum: Option<(ChecksumAlgorithm, String)>,
-    set: impl FnOnce(&mut T, ChecksumAlgorithm, String),
-) {
-    if let Some((a, v)) = sum {
-        set(out, a, v);
-    }
+/// The operations whose code lives in `list.rs` and `multipart.rs`, as the trait's methods
+/// (written out as `async_trait` would make them: it cannot see into a macro).
+macro_rules! forward {
+    ($($name:ident: $input:ty => $output:ty = $op:path;)*) => {
+        $(
+            fn $name<'life0, 'async_trait>(
+                &'life0 self,
+                req: S3Request<$input>,
+            ) -> std::pin::Pin<
+                Box<dyn Future<Output = S3Result<S3Response<$output>>> + Send + 'async_trait>,
+            >
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin($op(self, split(req)))
+            }
+        )*
+    };
 }
 
 #[async_trait::async_trait]
@@ -472,7 +510,7 @@ impl S3 for Ops {
                 e.set_request_id(id);
                 Err(e)
             }
-            Err(e) => Err(to_s3(e, &id)),
+            Err(e) => Err(to_s3(&e, &id)),
         }
     }
 
@@ -481,21 +519,16 @@ impl S3 for Ops {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let mut p = split(req);
-        let id = request_id(&p.head);
-        let digests = digests(p.head.headers(), p.trailers.as_ref()).map_err(|mut e| {
-            e.set_request_id(&id);
-            e
-        })?;
+        let digests = digests(&p.head, p.trailers.as_ref())?;
         let checksum = digests.checksum.clone();
         let body = body_of(&p.head, p.input.body.take());
         answer(&p.head, async {
-            let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-            let identity = self
-                .admitted(
+            let (key, identity) = self
+                .admit_object(
                     &p.head,
                     p.credentials.as_ref(),
                     &p.input.bucket,
-                    &key,
+                    &p.input.key,
                     Action::Put,
                 )
                 .await?;
@@ -519,17 +552,16 @@ impl S3 for Ops {
                 idle_timeout: super::decoded_idle(p.head.headers(), self.state.body_idle_timeout),
             };
             let (stored, _) = store(&self.state, &identity, &limits, &p.head, spec, body).await?;
-            let mut out = PutObjectOutput {
+            let sums = verified(&checksum);
+            let out = PutObjectOutput {
                 e_tag: etag(&stored.etag),
+                checksum_crc32: sums.checksum_crc32,
+                checksum_crc32c: sums.checksum_crc32c,
+                checksum_crc64nvme: sums.checksum_crc64nvme,
+                checksum_sha1: sums.checksum_sha1,
+                checksum_sha256: sums.checksum_sha256,
                 ..Default::default()
             };
-            set_checksum(&mut out, verified(&checksum), |o, a, v| match a {
-                ChecksumAlgorithm::Crc32 => o.checksum_crc32 = Some(v),
-                ChecksumAlgorithm::Crc32c => o.checksum_crc32c = Some(v),
-                ChecksumAlgorithm::Crc64Nvme => o.checksum_crc64nvme = Some(v),
-                ChecksumAlgorithm::Sha1 => o.checksum_sha1 = Some(v),
-                ChecksumAlgorithm::Sha256 => o.checksum_sha256 = Some(v),
-            });
             Ok(S3Response::new(out))
         })
         .await
@@ -541,13 +573,12 @@ impl S3 for Ops {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let p = split(req);
         answer(&p.head, async {
-            let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-            let identity = self
-                .admitted(
+            let (key, identity) = self
+                .admit_object(
                     &p.head,
                     p.credentials.as_ref(),
                     &p.input.bucket,
-                    &key,
+                    &p.input.key,
                     Action::Get,
                 )
                 .await?;
@@ -625,13 +656,12 @@ impl S3 for Ops {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let p = split(req);
         answer(&p.head, async {
-            let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-            let identity = self
-                .admitted(
+            let (key, identity) = self
+                .admit_object(
                     &p.head,
                     p.credentials.as_ref(),
                     &p.input.bucket,
-                    &key,
+                    &p.input.key,
                     Action::Get,
                 )
                 .await?;
@@ -688,13 +718,12 @@ impl S3 for Ops {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let p = split(req);
         answer(&p.head, async {
-            let key = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-            let identity = self
-                .admitted(
+            let (key, identity) = self
+                .admit_object(
                     &p.head,
                     p.credentials.as_ref(),
                     &p.input.bucket,
-                    &key,
+                    &p.input.key,
                     Action::Delete,
                 )
                 .await?;
@@ -786,26 +815,18 @@ impl S3 for Ops {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let p = split(req);
         answer(&p.head, async {
-            let target = key_of(&p.head, &p.input.bucket, &p.input.key)?;
-            let identity = self
-                .admitted(
+            let (target, identity) = self
+                .admit_object(
                     &p.head,
                     p.credentials.as_ref(),
                     &p.input.bucket,
-                    &target,
+                    &p.input.key,
                     Action::Put,
                 )
                 .await?;
-            let source = copy_source(p.head.headers(), &identity.principal.bucket)?;
-            identity.principal.authorize(Action::Get, &source)?;
+            let (source, meta) = self.copy_source_of(&p.head, &identity).await?;
             let limits = identity.limits();
             let bucket = self.state.bucket_of(&identity.principal)?;
-            let fetched = bucket
-                .fetch(&source, None, &ReadConditions::default(), Read::Head)
-                .await?;
-            let Fetched::Object { meta, .. } = fetched else {
-                return Err(ApiError::internal("a HEAD without conditions answered 304"));
-            };
             limits.check_length(meta.size)?;
             if meta.size > crate::relay::MAX_SINGLE_PUT {
                 return Err(ApiError::new(
@@ -829,14 +850,10 @@ impl S3 for Ops {
                 None
             };
             let stored_type = match &replace {
-                Some(r) => Some(r.content_type.clone()),
-                None => meta.content_type.clone(),
+                Some(r) => Some(r.content_type.as_str()),
+                None => meta.content_type.as_deref(),
             };
-            let essence = stored_type
-                .as_deref()
-                .and_then(media_type)
-                .unwrap_or_else(|| "application/octet-stream".into());
-            limits.check_type(&essence)?;
+            check_stored_type(&limits, stored_type)?;
             let cond = copy_conditions(p.head.headers());
             let copying = bucket.copy(&source, &target, replace, cond);
             let (tag, modified) = crate::api::timed(&p.head, "copy", copying).await?;
@@ -852,71 +869,41 @@ impl S3 for Ops {
         .await
     }
 
-    async fn list_objects_v2(
-        &self,
-        req: S3Request<ListObjectsV2Input>,
-    ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        super::list::list_v2(self, split(req)).await
-    }
-
-    async fn list_objects(
-        &self,
-        req: S3Request<ListObjectsInput>,
-    ) -> S3Result<S3Response<ListObjectsOutput>> {
-        super::list::list_v1(self, split(req)).await
-    }
-
-    async fn create_multipart_upload(
-        &self,
-        req: S3Request<CreateMultipartUploadInput>,
-    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        super::multipart::create(self, split(req)).await
-    }
-
-    async fn upload_part(
-        &self,
-        req: S3Request<UploadPartInput>,
-    ) -> S3Result<S3Response<UploadPartOutput>> {
-        super::multipart::upload_part(self, split(req)).await
-    }
-
-    async fn complete_multipart_upload(
-        &self,
-        req: S3Request<CompleteMultipartUploadInput>,
-    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        super::multipart::complete(self, split(req)).await
-    }
-
-    async fn abort_multipart_upload(
-        &self,
-        req: S3Request<AbortMultipartUploadInput>,
-    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        super::multipart::abort(self, split(req)).await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        req: S3Request<UploadPartCopyInput>,
-    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        super::multipart::upload_part_copy(self, split(req)).await
-    }
-
-    async fn list_parts(
-        &self,
-        req: S3Request<ListPartsInput>,
-    ) -> S3Result<S3Response<ListPartsOutput>> {
-        super::multipart::list_parts(self, split(req)).await
-    }
-
-    async fn list_multipart_uploads(
-        &self,
-        req: S3Request<ListMultipartUploadsInput>,
-    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        super::multipart::list_uploads(self, split(req)).await
+    forward! {
+        list_objects_v2: ListObjectsV2Input => ListObjectsV2Output = super::list::list_v2;
+        list_objects: ListObjectsInput => ListObjectsOutput = super::list::list_v1;
+        create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput = super::multipart::create;
+        upload_part: UploadPartInput => UploadPartOutput = super::multipart::upload_part;
+        complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput = super::multipart::complete;
+        abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput = super::multipart::abort;
+        upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput = super::multipart::upload_part_copy;
+        list_parts: ListPartsInput => ListPartsOutput = super::multipart::list_parts;
+        list_multipart_uploads: ListMultipartUploadsInput => ListMultipartUploadsOutput = super::multipart::list_uploads;
     }
 }
 
 impl Ops {
+    /// The object a copy reads (`x-amz-copy-source`), which the caller must be allowed to
+    /// get, and what S3 says of it.
+    pub(super) async fn copy_source_of(
+        &self,
+        head: &Request<()>,
+        identity: &Identity,
+    ) -> Result<(ObjectKey, crate::relay::ObjectMeta), ApiError> {
+        let source = copy_source(head.headers(), &identity.principal.bucket)?;
+        identity.principal.authorize(Action::Get, &source)?;
+        let bucket = self.state.bucket_of(&identity.principal)?;
+        match bucket
+            .fetch(&source, None, &ReadConditions::default(), Read::Head)
+            .await?
+        {
+            Fetched::Object { meta, .. } => Ok((source, meta)),
+            Fetched::NotModified { .. } => {
+                Err(ApiError::internal("a HEAD without conditions answered 304"))
+            }
+        }
+    }
+
     /// GET or HEAD with the request's range and conditions, timed in the log.
     async fn fetch(
         &self,
@@ -949,10 +936,22 @@ impl Ops {
     }
 }
 
+/// Refuses a type (stored, or to be stored) the principal may not upload; none is
+/// `application/octet-stream`, as S3 stores it.
+pub(super) fn check_stored_type(
+    limits: &crate::limits::Limits,
+    content_type: Option<&str>,
+) -> Result<(), ApiError> {
+    let essence = content_type
+        .and_then(media_type)
+        .unwrap_or_else(|| "application/octet-stream".into());
+    limits.check_type(&essence)
+}
+
 /// The `x-amz-copy-source-if-*` conditions, for S3 to evaluate.
-pub(super) fn copy_conditions(h: &HeaderMap) -> CopyConditions {
+pub(super) fn copy_conditions(h: &HeaderMap) -> ReadConditions {
     let name = header::HeaderName::from_static;
-    CopyConditions {
+    ReadConditions {
         if_match: text(h, name("x-amz-copy-source-if-match")),
         if_none_match: text(h, name("x-amz-copy-source-if-none-match")),
         if_modified_since: date(h, name("x-amz-copy-source-if-modified-since")),

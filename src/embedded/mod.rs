@@ -130,7 +130,25 @@ struct Embedded {
     frame: usize,
 }
 
+/// The operations s3s-fs serves as they are; `open` ones first check the upload is open.
 macro_rules! delegate {
+    ($(open $name:ident: $input:ty => $output:ty;)*) => {
+        $(
+            fn $name<'life0, 'async_trait>(
+                &'life0 self,
+                req: S3Request<$input>,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = S3Result<S3Response<$output>>> + Send + 'async_trait>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async move {
+                    self.upload_open(&req.input.upload_id)?;
+                    self.fs.$name(req).await
+                })
+            }
+        )*
+    };
     ($($name:ident: $input:ty => $output:ty;)*) => {
         $(
             fn $name<'life0, 'async_trait>(
@@ -164,36 +182,11 @@ impl S3 for Embedded {
 
     // s3s-fs answers an upload that is not open with `AccessDenied` (parts) or an empty list;
     // S3 answers `NoSuchUpload`, and so does this server.
-    async fn upload_part(
-        &self,
-        req: S3Request<UploadPartInput>,
-    ) -> S3Result<S3Response<UploadPartOutput>> {
-        self.upload_open(&req.input.upload_id)?;
-        self.fs.upload_part(req).await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        req: S3Request<UploadPartCopyInput>,
-    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        self.upload_open(&req.input.upload_id)?;
-        self.fs.upload_part_copy(req).await
-    }
-
-    async fn list_parts(
-        &self,
-        req: S3Request<ListPartsInput>,
-    ) -> S3Result<S3Response<ListPartsOutput>> {
-        self.upload_open(&req.input.upload_id)?;
-        self.fs.list_parts(req).await
-    }
-
-    async fn abort_multipart_upload(
-        &self,
-        req: S3Request<AbortMultipartUploadInput>,
-    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        self.upload_open(&req.input.upload_id)?;
-        self.fs.abort_multipart_upload(req).await
+    delegate! {
+        open upload_part: UploadPartInput => UploadPartOutput;
+        open upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput;
+        open list_parts: ListPartsInput => ListPartsOutput;
+        open abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
     }
 
     async fn get_object(

@@ -190,11 +190,45 @@ pub struct ExpectedChecksum {
     pub value: ChecksumValue,
 }
 
+/// The body idle timeout: armed when a body has nothing to give, reset when it gives
+/// something. Only time spent waiting on the client counts: a body nobody polls is not idle.
+pub struct IdleTimer {
+    /// `None`: never expires.
+    idle: Option<Duration>,
+    /// Armed while waiting on the client.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    pub fn new(idle: Option<Duration>) -> Self {
+        Self { idle, timer: None }
+    }
+
+    /// After the body answered `Pending`: `Ready` once it has been waiting for the whole
+    /// idle timeout (the first call arms the timer).
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(idle) = self.idle else {
+            return Poll::Pending;
+        };
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + idle)))
+            .as_mut()
+            .poll(cx)
+    }
+
+    /// The body gave something (or ended).
+    pub fn reset(&mut self) {
+        self.timer = None;
+    }
+}
+
 /// What a [`GuardedBody`] enforces.
 #[derive(Clone, Debug)]
 pub struct Guard {
     pub max_bytes: u64,
-    pub idle_timeout: Duration,
+    /// `None`: the caller times the client's bytes itself (the S3 door's aws-chunked bodies,
+    /// which arrive a whole chunk at a time).
+    pub idle_timeout: Option<Duration>,
     pub digests: ExpectedDigests,
 }
 
@@ -203,9 +237,7 @@ pub struct GuardedBody<B> {
     inner: B,
     seen: u64,
     limit: u64,
-    idle: Duration,
-    /// Armed while the gateway waits on the client.
-    idle_timer: Option<Pin<Box<Sleep>>>,
+    idle: IdleTimer,
     md5: Option<(Md5, [u8; 16])>,
     sha256: Option<(Sha256, Option<[u8; 32]>)>,
     checksum: Option<(s3s::checksum::ChecksumHasher, ExpectedChecksum)>,
@@ -224,8 +256,7 @@ impl<B> GuardedBody<B> {
             inner,
             seen: 0,
             limit: guard.max_bytes,
-            idle: guard.idle_timeout,
-            idle_timer: None,
+            idle: IdleTimer::new(guard.idle_timeout),
             md5: guard.digests.md5.map(|want| (Md5::new(), want)),
             sha256: guard.digests.sha256.map(|want| (Sha256::new(), Some(want))),
             checksum: guard
@@ -298,15 +329,11 @@ where
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => {
-                    let idle = this.idle;
-                    let timer = this.idle_timer.get_or_insert_with(|| {
-                        Box::pin(tokio::time::sleep_until(Instant::now() + idle))
-                    });
-                    ready!(timer.as_mut().poll(cx));
+                    ready!(this.idle.poll_expired(cx));
                     return this.fail(BodyFailure::Idle);
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.idle_timer = None;
+                    this.idle.reset();
                     let Ok(data) = frame.into_data() else {
                         continue;
                     }; // trailers: not forwarded
@@ -344,7 +371,7 @@ where
                     });
                 }
                 Poll::Ready(None) => {
-                    this.idle_timer = None;
+                    this.idle.reset();
                     if let Err(f) = this.verify() {
                         return this.fail(f);
                     }
@@ -483,7 +510,7 @@ mod tests {
     fn guard(max: u64, digests: ExpectedDigests) -> Guard {
         Guard {
             max_bytes: max,
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(30)),
             digests,
         }
     }
@@ -573,7 +600,7 @@ mod tests {
         let stream = StreamBody::new(tokio_stream_of(rx));
         let g = Guard {
             max_bytes: 100,
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(30)),
             digests: Default::default(),
         };
         let (mut b, watch) = GuardedBody::new(stream, g);

@@ -15,7 +15,7 @@ mod throttle;
 
 pub use body::{
     BodyFailure, BodyWatch, ChecksumAlgorithm, ChecksumValue, ExpectedChecksum, ExpectedDigests,
-    Guard, GuardedBody, Prefixed,
+    Guard, GuardedBody, IdleTimer, Prefixed,
 };
 pub use digest::expected_digests;
 pub use rate::{AuthFailures, PrincipalGate, address_key, rate_limited};

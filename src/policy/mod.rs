@@ -83,7 +83,7 @@ impl Principal {
 
     /// `403` for a key outside the prefix, naming the prefix: it is the caller's own, and
     /// the answer is the same whether or not the key exists.
-    fn outside_prefix(&self) -> ApiError {
+    pub(crate) fn outside_prefix(&self) -> ApiError {
         ApiError::new(
             crate::error::Code::Forbidden,
             format!("keys of this principal start with `{}`", self.prefix),

@@ -11,7 +11,7 @@ use aws_sdk_s3::types::{
 };
 
 use super::watch::UploadWatch;
-use super::{Backend, Listed, ObjectHeaders, blame, translate};
+use super::{Backend, Listed, ObjectHeaders, ReadConditions, WriteCondition, blame, translate};
 use crate::Body;
 use crate::error::{ApiError, Code};
 use crate::policy::ObjectKey;
@@ -60,15 +60,6 @@ pub struct UploadsPage {
     pub truncated: bool,
     pub next_key_marker: Option<String>,
     pub next_upload_id_marker: Option<String>,
-}
-
-/// Conditions on a copy's source (`x-amz-copy-source-if-*`), evaluated by S3.
-#[derive(Clone, Debug, Default)]
-pub struct CopyConditions {
-    pub if_match: Option<String>,
-    pub if_none_match: Option<String>,
-    pub if_modified_since: Option<SystemTime>,
-    pub if_unmodified_since: Option<SystemTime>,
 }
 
 /// What a copy replaces on the target (`MetadataDirective: REPLACE`); `None` keeps the
@@ -195,7 +186,7 @@ impl Backend {
         target: (&ObjectKey, &str, i32),
         source: &ObjectKey,
         range: Option<String>,
-        cond: CopyConditions,
+        cond: ReadConditions,
     ) -> Result<(String, Option<SystemTime>), ApiError> {
         let (key, upload_id, number) = target;
         let out = self
@@ -236,6 +227,11 @@ impl Backend {
 
     /// Every part of an upload so far, in order.
     pub async fn parts(&self, key: &ObjectKey, upload_id: &str) -> Result<Vec<Part>, ApiError> {
+        self.parts_of(key.as_str(), upload_id).await
+    }
+
+    /// [`Backend::parts`] of any key in the bucket (the sweep's keys were never decoded).
+    pub(super) async fn parts_of(&self, key: &str, upload_id: &str) -> Result<Vec<Part>, ApiError> {
         let mut parts = Vec::new();
         let mut marker: Option<String> = None;
         loop {
@@ -244,7 +240,7 @@ impl Backend {
                 .bounded
                 .list_parts()
                 .bucket(&*self.bucket)
-                .key(key.as_str())
+                .key(key)
                 .upload_id(upload_id)
                 .set_part_number_marker(marker.take())
                 .send()
@@ -265,13 +261,15 @@ impl Backend {
         }
     }
 
-    /// Completes an upload from the parts the client named.
+    /// Completes an upload from `(part number, ETag)` pairs, under the write's `condition`.
     pub async fn complete_upload(
         &self,
         key: &ObjectKey,
         upload_id: &str,
         parts: Vec<(i32, String)>,
+        condition: WriteCondition,
     ) -> Result<String, ApiError> {
+        let (if_none_match, if_match) = condition.headers();
         let parts = parts
             .into_iter()
             .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
@@ -288,6 +286,8 @@ impl Backend {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .set_if_none_match(if_none_match)
+            .set_if_match(if_match)
             .send()
             .await
             .map_err(translate)?;
@@ -398,7 +398,7 @@ impl Backend {
         source: &ObjectKey,
         target: &ObjectKey,
         replace: Option<Replace>,
-        cond: CopyConditions,
+        cond: ReadConditions,
     ) -> Result<(String, Option<SystemTime>), ApiError> {
         let (sse, kms_key_id) = self.encryption();
         let copy_source = self.copy_source(source);

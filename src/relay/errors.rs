@@ -40,7 +40,10 @@ pub(super) fn classify(status: u16, code: &str) -> ApiError {
     match (status, code) {
         // The bucket itself is gone: the gateway's problem, not the client's.
         (_, "NoSuchBucket") => ApiError::new(Code::BackendError, "the backend failed"),
-        (404, _) | (_, "NoSuchKey" | "NotFound" | "NoSuchUpload") => ApiError::not_found(),
+        (_, "NoSuchUpload") => {
+            ApiError::new(Code::NoSuchUpload, "The specified upload does not exist.")
+        }
+        (404, _) | (_, "NoSuchKey" | "NotFound") => ApiError::not_found(),
         (412, _) | (_, "PreconditionFailed") => ApiError::new(
             Code::PreconditionFailed,
             "the object's state does not match the request's condition",

@@ -32,7 +32,7 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use http_body_util::BodyExt;
 
 pub use client::{BackendSettings, connect};
-pub use door::{CopyConditions, ListPage, ListQuery, Part, Replace, Unfinished, UploadsPage};
+pub use door::{ListPage, ListQuery, Part, Replace, Unfinished, UploadsPage};
 pub use errors::translate;
 pub use posture::{Answer, Posture};
 pub use sigv4::{EMPTY_PAYLOAD, Signer, UNSIGNED_PAYLOAD, reference_sign};
@@ -141,7 +141,7 @@ impl WriteCondition {
     }
 }
 
-/// Conditions on a read, evaluated by S3.
+/// Conditions on a read (or on a copy's source), evaluated by S3.
 #[derive(Clone, Debug, Default)]
 pub struct ReadConditions {
     pub if_none_match: Option<String>,
@@ -274,6 +274,30 @@ pub struct Listing {
     pub objects: Vec<Listed>,
     /// The last key of this page when there are more.
     pub last_key: Option<String>,
+}
+
+/// What S3 says of an object, from the SDK's GetObject or HeadObject output (two types with
+/// the same fields).
+macro_rules! sdk_meta {
+    ($out:ident) => {
+        ObjectMeta {
+            size: $out.content_length.unwrap_or(0).max(0) as u64,
+            etag: $out.e_tag,
+            content_type: $out.content_type,
+            last_modified: $out
+                .last_modified
+                .and_then(|d| SystemTime::try_from(d).ok()),
+            headers: ObjectHeaders {
+                cache_control: $out.cache_control,
+                content_disposition: $out.content_disposition,
+                content_encoding: $out.content_encoding,
+                content_language: $out.content_language,
+                expires: $out.expires_string,
+                metadata: $out.metadata.unwrap_or_default().into_iter().collect(),
+            }
+            .boxed(),
+        }
+    };
 }
 
 impl Backend {
@@ -482,31 +506,8 @@ impl Backend {
         key: &str,
         upload_id: &str,
     ) -> Result<Option<SystemTime>, ApiError> {
-        let mut newest = None;
-        let mut marker: Option<String> = None;
-        loop {
-            let out = self
-                .sdk
-                .bounded
-                .list_parts()
-                .bucket(&*self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .set_part_number_marker(marker.take())
-                .send()
-                .await
-                .map_err(translate)?;
-            for part in out.parts() {
-                let at = part
-                    .last_modified()
-                    .and_then(|d| SystemTime::try_from(*d).ok());
-                newest = newest.max(at);
-            }
-            match out.next_part_number_marker() {
-                Some(next) if out.is_truncated() == Some(true) => marker = Some(next.to_owned()),
-                _ => return Ok(newest),
-            }
-        }
+        let parts = self.parts_of(key, upload_id).await?;
+        Ok(parts.iter().filter_map(|p| p.last_modified).max())
     }
 
     /// GET ([`Read::Body`]) or HEAD ([`Read::Head`]).
@@ -540,21 +541,7 @@ impl Backend {
                 Ok(out) => out,
                 Err(e) => return not_modified(&e).ok_or_else(|| translate(e)),
             };
-            let meta = ObjectMeta {
-                size: out.content_length.unwrap_or(0).max(0) as u64,
-                etag: out.e_tag,
-                content_type: out.content_type,
-                last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
-                headers: ObjectHeaders {
-                    cache_control: out.cache_control,
-                    content_disposition: out.content_disposition,
-                    content_encoding: out.content_encoding,
-                    content_language: out.content_language,
-                    expires: out.expires_string,
-                    metadata: out.metadata.unwrap_or_default().into_iter().collect(),
-                }
-                .boxed(),
-            };
+            let meta = sdk_meta!(out);
             let body = out.body.into_inner().map_err(sdk_body_error).boxed();
             Ok(Fetched::Object {
                 meta,
@@ -579,21 +566,7 @@ impl Backend {
                 Ok(out) => out,
                 Err(e) => return not_modified(&e).ok_or_else(|| translate(e)),
             };
-            let meta = ObjectMeta {
-                size: out.content_length.unwrap_or(0).max(0) as u64,
-                etag: out.e_tag,
-                content_type: out.content_type,
-                last_modified: out.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
-                headers: ObjectHeaders {
-                    cache_control: out.cache_control,
-                    content_disposition: out.content_disposition,
-                    content_encoding: out.content_encoding,
-                    content_language: out.content_language,
-                    expires: out.expires_string,
-                    metadata: out.metadata.unwrap_or_default().into_iter().collect(),
-                }
-                .boxed(),
-            };
+            let meta = sdk_meta!(out);
             Ok(Fetched::Object {
                 meta,
                 content_range: out.content_range,
@@ -628,37 +601,22 @@ impl Backend {
         limit: i32,
         start_after: Option<String>,
     ) -> Result<Listing, ApiError> {
-        let out = self
-            .sdk
-            .bounded
-            .list_objects_v2()
-            .bucket(&*self.bucket)
-            .prefix(prefix)
-            .max_keys(limit)
-            .set_start_after(start_after)
-            .send()
-            .await
-            .map_err(translate)?;
-        let objects: Vec<Listed> = out
-            .contents
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|o| {
-                Some(Listed {
-                    key: o.key?,
-                    size: o.size.unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag,
-                    last_modified: o.last_modified.and_then(|d| SystemTime::try_from(d).ok()),
-                })
-            })
-            .collect();
-        let truncated = out.is_truncated.unwrap_or(false);
-        let last_key = if truncated {
-            objects.last().map(|o| o.key.clone())
+        let query = ListQuery {
+            prefix: prefix.to_owned(),
+            max_keys: limit,
+            start_after,
+            ..Default::default()
+        };
+        let page = self.list_page(&query).await?;
+        let last_key = if page.truncated {
+            page.objects.last().map(|o| o.key.clone())
         } else {
             None
         };
-        Ok(Listing { objects, last_key })
+        Ok(Listing {
+            objects: page.objects,
+            last_key,
+        })
     }
 }
 

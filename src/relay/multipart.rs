@@ -3,7 +3,6 @@
 //! and aborted on any failure, so nothing half-written stays.
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
@@ -43,45 +42,15 @@ impl Backend {
             return self.put_single(upload, length).await;
         }
 
-        let request = self
-            .sdk
-            .bounded
-            .create_multipart_upload()
-            .bucket(&*self.bucket)
-            .key(key.as_str())
-            .content_type(content_type)
-            .set_cache_control(headers.cache_control.clone())
-            .set_content_disposition(headers.content_disposition.clone())
-            .set_content_encoding(headers.content_encoding.clone())
-            .set_content_language(headers.content_language.clone())
-            .set_expires(headers.expires_time())
-            .set_metadata(headers.metadata_map());
-        let (sse, kms_key_id) = self.encryption();
-        let request = request
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key_id);
-        let created = request.send().await.map_err(translate)?;
-        let upload_id = created.upload_id.ok_or_else(|| {
-            ApiError::new(Code::BackendError, "the backend failed")
-                .detail("no UploadId in CreateMultipartUpload")
-        })?;
+        let upload_id = self.create_upload(&key, &content_type, &headers).await?;
 
         let result = self
             .send_parts(&key, &upload_id, condition, body, buf)
             .await;
-        if result.is_err() {
-            let abort = self
-                .sdk
-                .bounded
-                .abort_multipart_upload()
-                .bucket(&*self.bucket)
-                .key(key.as_str())
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            if let Err(e) = abort {
-                tracing::error!(key = %key, upload_id, error = %translate(e), "could not abort a failed multipart upload; the bucket lifecycle rule will remove it");
-            }
+        if result.is_err()
+            && let Err(e) = self.abort_upload(&key, &upload_id).await
+        {
+            tracing::error!(key = %key, upload_id, error = %e, "could not abort a failed multipart upload; the bucket lifecycle rule will remove it");
         }
         result
     }
@@ -122,37 +91,15 @@ impl Backend {
                 .await
                 .map_err(translate)?;
             drop(room);
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(out.e_tag)
-                    .build(),
-            );
+            parts.push((number, out.e_tag.unwrap_or_default()));
             if !ended {
                 ended = fill(&mut body, &mut buf).await?;
             }
         }
-        let request = self
-            .sdk
-            .client
-            .complete_multipart_upload()
-            .bucket(&*self.bucket)
-            .key(key.as_str())
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            );
-        let (if_none_match, if_match) = condition.headers();
-        let request = request
-            .set_if_none_match(if_none_match)
-            .set_if_match(if_match);
-        let out = request.send().await.map_err(translate)?;
-        Ok(Stored {
-            etag: out.e_tag.unwrap_or_default(),
-            size,
-        })
+        let etag = self
+            .complete_upload(key, upload_id, parts, condition)
+            .await?;
+        Ok(Stored { etag, size })
     }
 }
 

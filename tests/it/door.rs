@@ -14,6 +14,28 @@ use crate::common::*;
 /// The name clients give the bucket (`backend.name`'s default).
 const NAME: &str = "files";
 
+type Put = Result<
+    aws_sdk_s3::operation::put_object::PutObjectOutput,
+    aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::put_object::PutObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+>;
+
+/// A plain PutObject of `body` at `key`.
+async fn put_bytes(s3: &aws_sdk_s3::Client, key: &str, body: Vec<u8>) -> Put {
+    s3.put_object()
+        .bucket(NAME)
+        .key(key)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+}
+
+async fn put_static(s3: &aws_sdk_s3::Client, key: &str, body: &'static [u8]) -> Put {
+    put_bytes(s3, key, body.to_vec()).await
+}
+
 #[tokio::test]
 async fn objects_go_through_the_door_and_are_logged() {
     let g = door_gateway("").await;
@@ -247,22 +269,10 @@ async fn the_policy_holds_per_key_and_lists_stay_in_the_prefix() {
         "users/bob/c.txt",
         "top.txt",
     ] {
-        admin
-            .put_object()
-            .bucket(NAME)
-            .key(key)
-            .body(ByteStream::from_static(b"x"))
-            .send()
-            .await
-            .unwrap();
+        put_static(&admin, key, b"x").await.unwrap();
     }
     // Outside the prefix, or without the action: AccessDenied, and nothing changes.
-    let e = alice
-        .put_object()
-        .bucket(NAME)
-        .key("users/bob/evil.txt")
-        .body(ByteStream::from_static(b"x"))
-        .send()
+    let e = put_static(&alice, "users/bob/evil.txt", b"x")
         .await
         .unwrap_err();
     assert_eq!(s3_code(&e), "AccessDenied");
@@ -274,12 +284,7 @@ async fn the_policy_holds_per_key_and_lists_stay_in_the_prefix() {
         .await
         .unwrap_err();
     assert_eq!(s3_code(&e), "AccessDenied");
-    let e = reader
-        .put_object()
-        .bucket(NAME)
-        .key("users/alice/r.txt")
-        .body(ByteStream::from_static(b"x"))
-        .send()
+    let e = put_static(&reader, "users/alice/r.txt", b"x")
         .await
         .unwrap_err();
     assert_eq!(s3_code(&e), "AccessDenied");
@@ -292,12 +297,7 @@ async fn the_policy_holds_per_key_and_lists_stay_in_the_prefix() {
         .unwrap_err();
     assert_eq!(s3_code(&e), "AccessDenied");
     // A path that decodes past the prefix is refused, not normalized.
-    let e = alice
-        .put_object()
-        .bucket(NAME)
-        .key("users/alice/../bob/x")
-        .body(ByteStream::from_static(b"x"))
-        .send()
+    let e = put_static(&alice, "users/alice/../bob/x", b"x")
         .await
         .unwrap_err();
     assert!(
@@ -462,12 +462,7 @@ s3_access_keys = ["PCAKPICS00000000000A"]
     .await;
     let alice = door_client(&g, ALICE_AK);
     // Over alice's 6 MiB in one PUT: refused from the declared length.
-    let e = alice
-        .put_object()
-        .bucket(NAME)
-        .key("users/alice/big.bin")
-        .body(ByteStream::from(random_bytes(7 << 20, 1)))
-        .send()
+    let e = put_bytes(&alice, "users/alice/big.bin", random_bytes(7 << 20, 1))
         .await
         .unwrap_err();
     assert_eq!(s3_code(&e), "EntityTooLarge");
@@ -1308,13 +1303,7 @@ async fn virtual_hosted_style_when_a_domain_is_set() {
     })
     .await;
     let s3 = door_client(&g, ADMIN_AK);
-    s3.put_object()
-        .bucket(NAME)
-        .key("vh.txt")
-        .body(ByteStream::from_static(b"virtual"))
-        .send()
-        .await
-        .unwrap();
+    put_static(&s3, "vh.txt", b"virtual").await.unwrap();
     // The same object named by the host.
     let admin = Signer::now(ADMIN_AK, &secret_of(ADMIN_AK));
     let port = g
@@ -1530,14 +1519,7 @@ async fn a_part_copied_from_an_object_is_held_to_the_same_rights_and_limits() {
     let alice = door_client(&g, ALICE_AK);
     let data = random_bytes(5 << 20, 12);
     for key in ["users/alice/src.bin", "users/bob/src.bin"] {
-        admin
-            .put_object()
-            .bucket(NAME)
-            .key(key)
-            .body(ByteStream::from(data.clone()))
-            .send()
-            .await
-            .unwrap();
+        put_bytes(&admin, key, data.clone()).await.unwrap();
     }
     let target = "users/alice/assembled.bin";
     let id = alice

@@ -18,22 +18,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server and waits until it answers `PING`.
     pub async fn start() -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut server = Self {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            tls: None,
-        };
-        server.restart().await;
-        server
+        Self::start_with(None).await
     }
 
     /// A server that speaks only TLS, with `pki`'s server certificate (for `localhost`).
     pub async fn start_tls(pki: &super::Pki) -> Self {
+        Self::start_with(Some((pki.server_cert.clone(), pki.server_key.clone()))).await
+    }
+
+    async fn start_with(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -42,7 +35,7 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
-            tls: Some((pki.server_cert.clone(), pki.server_key.clone())),
+            tls,
         };
         server.restart().await;
         server
