@@ -210,6 +210,11 @@ pub struct BackendConfig {
     /// through the SDK. Default `true`. Also read as `light_reads`, its first name.
     #[serde(alias = "light_reads")]
     pub light_path: bool,
+    /// On the light path to a plain-HTTP endpoint, a download's bytes wait in the kernel
+    /// until this much has come (or its end, or 1 ms), so that an S3 server sending small
+    /// frames wakes the gateway once per this many bytes, not once per frame. `0`: off.
+    /// At most `1MiB`. Default `64KiB`.
+    pub download_gather: Size,
 }
 
 impl Default for BackendConfig {
@@ -231,6 +236,7 @@ impl Default for BackendConfig {
             abandoned_upload_age: Span::secs(24 * 3600),
             root: PathBuf::from("./data"),
             light_path: true,
+            download_gather: Size::kib(64),
         }
     }
 }

@@ -68,6 +68,8 @@ pub async fn connect(config: &Config, settings: BackendSettings) -> Buckets {
                     connect_timeout: config.backend.connect_timeout.get(),
                     first_byte_timeout: config.backend.first_byte_timeout.get(),
                     stall_grace,
+                    download_gather: usize::try_from(config.backend.download_gather.bytes())
+                        .unwrap_or(usize::MAX),
                 };
                 match light::Relay::new(setup, &mut pools).await {
                     Ok(relay) => Some(Arc::new(relay)),

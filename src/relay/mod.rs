@@ -16,6 +16,7 @@ mod buffers;
 mod client;
 mod door;
 mod errors;
+mod gather;
 mod light;
 mod multipart;
 mod pool;

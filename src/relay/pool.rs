@@ -33,6 +33,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::Service;
 
+use super::gather::Gather;
 use crate::quiet::Quiet;
 use crate::{Body, BoxError};
 
@@ -81,6 +82,8 @@ pub(super) struct Pool {
     endpoint: Uri,
     max_buf_size: usize,
     idle_timeout: Duration,
+    /// `backend.download_gather` in bytes; 0: off.
+    gather: usize,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -97,6 +100,8 @@ struct Idle {
 struct Conn {
     link: Link,
     quiet: Quiet,
+    /// A plain TCP connection's receive mark, when downloads are gathered.
+    gather: Option<Gather>,
 }
 
 /// The handle requests are sent on and the state machine that reads and writes the socket,
@@ -131,12 +136,14 @@ impl Pool {
         endpoint: Uri,
         max_buf_size: usize,
         idle_timeout: Duration,
+        gather: usize,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             connector,
             endpoint,
             max_buf_size,
             idle_timeout,
+            gather,
             idle: Mutex::new(Vec::new()),
         });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
@@ -196,6 +203,9 @@ impl Pool {
         // The task that used it is done with it: a wake for the idle connection (S3 closing
         // it) must not poll that task.
         conn.quiet.forget();
+        if let Some(gather) = conn.gather.as_mut() {
+            gather.reset();
+        }
         if conn.link.reusable() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.push(Idle {
@@ -212,6 +222,14 @@ impl Pool {
             .call(self.endpoint.clone())
             .await
             .map_err(SendError::Connect)?;
+        // The socket stays open while the connection lives, and the mark with it.
+        let gather = match &io {
+            MaybeHttpsStream::Http(tcp) if self.gather > 1 => {
+                use std::os::fd::AsRawFd;
+                Some(Gather::new(tcp.inner().as_raw_fd(), self.gather))
+            }
+            _ => None,
+        };
         let (send, io) = http1::Builder::new()
             .max_buf_size(self.max_buf_size)
             .handshake(io)
@@ -224,6 +242,7 @@ impl Pool {
                 done: false,
             },
             quiet: Quiet::default(),
+            gather,
         }))
     }
 
@@ -342,15 +361,28 @@ impl HttpBody for Driven {
         let this = &mut *self;
         let body = &mut this.body;
         let polled = match this.conn.as_deref_mut() {
-            Some(Conn { link, quiet }) => {
-                quiet.poll(cx, |cx| match Pin::new(&mut *body).poll_frame(cx) {
+            Some(Conn {
+                link,
+                quiet,
+                gather,
+            }) => {
+                let polled = quiet.poll(cx, |cx| match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Pending => {
                         // The connection reads what S3 sent into the body; look again.
                         link.drive(cx);
                         Pin::new(&mut *body).poll_frame(cx)
                     }
                     ready => ready,
-                })
+                });
+                if let Some(gather) = gather.as_mut().filter(|_| !link.done) {
+                    match &polled {
+                        // All S3 sent so far has been read: what the body lacks is still to come.
+                        Poll::Pending => gather.hold(cx, body.size_hint().exact()),
+                        Poll::Ready(Some(Ok(_))) => gather.frame(),
+                        Poll::Ready(_) => gather.reset(),
+                    }
+                }
+                polled
             }
             None => Pin::new(body).poll_frame(cx),
         };

@@ -93,6 +93,12 @@ pub(super) fn validate(c: &Config) -> Result<Vec<Warning>, Problems> {
     }
 
     // [backend] and [[buckets]]
+    if c.backend.download_gather > Size::mib(1) {
+        bad(
+            "backend.download_gather",
+            format!("{} is more than 1MiB", c.backend.download_gather),
+        );
+    }
     buckets::validate(c, &mut p);
     let bad_bucket = |name: &Option<String>| buckets::unknown(c, name);
     let mut bad = |field: &str, reason: String| p.push((field.to_owned(), reason));

@@ -78,6 +78,8 @@ pub(super) struct Setup<'a> {
     pub(super) first_byte_timeout: Duration,
     /// A download that sends nothing for this long while it is read fails.
     pub(super) stall_grace: Duration,
+    /// `backend.download_gather` in bytes.
+    pub(super) download_gather: usize,
 }
 
 /// The connection pools of the light path, one per endpoint, while the buckets are set up.
@@ -165,7 +167,13 @@ impl Relay {
             .with_no_client_auth(),
         );
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        Ok(Pool::new(connector, endpoint, MAX_READ_BUF, IDLE_TIMEOUT))
+        Ok(Pool::new(
+            connector,
+            endpoint,
+            MAX_READ_BUF,
+            IDLE_TIMEOUT,
+            setup.download_gather,
+        ))
     }
 
     /// GET (with `body`) or HEAD (without), as [`super::Backend::fetch`].
@@ -583,6 +591,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(1),
             stall_grace: Duration::from_secs(1),
+            download_gather: 0,
         };
         let t = Target::resolve(&setup(Some("http://127.0.0.1:9000"), true))
             .await
