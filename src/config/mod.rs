@@ -331,6 +331,19 @@ mod tests {
     }
 
     #[test]
+    fn download_gather_is_at_most_a_mebibyte() {
+        let e = &errors("[backend]\nkind = \"embedded\"\ndownload_gather = \"2MiB\"\n")[0];
+        assert_eq!(e.field, "backend.download_gather", "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        let ok = parse(
+            "[backend]\nkind = \"embedded\"\ndownload_gather = 0\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.config.backend.download_gather, units::Size(0));
+    }
+
+    #[test]
     fn bad_unit_names_the_field() {
         let e = &errors("[backend]\nkind = \"embedded\"\npart_size = \"8 parsecs\"\n")[0];
         assert_eq!(e.field, "backend.part_size", "{e}");
