@@ -110,25 +110,69 @@ where
     F: Fn(OwnedReadHalf, OwnedWriteHalf) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    proxy(target, up, |mut sr, mut cw| async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+    })
+    .await
+}
+
+/// A proxy to `target` whose directions are `up` (client to server) and `down`. A connection
+/// ends when either direction does.
+async fn proxy<U, UF, D, DF>(target: std::net::SocketAddr, up: U, down: D) -> String
+where
+    U: Fn(OwnedReadHalf, OwnedWriteHalf) -> UF + Clone + Send + 'static,
+    UF: std::future::Future<Output = ()> + Send + 'static,
+    D: Fn(OwnedReadHalf, OwnedWriteHalf) -> DF + Clone + Send + 'static,
+    DF: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let up = up.clone();
+            let (up, down) = (up.clone(), down.clone());
             tokio::spawn(async move {
                 let Ok(server) = TcpStream::connect(target).await else {
                     return;
                 };
-                let (cr, mut cw) = client.into_split();
-                let (mut sr, sw) = server.into_split();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
                 tokio::select! {
-                    _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                    () = down(sr, cw) => {}
                     () = up(cr, sw) => {}
                 }
             });
         }
     });
     format!("http://{addr}")
+}
+
+/// A proxy to `target` that sends S3's answers on in 4 KiB writes, each its own segment, and
+/// waits 30 ms after every `pause_every` bytes: an S3 server that sends small frames and
+/// sometimes stalls.
+pub async fn small_frames_proxy(target: std::net::SocketAddr, pause_every: usize) -> String {
+    let up = |mut cr: OwnedReadHalf, mut sw: OwnedWriteHalf| async move {
+        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+    };
+    proxy(target, up, move |mut sr, mut cw| async move {
+        cw.as_ref().set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut since_pause = 0;
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            since_pause += n;
+            if since_pause >= pause_every {
+                since_pause = 0;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    })
+    .await
 }
 
 /// A proxy to `target` that passes the first `pass` bytes up, then stops reading (the

@@ -72,9 +72,7 @@ pub enum Relay {
     /// Through a proxy to the embedded server that cuts any connection after this many
     /// bytes towards S3.
     CutAfter(usize),
-    /// Through a proxy that sends S3's answers on in 4 KiB writes, each its own segment, and
-    /// waits 30 ms after every this many bytes (an S3 server that sends small frames, and
-    /// sometimes stalls).
+    /// Through [`small_frames_proxy`], pausing after every this many bytes.
     SmallFrames(usize),
 }
 
@@ -460,47 +458,6 @@ pub async fn cutting_proxy(target: std::net::SocketAddr, cut_after: usize) -> St
                 let down = tokio::io::copy(&mut sr, &mut cw);
                 tokio::select! {
                     _ = up => {}
-                    _ = down => {}
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
-/// See [`Relay::SmallFrames`].
-pub async fn small_frames_proxy(target: std::net::SocketAddr, pause_every: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(target).await else {
-                    return;
-                };
-                client.set_nodelay(true).unwrap();
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let down = async {
-                    let mut buf = vec![0u8; 4096];
-                    let mut since_pause = 0;
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        since_pause += n;
-                        if since_pause >= pause_every {
-                            since_pause = 0;
-                            tokio::time::sleep(Duration::from_millis(30)).await;
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::io::copy(&mut cr, &mut sw) => {}
                     _ = down => {}
                 }
             });
