@@ -131,7 +131,10 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
             }
         }
     }
-    let log = Arc::new(AccessLog::open(&config.log.access_log)?);
+    let log = Arc::new(AccessLog::open(
+        &config.log.access_log,
+        config.log.access_log_flush.get(),
+    )?);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -242,13 +245,14 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         listener,
         signal,
         gateway,
-        log,
+        log.clone(),
         crate::server_options(&config),
     )
     .await;
     if let Some(task) = door_task {
         let _ = task.await;
     }
+    log.flush();
     tracing::info!("stopped");
     drop(handle);
     Ok(())

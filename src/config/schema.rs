@@ -453,6 +453,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `"stdout"` (default) or a file path; one JSON line per request.
     pub access_log: String,
+    /// How long a line may wait to be written together with others. Default `100ms`;
+    /// `0s` writes each line as its request ends.
+    pub access_log_flush: Span,
 }
 
 impl Default for LogConfig {
@@ -460,6 +463,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             access_log: "stdout".into(),
+            access_log_flush: Span::millis(100),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -24,27 +24,51 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use tower::{Layer, Service};
 
+use super::batch::Batch;
 use crate::auth::AuthMethod;
 use crate::server::TrustedProxies;
 use crate::{Body, BoxError, HttpService};
 
 /// Where access-log lines go.
-#[derive(Debug)]
 pub enum AccessLog {
-    Stdout,
-    File(Mutex<std::fs::File>),
+    /// Each line written by the worker that finished its request.
+    Direct(Mutex<Box<dyn Write + Send>>),
+    /// Lines gathered and written together by a thread of their own.
+    Batched(Batch),
     /// Tests and benchmarks that do not read it.
     Off,
 }
 
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AccessLog::Direct(_) => "AccessLog::Direct",
+            AccessLog::Batched(_) => "AccessLog::Batched",
+            AccessLog::Off => "AccessLog::Off",
+        })
+    }
+}
+
 impl AccessLog {
-    /// `"stdout"` or a file path (appended to).
-    pub fn open(target: &str) -> std::io::Result<Self> {
-        if target == "stdout" {
-            return Ok(AccessLog::Stdout);
+    /// `"stdout"` or a file path (appended to). A line waits at most `flush` to be written
+    /// with others; zero writes each line as its request ends.
+    pub fn open(target: &str, flush: Duration) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = if target == "stdout" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(OpenOptions::new().create(true).append(true).open(target)?)
+        };
+        if flush.is_zero() {
+            return Ok(AccessLog::Direct(Mutex::new(out)));
         }
-        let file = OpenOptions::new().create(true).append(true).open(target)?;
-        Ok(AccessLog::File(Mutex::new(file)))
+        Ok(AccessLog::Batched(Batch::start(out, flush)?))
+    }
+
+    /// Writes the lines still gathered (shutdown, once requests have drained).
+    pub fn flush(&self) {
+        if let AccessLog::Batched(batch) = self {
+            batch.flush();
+        }
     }
 
     fn write(&self, record: &Record<'_>) {
@@ -54,13 +78,17 @@ impl AccessLog {
             return;
         }
         line.push(b'\n');
-        let result = match self {
-            AccessLog::Stdout => std::io::stdout().lock().write_all(&line),
-            AccessLog::File(f) => f.lock().map_or(Ok(()), |mut f| f.write_all(&line)),
-            AccessLog::Off => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not write the access log");
+        match self {
+            AccessLog::Direct(out) => {
+                let mut out = out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
+                    tracing::warn!(error = %e, "could not write the access log");
+                }
+            }
+            AccessLog::Batched(batch) => batch.push(&line),
+            AccessLog::Off => {}
         }
     }
 }

@@ -2,6 +2,7 @@
 //! Prometheus metrics.
 
 mod access_log;
+mod batch;
 pub mod metrics;
 
 pub use access_log::{AccessLog, AccessLogLayer, ClientIp, ConnInfo, RequestId, RequestNote, note};

@@ -109,6 +109,12 @@ async fn objects_go_through_the_door_and_are_logged() {
         .unwrap();
     assert_eq!(g.bucket_object("hello.txt").await, None);
 
+    eventually("the DeleteObject line is written", || async {
+        g.access_log_lines()
+            .iter()
+            .any(|l| l["route"] == "s3:DeleteObject")
+    })
+    .await;
     let lines = g.access_log_lines();
     let put = lines
         .iter()

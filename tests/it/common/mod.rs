@@ -186,7 +186,9 @@ prefix = "users/alice/"
     };
     let lasting = portcullis::Lasting::start(&config).await.unwrap();
     let gateway = portcullis::Portcullis::new(&config, relay.clone(), lasting).unwrap();
-    let log = Arc::new(AccessLog::open(&config.log.access_log).unwrap());
+    let log = Arc::new(
+        AccessLog::open(&config.log.access_log, config.log.access_log_flush.get()).unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
