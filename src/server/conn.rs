@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::coalesce::{self, Coalesce};
 use super::framing::Framing;
 use super::send_deadline::{Deadline, SendWatch, Sending, StreamExecutor, Streams};
 use super::{HttpService, gateway_fn};
@@ -137,6 +138,13 @@ impl Protocols {
         info: ConnInfo,
     ) {
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            // rustls takes at most its buffer limit (64 KiB by default) per write: room for a
+            // whole gathered batch, so each goes out in one write.
+            let mut stream = stream;
+            stream
+                .get_mut()
+                .1
+                .set_buffer_limit(Some(2 * coalesce::FULL));
             self.serve_h2(stream, Bytes::new(), service, info).await;
         } else {
             self.serve_h1(stream, Bytes::new(), service, info).await;
@@ -154,7 +162,7 @@ impl Protocols {
     ) {
         let remote = info.remote;
         let conn = self.h2.serve_connection(
-            TokioIo::new(Rewind::new(first, io)),
+            TokioIo::new(Coalesce::new(Rewind::new(first, io))),
             gateway_fn(service, info, None),
         );
         let mut conn = pin!(conn);

@@ -3,6 +3,7 @@
 //! connection, the header read deadline, and graceful shutdown.
 
 mod client_ip;
+mod coalesce;
 mod conn;
 mod framing;
 mod lingering;

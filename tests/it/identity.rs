@@ -274,6 +274,17 @@ async fn tls_serves_h2_and_http1_by_alpn() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), Version::HTTP_2);
+    let resp = h2
+        .get(g.object_url("users/alice/t.bin"))
+        .header("authorization", bearer(ALICE))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(
+        resp.bytes().await.unwrap().to_vec(),
+        random_bytes(300_000, 9)
+    );
     let h1 = pki.client(None, true);
     let resp = h1
         .get(g.object_url("users/alice/t.bin"))

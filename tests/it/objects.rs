@@ -830,6 +830,73 @@ async fn request_ids() {
     assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
 }
 
+/// h2 downloads go out in writes gathered from several frames (`server/coalesce.rs`): every
+/// size around the 16 KiB frames and the 64 KiB batches arrives whole, side by side on one
+/// connection, ranges too, and none waits for a flush that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_downloads_of_every_size_arrive_whole_side_by_side() {
+    let g = gateway("").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let sizes = [
+        1,
+        8 * 1024 - 1,
+        16 * 1024,
+        16 * 1024 + 1,
+        64 * 1024 - 1,
+        64 * 1024 + 9,
+        200_001,
+        1024 * 1024 + 7,
+        3 * 1024 * 1024,
+    ];
+    for (i, size) in sizes.iter().enumerate() {
+        g.call(Method::PUT, &format!("h2/{i}"), ADMIN)
+            .body(random_bytes(*size, i as u64))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+    for round in 0..2 {
+        let gets = sizes.iter().enumerate().map(|(i, size)| {
+            let (h2, url) = (h2.clone(), g.object_url(&format!("h2/{i}")));
+            async move {
+                let resp = h2
+                    .get(url)
+                    .header("authorization", bearer(ADMIN))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+                let body = resp.bytes().await.unwrap();
+                assert!(
+                    body[..] == random_bytes(*size, i as u64)[..],
+                    "round {round}, {size} bytes"
+                );
+            }
+        });
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::join_all(gets),
+        )
+        .await
+        .expect("every download ends");
+    }
+    let resp = h2
+        .get(g.object_url("h2/7"))
+        .header("authorization", bearer(ADMIN))
+        .header("range", "bytes=70000-1000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let body = resp.bytes().await.unwrap();
+    assert!(body[..] == random_bytes(1024 * 1024 + 7, 7)[70000..=1_000_000]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge() {
     let g = gateway("").await;
