@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::coalesce::{self, Coalesce};
 use super::framing::Framing;
+use super::read_ahead::ReadAhead;
 use super::send_deadline::{Deadline, SendWatch, Sending, StreamExecutor, Streams};
 use super::{HttpService, gateway_fn};
 use crate::BoxError;
@@ -77,19 +78,32 @@ impl Parkable for TcpStream {
     }
 }
 
-impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+impl Parkable for ReadAhead<TcpStream> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        let ahead = self.ahead() > 0;
+        async move {
+            if !ahead {
+                self.get_ref().readable().await?;
+            }
+            Ok(())
+        }
+    }
+
+    fn buffered(&mut self) -> io::Result<usize> {
+        Ok(self.ahead())
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<ReadAhead<TcpStream>> {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
         self.get_ref().0.readable()
     }
 
     fn buffered(&mut self) -> io::Result<usize> {
-        // Records rustls holds but has not decrypted yet count too.
-        let state = self
-            .get_mut()
-            .1
-            .process_new_packets()
-            .map_err(io::Error::other)?;
-        Ok(state.plaintext_bytes_to_read())
+        // Records rustls holds but has not decrypted yet count too, and bytes read ahead.
+        let (ahead, tls) = self.get_mut();
+        let state = tls.process_new_packets().map_err(io::Error::other)?;
+        Ok(state.plaintext_bytes_to_read() + ahead.ahead())
     }
 }
 
@@ -118,7 +132,8 @@ impl Protocols {
         match sniffed {
             Ok(Ok(())) if first.is_empty() => {}
             Ok(Ok(())) if &first[..] == H2_PREFACE => {
-                self.serve_h2(stream, first.freeze(), service, info).await;
+                self.serve_h2(ReadAhead::new(stream), first.freeze(), service, info)
+                    .await;
             }
             Ok(Ok(())) => self.serve_h1(stream, first.freeze(), service, info).await,
             Ok(Err(e)) => {
@@ -133,7 +148,7 @@ impl Protocols {
     /// A TLS connection, by its ALPN protocol.
     pub(super) async fn serve_tls(
         &self,
-        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        stream: tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>,
         service: HttpService,
         info: ConnInfo,
     ) {

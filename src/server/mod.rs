@@ -7,6 +7,7 @@ mod coalesce;
 mod conn;
 mod framing;
 mod lingering;
+mod read_ahead;
 mod send_deadline;
 pub mod tls;
 
@@ -156,7 +157,7 @@ pub async fn run(
                         let acceptor = tokio_rustls::TlsAcceptor::from((tls.0)());
                         let deadline = opts.header_read_timeout;
                         connections.spawn(counted(async move {
-                            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                            let stream = match tokio::time::timeout(deadline, acceptor.accept(read_ahead::ReadAhead::new(stream))).await {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
                                     crate::obs::metrics::tls_handshake_failed();

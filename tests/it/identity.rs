@@ -1,7 +1,7 @@
 //! Identity at the edge, against a real gateway and bucket: bearer JWTs of every kind, TLS
 //! (h2 and http/1.1 by ALPN), client certificates (mTLS), and CORS.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::*;
 use base64::Engine;
@@ -298,6 +298,28 @@ async fn tls_serves_h2_and_http1_by_alpn() {
         resp.bytes().await.unwrap().to_vec(),
         random_bytes(300_000, 9)
     );
+    // Uploads are read 64 KiB ahead under rustls (`server/read_ahead.rs`): large and small
+    // ones arrive whole on both protocols, and a connection parked after one (idle past
+    // 500 ms) serves the next request.
+    for (client, size) in [
+        (&h1, 5 * 1024 * 1024 + 3),
+        (&h2, 3 * 1024 * 1024 + 1),
+        (&h1, 10),
+    ] {
+        let resp = client
+            .put(g.object_url("users/alice/big.bin"))
+            .header("authorization", bearer(ALICE))
+            .body(random_bytes(size, 11))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            g.bucket_object("users/alice/big.bin").await.as_deref(),
+            Some(&random_bytes(size, 11)[..])
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
     // Plain HTTP to the TLS listener gets nothing useful.
     let plain = reqwest::Client::new()
         .get(format!("http://{}/v1/objects/users/alice/t.bin", g.addr))
