@@ -80,7 +80,7 @@ impl Parkable for TcpStream {
 
 impl Parkable for ReadAhead<TcpStream> {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        let ahead = self.ahead() > 0;
+        let ahead = self.unread() > 0;
         async move {
             if !ahead {
                 self.get_ref().readable().await?;
@@ -90,7 +90,7 @@ impl Parkable for ReadAhead<TcpStream> {
     }
 
     fn buffered(&mut self) -> io::Result<usize> {
-        Ok(self.ahead())
+        Ok(self.unread())
     }
 }
 
@@ -103,7 +103,7 @@ impl Parkable for tokio_rustls::server::TlsStream<ReadAhead<TcpStream>> {
         // Records rustls holds but has not decrypted yet count too, and bytes read ahead.
         let (ahead, tls) = self.get_mut();
         let state = tls.process_new_packets().map_err(io::Error::other)?;
-        Ok(state.plaintext_bytes_to_read() + ahead.ahead())
+        Ok(state.plaintext_bytes_to_read() + ahead.unread())
     }
 }
 
@@ -148,14 +148,13 @@ impl Protocols {
     /// A TLS connection, by its ALPN protocol.
     pub(super) async fn serve_tls(
         &self,
-        stream: tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>,
+        mut stream: tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>,
         service: HttpService,
         info: ConnInfo,
     ) {
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             // rustls takes at most its buffer limit (64 KiB by default) per write: room for a
             // whole gathered batch, so each goes out in one write.
-            let mut stream = stream;
             stream
                 .get_mut()
                 .1

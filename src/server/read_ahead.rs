@@ -44,7 +44,7 @@ impl<T> ReadAhead<T> {
     }
 
     /// Bytes read from the socket and not yet handed on.
-    pub(super) fn ahead(&self) -> usize {
+    pub(super) fn unread(&self) -> usize {
         self.ahead.len()
     }
 }
@@ -149,7 +149,7 @@ mod tests {
         }
         writer.await.unwrap();
         assert_eq!(got, data);
-        assert_eq!(r.ahead(), 0);
+        assert_eq!(r.unread(), 0);
     }
 
     /// A read that fills the reader's buffer makes the next small read take all the socket
@@ -163,8 +163,8 @@ mod tests {
         assert_eq!(r.read(&mut buf).await.unwrap(), 100);
         a.write_all(&[1u8; 100 * 1024]).await.unwrap();
         assert_eq!(r.read(&mut buf).await.unwrap(), 4096);
-        assert_eq!(r.ahead(), 0);
+        assert_eq!(r.unread(), 0);
         assert_eq!(r.read(&mut buf).await.unwrap(), 4096);
-        assert_eq!(r.ahead(), SIZE - 4096);
+        assert_eq!(r.unread(), SIZE - 4096);
     }
 }
