@@ -995,3 +995,209 @@ async fn downloads_from_small_frames_arrive_whole() {
     assert_eq!(resp.status(), 206);
     assert!(resp.bytes().await.unwrap()[..] == body[1000..2_001_000]);
 }
+
+/// Accepts TLS (the PKI's `localhost` certificate) and relays the plain bytes to `to`: an S3
+/// endpoint over HTTPS, sending records of up to 16 KiB as AWS does.
+async fn tls_front(pki: &Pki, to: std::net::SocketAddr) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(&pki.server_cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    at
+}
+
+/// `portcullis serve` in front of an S3 endpoint over HTTPS whose CA it trusts through
+/// `SSL_CERT_FILE`, as an operator with a private CA runs it: the light path (reads and
+/// uploads of known length) and the SDK (multipart, listings, deletes) both speak TLS to it,
+/// and every byte arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_endpoint_over_https_serves_every_operation() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = portcullis::embedded::start_with(
+        &dir.path().join("data"),
+        &["tls-bucket"],
+        "127.0.0.1:0".parse().unwrap(),
+        16 * 1024,
+    )
+    .await
+    .unwrap();
+    let front = tls_front(&pki, s3.addr).await;
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[backend]
+kind = "s3"
+bucket = "tls-bucket"
+endpoint = "https://localhost:{port}"
+force_path_style = true
+part_size = "5MiB"
+audit = "off"
+
+[log]
+access_log = "{log}"
+
+[[principals]]
+name = "admin"
+api_keys = ["{admin}"]
+allow = ["get", "put", "delete", "list"]
+"#,
+            port = front.port(),
+            log = dir.path().join("access.log").display(),
+            admin = portcullis::auth::hash_key(ADMIN),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .env("SSL_CERT_FILE", &pki.ca_file)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_REGION", "us-east-1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(listen) = v["fields"]["listen"].as_str() {
+                return Some(format!("http://{listen}"));
+            }
+        }
+        None
+    });
+    let url = tokio::time::timeout(Duration::from_secs(30), url)
+        .await
+        .expect("the gateway starts")
+        .unwrap();
+    let _stop = KillOnDrop(child);
+    let url = url.expect("the gateway says where it listens");
+    let http = reqwest::Client::new();
+    let object = |key: &str| format!("{url}/v1/objects/{key}");
+    let stored = |key: &str| {
+        let path = dir.path().join("data/tls-bucket").join(key);
+        std::fs::read(path).ok()
+    };
+
+    // Known length: the light path's upload. Unknown length past the part size: multipart.
+    for (key, size, chunked) in [
+        ("one.bin", 3 * 1024 * 1024 + 5, false),
+        ("small.txt", 11, false),
+        ("parts.bin", 11 * 1024 * 1024 + 1, true),
+    ] {
+        let data = random_bytes(size, size as u64);
+        let body = if chunked {
+            chunked_body(data.clone(), 64 * 1024)
+        } else {
+            data.clone().into()
+        };
+        let resp = http
+            .put(object(key))
+            .header("authorization", bearer(ADMIN))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK, "{key}");
+        assert_eq!(stored(key).as_deref(), Some(&data[..]), "{key}");
+        // Read back whole, twice on the same connections, and a range.
+        for _ in 0..2 {
+            let body = http
+                .get(object(key))
+                .header("authorization", bearer(ADMIN))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert!(body[..] == data[..], "{key}");
+        }
+        let resp = http
+            .get(object(key))
+            .header("authorization", bearer(ADMIN))
+            .header("range", "bytes=3-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::PARTIAL_CONTENT);
+        assert!(resp.bytes().await.unwrap()[..] == data[3..], "{key}");
+    }
+    let listed: serde_json::Value = http
+        .get(format!("{url}/v1/objects"))
+        .header("authorization", bearer(ADMIN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["objects"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+    let resp = http
+        .delete(object("one.bin"))
+        .header("authorization", bearer(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    assert_eq!(stored("one.bin"), None);
+}
+
+/// Kills the child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
