@@ -89,7 +89,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if this.buf.len() >= FULL {
+        // Room first; a write of `FULL` or more goes out on its own, after what is buffered,
+        // so the buffer never holds more than two batches.
+        if !this.buf.is_empty() && (this.buf.len() >= FULL || total >= FULL) {
             ready!(this.poll_drain(cx, false))?;
         }
         if this.buf.is_empty() && !(BULK..FULL).contains(&total) {
@@ -151,6 +153,8 @@ mod tests {
             70 * 1024,
             13,
             16 * 1024 + 9,
+            1024 * 1024,
+            60 * 1024,
             5,
         ];
         let reader = tokio::spawn(async move {
@@ -162,6 +166,7 @@ mod tests {
         for (i, size) in sizes.iter().enumerate() {
             let chunk: Vec<u8> = (0..*size).map(|j| (i * 31 + j) as u8).collect();
             w.write_all(&chunk).await.unwrap();
+            assert!(w.buf.len() < 2 * FULL, "{} bytes buffered", w.buf.len());
             w.flush().await.unwrap();
             expected.extend_from_slice(&chunk);
         }
