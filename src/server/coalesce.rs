@@ -1,16 +1,18 @@
 //! Larger writes for HTTP/2 downloads.
 //!
 //! h2 writes one DATA frame at a time, 16 KiB (the most clients accept), and flushes after
-//! each, so a download over h2 went out in 16 KiB `writev`s. On loopback a write's cost is
-//! mostly the kernel's, whatever its size (sending, delivering, waking the reader): a GET over
-//! h2c cost the gateway twice what it did over HTTP/1.1 (`docs/performance.md`).
+//! each, so on its own a download over h2 goes out in 16 KiB `writev`s. On loopback a write's
+//! cost is mostly the kernel's, whatever its size (sending, delivering, waking the reader):
+//! that way a GET over h2c costs the gateway twice what it does over HTTP/1.1
+//! (`docs/performance.md`).
 //!
 //! [`Coalesce`] sits under h2 and copies a frame-sized write into a buffer. A flush right
 //! after it is put off once: the task is woken again, and h2, polled with nothing more to
 //! write, flushes again, which writes the buffer out. While more frames are ready in the same
 //! poll they gather, up to [`FULL`]. Small writes (headers, window updates, small answers) go
 //! straight through when nothing is buffered, so small requests see no change; a write of at
-//! least `FULL` does too. The buffer is released once a burst has been written.
+//! least `FULL` goes straight through after what is buffered, so at most two batches are
+//! held. The buffer is released once a burst has been written.
 
 use std::io;
 use std::pin::Pin;

@@ -1,8 +1,8 @@
 //! Reads of 64 KiB for readers that ask for less.
 //!
 //! rustls reads the socket one TLS record at a time (at most about 16 KiB) and h2 about one
-//! frame at a time, so an upload over TLS or h2 took a `recv` per 8-16 KiB, where HTTP/1.1 in
-//! the clear takes one per 64 KiB; on loopback each costs about as much as the bytes it
+//! frame at a time, so on their own an upload over TLS or h2 takes a `recv` per 8-16 KiB,
+//! where HTTP/1.1 in the clear takes one per 64 KiB; on loopback each costs about as much as the bytes it
 //! brings (`docs/performance.md`). [`ReadAhead`] sits under such a reader. Reads go straight
 //! through until one fills the reader's buffer (a request is usually smaller: it never
 //! reads ahead); from then on a small read fills a 64 KiB buffer with what the socket has,
