@@ -1055,6 +1055,12 @@ async fn an_s3_endpoint_over_https_serves_every_operation() {
         &config,
         format!(
             r#"
+[server]
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
 [backend]
 kind = "s3"
 bucket = "tls-bucket"
@@ -1077,46 +1083,19 @@ allow = ["get", "put", "delete", "list"]
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .env("SSL_CERT_FILE", &pki.ca_file)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-        .env("AWS_REGION", "us-east-1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(listen) = v["fields"]["listen"].as_str() {
-                return Some(format!("http://{listen}"));
-            }
-        }
-        None
+    // It waits for the start on this thread; the S3 server and the TLS front run on the other.
+    let served = tokio::task::block_in_place(|| {
+        ServeProcess::start(
+            &config,
+            &[
+                ("SSL_CERT_FILE", pki.ca_file.to_str().unwrap()),
+                ("AWS_ACCESS_KEY_ID", &s3.access_key),
+                ("AWS_SECRET_ACCESS_KEY", &s3.secret_key),
+                ("AWS_REGION", "us-east-1"),
+            ],
+        )
     });
-    let url = tokio::time::timeout(Duration::from_secs(30), url)
-        .await
-        .expect("the gateway starts")
-        .unwrap();
-    let _stop = KillOnDrop(child);
-    let url = url.expect("the gateway says where it listens");
+    let url = served.url.clone();
     let http = reqwest::Client::new();
     let object = |key: &str| format!("{url}/v1/objects/{key}");
     let stored = |key: &str| {
@@ -1190,14 +1169,4 @@ allow = ["get", "put", "delete", "list"]
         .unwrap();
     assert!(resp.status().is_success());
     assert_eq!(stored("one.bin"), None);
-}
-
-/// Kills the child process when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -2,10 +2,9 @@
 //! requests keep flowing; a bad config is refused and the old one keeps serving. And the TLS
 //! certificate is swapped for new handshakes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -19,11 +18,10 @@ const NEW: &str = "new-key-0123456789";
 const LINK_ENV_SECRET: &str = "link-secret-from-env-0123456789-0123456789";
 const HS_SECRET: &str = "hs256-secret-from-env-0123456789-0123456789";
 
-/// A gateway process on a config file.
+/// A gateway process on a config file it can rewrite.
 struct Served {
-    child: Child,
+    process: ServeProcess,
     url: String,
-    stderr: Arc<Mutex<Vec<String>>>,
     config: std::path::PathBuf,
     dir: tempfile::TempDir,
 }
@@ -33,44 +31,16 @@ impl Served {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("portcullis.toml");
         std::fs::write(&config, config_text(dir.path(), principals)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("PORTCULLIS_TEST_LINK_SECRET", LINK_ENV_SECRET)
-            .env("PORTCULLIS_TEST_HS256", HS_SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = loop {
-            let found = lines.lock().unwrap().iter().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["fields"]["message"] == "portcullis is serving")
-                    .then(|| v["fields"]["listen"].as_str().map(str::to_owned))?
-            });
-            if let Some(addr) = found {
-                break format!("http://{addr}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no start: {:?}",
-                lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let process = ServeProcess::start(
+            &config,
+            &[
+                ("PORTCULLIS_TEST_LINK_SECRET", LINK_ENV_SECRET),
+                ("PORTCULLIS_TEST_HS256", HS_SECRET),
+            ],
+        );
         Self {
-            child,
-            url,
-            stderr: lines,
+            url: process.url.clone(),
+            process,
             config,
             dir,
         }
@@ -82,7 +52,7 @@ impl Served {
 
     fn sighup(&self) {
         let ok = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args(["-HUP", &self.process.child.id().to_string()])
             .status()
             .unwrap()
             .success();
@@ -90,19 +60,7 @@ impl Served {
     }
 
     fn logged(&self, needle: &str) -> usize {
-        self.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.logged(needle)
     }
 }
 

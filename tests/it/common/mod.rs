@@ -565,6 +565,75 @@ where
     }
 }
 
+/// `portcullis serve --config FILE` as a child process (the config's listeners on port 0),
+/// with the address it serves on read from its log, and its stderr kept line by line. Killed
+/// when dropped.
+pub struct ServeProcess {
+    pub child: Child,
+    pub url: String,
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            let found = lines.lock().unwrap().iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["fields"]["message"] == "portcullis is serving")
+                    .then(|| v["fields"]["listen"].as_str().map(str::to_owned))?
+            });
+            if let Some(addr) = found {
+                break format!("http://{addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no start: {:?}",
+                lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            child,
+            url,
+            stderr: lines,
+        }
+    }
+
+    /// How many lines of its stderr contain `needle`.
+    pub fn logged(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `portcullis serve --dev` as a child process, with its URLs and key read from the banner.
 pub struct DevGateway {
     pub child: Child,
