@@ -132,8 +132,8 @@ impl Protocols {
         match sniffed {
             Ok(Ok(())) if first.is_empty() => {}
             Ok(Ok(())) if &first[..] == H2_PREFACE => {
-                self.serve_h2(ReadAhead::new(stream), first.freeze(), service, info)
-                    .await;
+                let io = ReadAhead::with_unread(&first, stream);
+                self.serve_h2(io, service, info).await;
             }
             Ok(Ok(())) => self.serve_h1(stream, first.freeze(), service, info).await,
             Ok(Err(e)) => {
@@ -159,7 +159,7 @@ impl Protocols {
                 .get_mut()
                 .1
                 .set_buffer_limit(Some(2 * coalesce::FULL));
-            self.serve_h2(stream, Bytes::new(), service, info).await;
+            self.serve_h2(stream, service, info).await;
         } else {
             self.serve_h1(stream, Bytes::new(), service, info).await;
         }
@@ -167,16 +167,10 @@ impl Protocols {
 
     /// HTTP/2: hyper's server, closed (GOAWAY) once no stream has run for the header
     /// deadline (before its first request) or the keep-alive timeout (after).
-    async fn serve_h2<T: Parkable>(
-        &self,
-        io: T,
-        first: Bytes,
-        service: HttpService,
-        info: ConnInfo,
-    ) {
+    async fn serve_h2<T: Parkable>(&self, io: T, service: HttpService, info: ConnInfo) {
         let remote = info.remote;
         let conn = self.h2.serve_connection(
-            TokioIo::new(Coalesce::new(Rewind::new(first, io))),
+            TokioIo::new(Coalesce::new(io)),
             gateway_fn(service, info, None),
         );
         let mut conn = pin!(conn);
@@ -486,35 +480,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+write_through!(Rewind);
 
 /// A response body that completes its exchange's half when it has been sent to its end. A
 /// response to HEAD has no body on the wire: it is complete when hyper lets it go.

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 const SIZE: usize = 64 * 1024;
 /// A read ahead that brings less stops reading ahead.
@@ -32,9 +32,14 @@ pub(super) struct ReadAhead<T> {
 
 impl<T> ReadAhead<T> {
     pub(super) fn new(inner: T) -> Self {
+        Self::with_unread(&[], inner)
+    }
+
+    /// With `unread`, bytes already read from `inner` (the h2 preface), handed on first.
+    pub(super) fn with_unread(unread: &[u8], inner: T) -> Self {
         Self {
             inner,
-            ahead: BytesMut::new(),
+            ahead: BytesMut::from(unread),
             streaming: false,
         }
     }
@@ -86,35 +91,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+write_through!(ReadAhead);
 
 #[cfg(test)]
 mod tests {
@@ -150,6 +127,18 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(got, data);
         assert_eq!(r.unread(), 0);
+    }
+
+    /// Bytes already read (the h2 preface) come first, then the socket's.
+    #[tokio::test]
+    async fn unread_bytes_come_first() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut r = ReadAhead::with_unread(b"hello", b);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello world");
     }
 
     /// A read that fills the reader's buffer makes the next small read take all the socket
