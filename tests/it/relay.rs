@@ -1097,7 +1097,16 @@ allow = ["get", "put", "delete", "list"]
     });
     let url = served.url.clone();
     let http = reqwest::Client::new();
-    let object = |key: &str| format!("{url}/v1/objects/{key}");
+    // The admin's request on the object `key` ("" for the listing).
+    let call = |method: reqwest::Method, key: &str| {
+        let path = if key.is_empty() {
+            String::new()
+        } else {
+            format!("/{key}")
+        };
+        http.request(method, format!("{url}/v1/objects{path}"))
+            .header("authorization", bearer(ADMIN))
+    };
     let stored = |key: &str| {
         let path = dir.path().join("data/tls-bucket").join(key);
         std::fs::read(path).ok()
@@ -1115,9 +1124,7 @@ allow = ["get", "put", "delete", "list"]
         } else {
             data.clone().into()
         };
-        let resp = http
-            .put(object(key))
-            .header("authorization", bearer(ADMIN))
+        let resp = call(reqwest::Method::PUT, key)
             .body(body)
             .send()
             .await
@@ -1126,20 +1133,11 @@ allow = ["get", "put", "delete", "list"]
         assert_eq!(stored(key).as_deref(), Some(&data[..]), "{key}");
         // Read back whole, twice on the same connections, and a range.
         for _ in 0..2 {
-            let body = http
-                .get(object(key))
-                .header("authorization", bearer(ADMIN))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let resp = call(reqwest::Method::GET, key).send().await.unwrap();
+            let body = resp.bytes().await.unwrap();
             assert!(body[..] == data[..], "{key}");
         }
-        let resp = http
-            .get(object(key))
-            .header("authorization", bearer(ADMIN))
+        let resp = call(reqwest::Method::GET, key)
             .header("range", "bytes=3-")
             .send()
             .await
@@ -1147,23 +1145,14 @@ allow = ["get", "put", "delete", "list"]
         assert_eq!(resp.status(), reqwest::StatusCode::PARTIAL_CONTENT);
         assert!(resp.bytes().await.unwrap()[..] == data[3..], "{key}");
     }
-    let listed: serde_json::Value = http
-        .get(format!("{url}/v1/objects"))
-        .header("authorization", bearer(ADMIN))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp = call(reqwest::Method::GET, "").send().await.unwrap();
+    let listed: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(
         listed["objects"].as_array().map(Vec::len),
         Some(3),
         "{listed}"
     );
-    let resp = http
-        .delete(object("one.bin"))
-        .header("authorization", bearer(ADMIN))
+    let resp = call(reqwest::Method::DELETE, "one.bin")
         .send()
         .await
         .unwrap();
