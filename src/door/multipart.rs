@@ -133,7 +133,7 @@ pub(super) async fn upload_part(
             bucket.upload_part(&key, &p.input.upload_id, number, length, body),
         )
         .await?;
-        let sums = verified(&checksum);
+        let sums = verified(&checksum, p.head.headers());
         let out = UploadPartOutput {
             e_tag: etag(&tag),
             checksum_crc32: sums.checksum_crc32,

@@ -348,9 +348,17 @@ fn digests_of(
     Ok(d)
 }
 
-/// The checksum an upload was verified against, to echo in the answer as S3 does.
-pub(super) fn verified(d: &Option<ExpectedChecksum>) -> Checksum {
-    let mut sums = Checksum::default();
+/// The checksum an upload was verified against, to echo in the answer as S3 does. An
+/// `x-amz-checksum-sha256` header is verified as the upload's SHA-256 digest, not as `d`, so
+/// it is echoed from `headers`.
+pub(super) fn verified(d: &Option<ExpectedChecksum>, headers: &HeaderMap) -> Checksum {
+    let mut sums = Checksum {
+        checksum_sha256: text(
+            headers,
+            header::HeaderName::from_static("x-amz-checksum-sha256"),
+        ),
+        ..Default::default()
+    };
     let Some(c) = d else { return sums };
     let value = match &c.value {
         ChecksumValue::Header(v) => Some(v.clone()),
@@ -552,7 +560,7 @@ impl S3 for Ops {
                 idle_timeout: super::decoded_idle(p.head.headers(), self.state.body_idle_timeout),
             };
             let (stored, _) = store(&self.state, &identity, &limits, &p.head, spec, body).await?;
-            let sums = verified(&checksum);
+            let sums = verified(&checksum, p.head.headers());
             let out = PutObjectOutput {
                 e_tag: etag(&stored.etag),
                 checksum_crc32: sums.checksum_crc32,

@@ -719,6 +719,46 @@ async fn digests_and_checksums_are_verified_before_the_object_exists() {
     assert_eq!(s3_code(&e), "BadDigest");
     assert!(g.bucket_keys().await.is_empty());
 
+    // A checksum header that matches is echoed in the answer, as S3 does, whatever its
+    // algorithm (SHA-256 is checked alongside the signed payload hash, the others apart).
+    for name in ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"] {
+        let sum = checksum_b64(name, &data);
+        let put = s3
+            .put_object()
+            .bucket(NAME)
+            .key(format!("echo-{name}.txt"))
+            .body(ByteStream::from(data.clone()));
+        let put = match name {
+            "crc32" => put.checksum_crc32(&sum),
+            "crc32c" => put.checksum_crc32_c(&sum),
+            "crc64nvme" => put.checksum_crc64_nvme(&sum),
+            "sha1" => put.checksum_sha1(&sum),
+            _ => put.checksum_sha256(&sum),
+        };
+        let out = put.send().await.unwrap();
+        let echoed = [
+            out.checksum_crc32(),
+            out.checksum_crc32_c(),
+            out.checksum_crc64_nvme(),
+            out.checksum_sha1(),
+            out.checksum_sha256(),
+        ];
+        assert_eq!(
+            echoed.into_iter().flatten().collect::<Vec<_>>(),
+            [sum.as_str()],
+            "{name}"
+        );
+    }
+    for name in ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"] {
+        let key = format!("echo-{name}.txt");
+        s3.delete_object()
+            .bucket(NAME)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+
     // The trailer forms, by hand: an unsigned aws-chunked body with a CRC32 trailer.
     let admin = Signer::now(ADMIN_AK, &secret_of(ADMIN_AK));
     let decoded = data.len().to_string();
