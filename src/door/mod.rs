@@ -191,13 +191,16 @@ impl Door {
             }
             _ => req,
         };
-        let resp = match self.s3.call(req.map(s3s::Body::http_body)).await {
+        let mut resp = match self.s3.call(req.map(s3s::Body::http_body)).await {
             Ok(resp) => resp,
             Err(e) => {
                 let err = crate::error::ApiError::internal(format!("{e:?}"));
                 return refuse(errors::to_s3(&err, &request_id), "internal_error");
             }
         };
+        if let Some(validators) = resp.extensions_mut().remove::<ops::NotModified>() {
+            validators.apply(&mut resp);
+        }
         if let Some(code) = errors::code_of(&resp) {
             if FAILED_AUTH.contains(&code.as_str()) {
                 self.failed_auth(ip).await;

@@ -235,9 +235,7 @@ pub(super) async fn abort(
             .await?;
         let bucket = ops.state.bucket_of(&identity.principal)?;
         bucket.abort_upload(&key, &p.input.upload_id).await?;
-        let mut resp = S3Response::new(AbortMultipartUploadOutput::default());
-        resp.status = Some(http::StatusCode::NO_CONTENT);
-        Ok(resp)
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     })
     .await
 }

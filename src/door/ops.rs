@@ -348,6 +348,43 @@ fn digests_of(
     Ok(d)
 }
 
+/// The validators of a `304 Not Modified`. s3s 0.14 answers with the status its output implies
+/// and drops `S3Response::status`, so GET and HEAD leave this in the answer's extensions and
+/// the door makes the answer a 304 after s3s (`apply`).
+#[derive(Clone, Debug)]
+pub(super) struct NotModified {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+impl NotModified {
+    fn answer<T: Default>(etag: Option<String>, last_modified: Option<String>) -> S3Response<T> {
+        let mut resp = S3Response::new(T::default());
+        resp.extensions.insert(NotModified {
+            etag,
+            last_modified,
+        });
+        resp
+    }
+
+    /// `resp` as a 304: no body, no length or type, the validators S3 sends with it.
+    pub(super) fn apply<B: Default>(self, resp: &mut http::Response<B>) {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        *resp.body_mut() = B::default();
+        let h = resp.headers_mut();
+        h.remove(header::CONTENT_LENGTH);
+        h.remove(header::CONTENT_TYPE);
+        for (name, value) in [
+            (header::ETAG, self.etag),
+            (header::LAST_MODIFIED, self.last_modified),
+        ] {
+            if let Some(v) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+                h.insert(name, v);
+            }
+        }
+    }
+}
+
 /// The checksum an upload was verified against, to echo in the answer as S3 does. An
 /// `x-amz-checksum-sha256` header is verified as the upload's SHA-256 digest, not as `d`, so
 /// it is echoed from `headers`.
@@ -597,14 +634,10 @@ impl S3 for Ops {
             }
             let (fetched, range) = self.fetch(&p.head, &identity, &key, Read::Body).await?;
             let (meta, content_range, body) = match fetched {
-                Fetched::NotModified { etag: tag, .. } => {
-                    let mut resp = S3Response::new(GetObjectOutput {
-                        e_tag: tag.as_deref().and_then(etag),
-                        ..Default::default()
-                    });
-                    resp.status = Some(StatusCode::NOT_MODIFIED);
-                    return Ok(resp);
-                }
+                Fetched::NotModified {
+                    etag,
+                    last_modified,
+                } => return Ok(NotModified::answer(etag, last_modified)),
                 Fetched::Object {
                     meta,
                     content_range,
@@ -650,9 +683,6 @@ impl S3 for Ops {
             };
             let mut resp = S3Response::new(out);
             resp.headers = headers;
-            if range.is_some() {
-                resp.status = Some(StatusCode::PARTIAL_CONTENT);
-            }
             Ok(resp)
         })
         .await
@@ -680,14 +710,10 @@ impl S3 for Ops {
             }
             let (fetched, range) = self.fetch(&p.head, &identity, &key, Read::Head).await?;
             let (meta, content_range) = match fetched {
-                Fetched::NotModified { etag: tag, .. } => {
-                    let mut resp = S3Response::new(HeadObjectOutput {
-                        e_tag: tag.as_deref().and_then(etag),
-                        ..Default::default()
-                    });
-                    resp.status = Some(StatusCode::NOT_MODIFIED);
-                    return Ok(resp);
-                }
+                Fetched::NotModified {
+                    etag,
+                    last_modified,
+                } => return Ok(NotModified::answer(etag, last_modified)),
                 Fetched::Object {
                     meta,
                     content_range,
@@ -711,11 +737,7 @@ impl S3 for Ops {
                 content_type: meta.content_type,
                 ..Default::default()
             };
-            let mut resp = S3Response::new(out);
-            if range.is_some() {
-                resp.status = Some(StatusCode::PARTIAL_CONTENT);
-            }
-            Ok(resp)
+            Ok(S3Response::new(out))
         })
         .await
     }
@@ -740,9 +762,7 @@ impl S3 for Ops {
             }
             let bucket = self.state.bucket_of(&identity.principal)?;
             crate::api::timed(&p.head, "delete", bucket.delete(&key)).await?;
-            let mut resp = S3Response::new(DeleteObjectOutput::default());
-            resp.status = Some(StatusCode::NO_CONTENT);
-            Ok(resp)
+            Ok(S3Response::new(DeleteObjectOutput::default()))
         })
         .await
     }

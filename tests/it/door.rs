@@ -92,6 +92,58 @@ async fn objects_go_through_the_door_and_are_logged() {
         .await
         .unwrap_err();
     assert_eq!(s3_code(&stale), "PreconditionFailed");
+    // A copy the client holds that is still current: 304 with its ETag and no body,
+    // for GET and HEAD. A 200 with an empty body would replace a browser's cached copy of a
+    // presigned URL with nothing.
+    let admin = Signer::now(ADMIN_AK, &secret_of(ADMIN_AK));
+    let head = s3
+        .head_object()
+        .bucket(NAME)
+        .key("hello.txt")
+        .send()
+        .await
+        .unwrap();
+    let etag = head.e_tag().unwrap().to_owned();
+    let modified = head
+        .last_modified()
+        .unwrap()
+        .fmt(aws_sdk_s3::primitives::DateTimeFormat::HttpDate)
+        .unwrap();
+    for method in ["GET", "HEAD"] {
+        for condition in [
+            ("if-none-match", etag.as_str()),
+            ("if-modified-since", modified.as_str()),
+        ] {
+            let sent = send_signed(
+                &g,
+                &admin,
+                method,
+                &format!("/{NAME}/hello.txt"),
+                &[condition],
+                &[],
+                &hex_sha256(b""),
+                |_| Vec::new(),
+            )
+            .await;
+            let what = format!("{method} {condition:?}");
+            assert_eq!(sent.status, 304, "{what}: {}", sent.body);
+            assert_eq!(sent.body, "", "{what}");
+            assert_eq!(sent.headers["etag"], etag.as_str(), "{what}");
+            assert!(sent.headers.get("content-length").is_none(), "{what}");
+        }
+    }
+    let cached = s3
+        .get_object()
+        .bucket(NAME)
+        .key("hello.txt")
+        .if_none_match(&etag)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        cached.raw_response().map(|r| r.status().as_u16()),
+        Some(304)
+    );
     let missing = s3
         .get_object()
         .bucket(NAME)

@@ -102,6 +102,7 @@ where
 /// added after signing.
 pub struct Sent {
     pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
     pub code: Option<String>,
     pub body: String,
 }
@@ -139,11 +140,17 @@ pub async fn send_signed<B: Into<reqwest::Body>>(
     }
     let resp = req.body(body).send().await.unwrap();
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp.text().await.unwrap_or_default();
     let code = body
         .split("<Code>")
         .nth(1)
         .and_then(|r| r.split("</Code>").next())
         .map(str::to_owned);
-    Sent { status, code, body }
+    Sent {
+        status,
+        headers,
+        code,
+        body,
+    }
 }
