@@ -102,6 +102,34 @@ pub(crate) fn code_of(resp: &s3s::HttpResponse) -> Option<String> {
     Some(text[start..end].to_owned())
 }
 
+/// `resp` with `request_id` in its XML if it is an error without one: s3s's own errors (a
+/// signature it refused, a request it could not parse) carry none, ours do.
+pub(crate) fn with_request_id(resp: &mut s3s::HttpResponse, request_id: &str) {
+    if resp.status().is_success() {
+        return;
+    }
+    let Some(bytes) = resp.body().bytes() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return;
+    };
+    if text.contains("<RequestId>") {
+        return;
+    }
+    let Some(end) = text.rfind("</Error>") else {
+        return;
+    };
+    let xml = format!(
+        "{}<RequestId>{request_id}</RequestId>{}",
+        &text[..end],
+        &text[end..]
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(xml.len()));
+    *resp.body_mut() = s3s::Body::from(xml);
+}
+
 /// A door-only refusal with S3's own code (those our [`Code`]s do not name).
 pub(crate) fn refusal(code: S3ErrorCode, message: impl Into<String>) -> S3Error {
     S3Error::with_message(code, message.into())
@@ -139,5 +167,36 @@ mod tests {
             code(Code::PreconditionFailed),
             S3ErrorCode::PreconditionFailed
         );
+    }
+
+    #[test]
+    fn an_error_without_a_request_id_gets_one() {
+        let xml = |resp: s3s::HttpResponse| {
+            let len = resp.headers().get(header::CONTENT_LENGTH).cloned();
+            let body = String::from_utf8(resp.body().bytes().unwrap().to_vec()).unwrap();
+            (body, len)
+        };
+        let mut theirs = S3Error::with_message(S3ErrorCode::SignatureDoesNotMatch, "no")
+            .to_http_response()
+            .unwrap();
+        with_request_id(&mut theirs, "r-1");
+        let (body, len) = xml(theirs);
+        assert!(
+            body.ends_with("<RequestId>r-1</RequestId></Error>"),
+            "{body}"
+        );
+        assert_eq!(len, Some(HeaderValue::from(body.len())));
+
+        let mut ours = to_s3(&ApiError::new(Code::NotFound, "gone"), "r-2")
+            .to_http_response()
+            .unwrap();
+        with_request_id(&mut ours, "r-3");
+        let (body, _) = xml(ours);
+        assert_eq!(body.matches("<RequestId>").count(), 1, "{body}");
+        assert!(body.contains("<RequestId>r-2</RequestId>"), "{body}");
+
+        let mut fine = s3s::HttpResponse::new(s3s::Body::from("<Error></Error>".to_owned()));
+        with_request_id(&mut fine, "r-4");
+        assert_eq!(xml(fine).0, "<Error></Error>");
     }
 }

@@ -201,6 +201,7 @@ impl Door {
         if let Some(validators) = resp.extensions_mut().remove::<ops::NotModified>() {
             validators.apply(&mut resp);
         }
+        errors::with_request_id(&mut resp, &request_id);
         if let Some(code) = errors::code_of(&resp) {
             if FAILED_AUTH.contains(&code.as_str()) {
                 self.failed_auth(ip).await;
@@ -238,7 +239,18 @@ impl tower::Service<Request<Body>> for Door {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .and_then(|r| http::HeaderValue::from_str(&r.0).ok());
+        Box::pin(async move {
+            let mut resp = this.handle(req).await;
+            // Where S3 clients look for the request id when they report an error.
+            if let Some(id) = id {
+                resp.headers_mut().insert("x-amz-request-id", id);
+            }
+            Ok(resp)
+        })
     }
 }
 

@@ -130,6 +130,10 @@ async fn objects_go_through_the_door_and_are_logged() {
             assert_eq!(sent.body, "", "{what}");
             assert_eq!(sent.headers["etag"], etag.as_str(), "{what}");
             assert!(sent.headers.get("content-length").is_none(), "{what}");
+            assert_eq!(
+                sent.headers["x-amz-request-id"], sent.headers["x-request-id"],
+                "{what}"
+            );
         }
     }
     let cached = s3
@@ -297,6 +301,15 @@ async fn signature_failures_have_the_sdk_codes_and_count_against_the_address() {
     assert_eq!(
         sent.code.as_deref(),
         Some("RequestTimeTooSkewed"),
+        "{}",
+        sent.body
+    );
+    // The request id is where S3 clients look for it when they report an error, and in the
+    // XML as S3 has it.
+    let id = sent.headers["x-amz-request-id"].to_str().unwrap();
+    assert_eq!(id, sent.headers["x-request-id"]);
+    assert!(
+        sent.body.contains(&format!("<RequestId>{id}</RequestId>")),
         "{}",
         sent.body
     );
