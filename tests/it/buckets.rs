@@ -390,6 +390,21 @@ async fn config_errors_name_the_field() {
         "{e}"
     );
     assert!(e.contains("buckets[2].name: `Media/x`"), "{e}");
+    // With the S3 door, every name must be one S3 clients send (and s3s parses): "fs" and
+    // "my_media" serve `/v1` but no S3 client could name them.
+    let door = "[s3_api]\nlisten = \"127.0.0.1:0\"\nsecrets_env = \"PATH\"\n";
+    let e = errors(&format!(
+        "{base}{door}[[buckets]]\nname = \"fs\"\n[[buckets]]\nname = \"my_media\"\nbucket = \"media\"\n[[buckets]]\nname = \"ok-name\"\n"
+    ));
+    assert!(
+        e.contains("buckets[0].name: `fs` cannot be named by S3 clients"),
+        "{e}"
+    );
+    assert!(
+        e.contains("buckets[1].name: `my_media` cannot be named"),
+        "{e}"
+    );
+    assert!(!e.contains("ok-name"), "{e}");
     // S3 buckets need their S3 name.
     let e = errors("[[buckets]]\nname = \"media\"\nregion = \"eu-west-1\"\n");
     assert!(e.contains("buckets[0].bucket: is required"), "{e}");

@@ -26,6 +26,16 @@ pub(super) fn validate(c: &Config, p: &mut Problems) {
                 &field("name"),
                 format!("`{}` names two buckets", bucket.name),
             );
+        } else if c.s3_api.is_some() && !s3s::path::check_bucket_name(&bucket.name) {
+            // The door's bucket is a name S3 clients send; s3s refuses any other.
+            bad(
+                &field("name"),
+                format!(
+                    "`{}` cannot be named by S3 clients, and [s3_api] serves it: 3-63 of \
+                     a-z 0-9 . -, starting and ending with a letter or digit, not an IP address",
+                    bucket.name
+                ),
+            );
         }
         match b.kind {
             BackendKind::S3 => {
