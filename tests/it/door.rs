@@ -326,6 +326,7 @@ async fn signature_failures_have_the_sdk_codes_and_count_against_the_address() {
     let raw = e.raw_response().unwrap();
     assert_eq!(raw.status().as_u16(), 503);
     assert!(raw.headers().get("retry-after").is_some());
+    assert!(raw.headers().get("x-amz-request-id").is_some());
 }
 
 #[tokio::test]
