@@ -150,7 +150,12 @@ pub async fn serve(prepared: Prepared, overrides: Overrides) -> anyhow::Result<(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let gateway =
         crate::Portcullis::with_identities(&config, identities, handle.buckets.clone(), lasting);
-    tokio::spawn(reload_on_sighup(gateway.clone(), path, overrides));
+    tokio::spawn(reload_on_sighup(
+        gateway.clone(),
+        log.clone(),
+        path,
+        overrides,
+    ));
     let admin_addr = config.admin.listen;
     let admin = TcpListener::bind(admin_addr)
         .await
@@ -325,10 +330,12 @@ async fn audit_at_start(
         .map_err(|e| anyhow::anyhow!("{e}\n{}", report.table()))
 }
 
-/// `SIGHUP`: reads the config file again and swaps it in. A config that fails validation is
-/// refused, the running one keeps serving, and the log says why.
+/// `SIGHUP`: opens the access log's file again (logrotate), reads the config file again and
+/// swaps it in. A config that fails validation is refused, the running one keeps serving, and
+/// the log says why.
 pub async fn reload_on_sighup(
     gateway: Arc<crate::Portcullis>,
+    log: Arc<AccessLog>,
     path: Option<PathBuf>,
     overrides: Overrides,
 ) {
@@ -340,6 +347,22 @@ pub async fn reload_on_sighup(
             return;
         };
         while hup.recv().await.is_some() {
+            let reopened = {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || {
+                    log.reopen()
+                        .map(|file| file.map(|f| f.display().to_string()))
+                })
+                .await
+            };
+            match reopened {
+                Ok(Ok(Some(file))) => tracing::info!(file, "access log reopened"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot reopen the access log; writing on to the file it had")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot reopen the access log"),
+            }
             let Some(path) = &path else {
                 tracing::info!("SIGHUP: serve --dev has no config file to reload");
                 continue;
@@ -374,7 +397,7 @@ pub async fn reload_on_sighup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (gateway, path, overrides);
+    let _ = (gateway, log, path, overrides);
 }
 
 /// How often `/readyz` asks the bucket.

@@ -11,6 +11,7 @@ use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,23 +30,27 @@ use crate::auth::AuthMethod;
 use crate::server::TrustedProxies;
 use crate::{Body, BoxError, HttpService};
 
-/// Where access-log lines go.
-pub enum AccessLog {
+/// Where access-log lines go: stdout, or a file that [`AccessLog::reopen`] opens again once
+/// logrotate has moved it.
+pub struct AccessLog {
+    out: Out,
+    /// `None` for stdout.
+    file: Option<PathBuf>,
+}
+
+enum Out {
     /// Each line written by the worker that finished its request.
     Direct(Mutex<Box<dyn Write + Send>>),
     /// Lines gathered and written together by a thread of their own.
     Batched(Batch),
-    /// Tests and benchmarks that do not read it.
-    Off,
 }
 
 impl std::fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AccessLog::Direct(_) => "AccessLog::Direct",
-            AccessLog::Batched(_) => "AccessLog::Batched",
-            AccessLog::Off => "AccessLog::Off",
-        })
+        f.debug_struct("AccessLog")
+            .field("file", &self.file)
+            .field("batched", &matches!(self.out, Out::Batched(_)))
+            .finish()
     }
 }
 
@@ -53,20 +58,40 @@ impl AccessLog {
     /// `"stdout"` or a file path (appended to). A line waits at most `flush` to be written
     /// with others; zero writes each line as its request ends.
     pub fn open(target: &str, flush: Duration) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = if target == "stdout" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(OpenOptions::new().create(true).append(true).open(target)?)
+        let file = (target != "stdout").then(|| PathBuf::from(target));
+        let out: Box<dyn Write + Send> = match &file {
+            None => Box::new(std::io::stdout()),
+            Some(path) => Box::new(append(path)?),
         };
-        if flush.is_zero() {
-            return Ok(AccessLog::Direct(Mutex::new(out)));
+        let out = if flush.is_zero() {
+            Out::Direct(Mutex::new(out))
+        } else {
+            Out::Batched(Batch::start(out, flush)?)
+        };
+        Ok(Self { out, file })
+    }
+
+    /// Opens the file again by its name (`SIGHUP`), so lines go to a new file once the old one
+    /// was moved away; lines gathered until then go to the old one. The file it had stays in
+    /// use if the name cannot be opened. Nothing to do for stdout.
+    pub fn reopen(&self) -> std::io::Result<Option<&Path>> {
+        let Some(path) = &self.file else {
+            return Ok(None);
+        };
+        let new: Box<dyn Write + Send> = Box::new(append(path)?);
+        match &self.out {
+            Out::Direct(out) => {
+                *out.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+            }
+            Out::Batched(batch) => batch.replace(new),
         }
-        Ok(AccessLog::Batched(Batch::start(out, flush)?))
+        Ok(Some(path))
     }
 
     /// Writes the lines still gathered (shutdown, once requests have drained).
     pub fn flush(&self) {
-        if let AccessLog::Batched(batch) = self {
+        if let Out::Batched(batch) = &self.out {
             batch.flush();
         }
     }
@@ -78,8 +103,8 @@ impl AccessLog {
             return;
         }
         line.push(b'\n');
-        match self {
-            AccessLog::Direct(out) => {
+        match &self.out {
+            Out::Direct(out) => {
                 let mut out = out
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -87,10 +112,13 @@ impl AccessLog {
                     tracing::warn!(error = %e, "could not write the access log");
                 }
             }
-            AccessLog::Batched(batch) => batch.push(&line),
-            AccessLog::Off => {}
+            Out::Batched(batch) => batch.push(&line),
         }
     }
+}
+
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// The remote address of the connection a request came on.

@@ -18,7 +18,7 @@ const BATCH: usize = 64 * 1024;
 /// Lines wait for room past this.
 const MAX_PENDING: usize = 4 * 1024 * 1024;
 
-pub struct Batch {
+pub(super) struct Batch {
     shared: Arc<Shared>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -61,6 +61,14 @@ impl Batch {
             shared,
             flusher: Mutex::new(Some(flusher)),
         })
+    }
+
+    /// Writes what has gathered to the current output, then sends later lines to `out`.
+    pub(super) fn replace(&self, out: Box<dyn Write + Send>) {
+        let s = &*self.shared;
+        let mut current = lock(&s.out);
+        s.write_pending_to(&mut **current);
+        *current = out;
     }
 
     /// Adds a whole line (with its newline).
@@ -143,6 +151,10 @@ impl Shared {
     /// Takes what has gathered and writes it.
     fn write_pending(&self) {
         let mut out = lock(&self.out);
+        self.write_pending_to(&mut **out);
+    }
+
+    fn write_pending_to(&self, out: &mut dyn Write) {
         let batch = {
             let mut pending = lock(&self.pending);
             if pending.is_empty() {
@@ -194,6 +206,20 @@ mod tests {
         batch.push(b"three\n");
         drop(batch);
         assert_eq!(written(&sink), "one\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn a_replaced_output_gets_only_the_lines_after_it() {
+        let (old, new) = (Sink::default(), Sink::default());
+        // An hour: nothing is written but by the replace and the flush.
+        let batch = Batch::start(Box::new(old.clone()), Duration::from_secs(3600)).unwrap();
+        batch.push(b"a\n");
+        batch.push(b"b\n");
+        batch.replace(Box::new(new.clone()));
+        batch.push(b"c\n");
+        batch.flush();
+        assert_eq!(written(&old), "a\nb\n");
+        assert_eq!(written(&new), "c\n");
     }
 
     #[test]

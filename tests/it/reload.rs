@@ -336,3 +336,42 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// logrotate's way: the file is moved away, then `SIGHUP`. Lines up to the reopen stay in the
+/// moved file, later ones go to a new file of the old name; none is lost or written twice.
+#[tokio::test]
+async fn sighup_reopens_an_access_log_that_was_moved() {
+    let served = Served::start("");
+    let http = reqwest::Client::new();
+    let log = served.dir.path().join("access.log");
+    let moved = served.dir.path().join("access.log.1");
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    for _ in 0..3 {
+        status(&http, &served.url, STEADY).await;
+    }
+    eventually("the first lines are written", || async { lines(&log) == 3 }).await;
+    std::fs::rename(&log, &moved).unwrap();
+    // Until the reopen, lines still go where the open file now is.
+    status(&http, &served.url, STEADY).await;
+    eventually("a line after the move reaches the moved file", || async {
+        lines(&moved) == 4
+    })
+    .await;
+    served.sighup();
+    eventually("the reopen is logged", || async {
+        served.logged("access log reopened") == 1
+    })
+    .await;
+    for _ in 0..2 {
+        status(&http, &served.url, STEADY).await;
+    }
+    eventually("later lines reach a new file of the old name", || async {
+        lines(&log) == 2
+    })
+    .await;
+    assert_eq!(lines(&moved), 4);
+}
