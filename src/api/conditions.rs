@@ -11,7 +11,7 @@ use crate::error::ApiError;
 
 /// One entity tag of a list: its opaque tag (with the quotes) and whether it is weak.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Tag {
+pub(crate) struct Tag {
     opaque: String,
     weak: bool,
 }
@@ -136,7 +136,7 @@ fn split_list(value: &str) -> Vec<&str> {
 
 /// `If-Range`: an entity tag, or a date.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum IfRange {
+pub(crate) enum IfRange {
     Tag(Tag),
     Date(SystemTime),
     /// Neither: the range is not honoured (RFC 9110 section 13.1.5).
@@ -144,7 +144,7 @@ pub(super) enum IfRange {
 }
 
 impl IfRange {
-    pub(super) fn parse(value: &str) -> IfRange {
+    pub(crate) fn parse(value: &str) -> IfRange {
         let value = value.trim();
         if let Ok(date) = httpdate::parse_http_date(value) {
             return IfRange::Date(date);
@@ -157,7 +157,7 @@ impl IfRange {
 
     /// Does the representation still match, so the range may be sent? A tag must match
     /// strongly; a date must equal the last modification (and so be a strong validator).
-    pub(super) fn holds(&self, etag: Option<&str>, last_modified: Option<SystemTime>) -> bool {
+    pub(crate) fn holds(&self, etag: Option<&str>, last_modified: Option<SystemTime>) -> bool {
         match self {
             IfRange::Tag(want) => etag
                 .and_then(Tag::parse)

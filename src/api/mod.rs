@@ -8,7 +8,7 @@
 //! learned in the request's access-log note.
 
 pub(crate) mod admission;
-mod conditions;
+pub(crate) mod conditions;
 mod links;
 mod list;
 pub(crate) mod objects;

@@ -18,6 +18,7 @@ use super::errors::{refusal, to_s3};
 use crate::Body;
 use crate::api::AppState;
 use crate::api::admission::admit;
+use crate::api::conditions::IfRange;
 use crate::api::objects::{Store, shaped, store, write_condition};
 use crate::auth::{AuthMethod, Identity};
 use crate::error::{ApiError, Code};
@@ -960,6 +961,19 @@ impl Ops {
         let op = if read == Read::Body { "get" } else { "head" };
         let fetched =
             crate::api::timed(head, op, bucket.fetch(key, range.as_deref(), &cond, read)).await?;
+        // A range of a representation that has changed since the client's copy (a resumed
+        // download): the whole one instead, as S3 answers `If-Range`.
+        if let Fetched::Object {
+            meta,
+            content_range: Some(_),
+            ..
+        } = &fetched
+            && let Some(if_range) = text(h, header::IF_RANGE)
+            && !IfRange::parse(&if_range).holds(meta.etag.as_deref(), meta.last_modified)
+        {
+            let whole = crate::api::timed(head, op, bucket.fetch(key, None, &cond, read)).await?;
+            return Ok((whole, None));
+        }
         Ok((fetched, range))
     }
 }

@@ -136,6 +136,59 @@ async fn objects_go_through_the_door_and_are_logged() {
             );
         }
     }
+    // A resumed download (If-Range) of an object replaced since: the whole new object, never
+    // a range of it to splice onto the old one's bytes.
+    let old_tag = etag.clone();
+    put_static(&s3, "hello.txt", b"replaced body!")
+        .await
+        .unwrap();
+    let new_tag = s3
+        .head_object()
+        .bucket(NAME)
+        .key("hello.txt")
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_owned();
+    for (validator, status, body) in [
+        (old_tag.as_str(), 200, "replaced body!"),
+        (new_tag.as_str(), 206, "repl"),
+        ("\"not-a-tag\"", 200, "replaced body!"),
+    ] {
+        let sent = send_signed(
+            &g,
+            &admin,
+            "GET",
+            &format!("/{NAME}/hello.txt"),
+            &[("range", "bytes=0-3"), ("if-range", validator)],
+            &[],
+            &hex_sha256(b""),
+            |_| Vec::new(),
+        )
+        .await;
+        assert_eq!(sent.status, status, "If-Range {validator}: {}", sent.body);
+        assert_eq!(sent.body, body, "If-Range {validator}");
+        assert_eq!(
+            sent.headers.contains_key("content-range"),
+            status == 206,
+            "If-Range {validator}"
+        );
+    }
+    put_static(&s3, "hello.txt", b"body of hello.txt")
+        .await
+        .unwrap();
+    let etag = s3
+        .head_object()
+        .bucket(NAME)
+        .key("hello.txt")
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_owned();
     let cached = s3
         .get_object()
         .bucket(NAME)
