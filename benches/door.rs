@@ -2,9 +2,10 @@
 //! client (reqwest, keep-alive, 1 KiB GETs 16 at a time and 16 MiB transfers 4 at a time),
 //! alternating rounds. Door uploads go in each payload mode clients use: `UNSIGNED-PAYLOAD`,
 //! `STREAMING-UNSIGNED-PAYLOAD-TRAILER` with a CRC32 trailer (aws-cli and boto3 over TLS),
-//! and `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` in 64 KiB signed chunks. Requests are signed
-//! once before the rounds (a fixed date), so the client's own signing costs nothing inside
-//! them; the figure is the gateway's CPU per request and per GiB.
+//! and `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` in 64 KiB signed chunks; and, beside the last,
+//! `/v1` checking an `x-amz-checksum-sha256`, the same hashing without the chunks. Requests
+//! are signed once before the rounds (a fixed date), so the client's own signing costs
+//! nothing inside them; the figure is the gateway's CPU per request and per GiB.
 //!
 //!     cargo bench --bench door
 //!     PORTCULLIS_BENCH_SECS=5 PORTCULLIS_BENCH_ROUNDS=3 cargo bench --bench door
@@ -37,6 +38,9 @@ const MIB: usize = 1024 * 1024;
 enum Way {
     /// `/v1` with a bearer key.
     V1,
+    /// `/v1` with an `x-amz-checksum-sha256` of the body: the same SHA-256 of every byte
+    /// that signed chunks need, so the two differ only by the chunks' framing.
+    V1Sha256,
     /// The door, `UNSIGNED-PAYLOAD` (GETs: the empty payload's hash).
     Unsigned,
     /// The door, `STREAMING-UNSIGNED-PAYLOAD-TRAILER` with `x-amz-checksum-crc32`.
@@ -49,6 +53,7 @@ impl Way {
     fn name(self) -> &'static str {
         match self {
             Way::V1 => "/v1",
+            Way::V1Sha256 => "/v1, SHA-256 checked",
             Way::Unsigned => "door, unsigned",
             Way::Trailer => "door, CRC32 trailer",
             Way::SignedChunks => "door, signed chunks",
@@ -66,11 +71,18 @@ struct Prepared {
 }
 
 fn prepare(way: Way, put: bool, v1: &str, door: &str, key: &str, data: &[u8]) -> Prepared {
-    if way == Way::V1 {
+    if matches!(way, Way::V1 | Way::V1Sha256) {
+        let mut headers = vec![("authorization".into(), format!("Bearer {KEY}"))];
+        if way == Way::V1Sha256 && put {
+            use base64::Engine;
+            use sha2::Digest;
+            let sum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(data));
+            headers.push(("x-amz-checksum-sha256".into(), sum));
+        }
         return Prepared {
             put,
             url: format!("{v1}/v1/objects/{key}"),
-            headers: vec![("authorization".into(), format!("Bearer {KEY}"))],
+            headers,
             body: Bytes::copy_from_slice(if put { data } else { &[] }),
         };
     }
@@ -218,7 +230,13 @@ async fn run(round: Duration, rounds: usize) {
             true,
             16 * MIB,
             4,
-            &[Way::V1, Way::Unsigned, Way::Trailer, Way::SignedChunks],
+            &[
+                Way::V1,
+                Way::Unsigned,
+                Way::Trailer,
+                Way::SignedChunks,
+                Way::V1Sha256,
+            ],
         ),
     ];
     let mut lines = Vec::new();
