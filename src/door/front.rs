@@ -38,7 +38,16 @@ impl Refusal {
     }
 }
 
-pub(super) fn check<B>(settings: &Settings, req: &Request<B>) -> Result<(), Refusal> {
+/// The headers a request's signature covers, by lowercase name.
+pub(super) struct Signed(Vec<String>);
+
+impl Signed {
+    fn covers(&self, name: &str) -> bool {
+        self.0.iter().any(|s| s == name)
+    }
+}
+
+pub(super) fn check<B>(settings: &Settings, req: &Request<B>) -> Result<Signed, Refusal> {
     let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
@@ -144,7 +153,30 @@ pub(super) fn check<B>(settings: &Settings, req: &Request<B>) -> Result<(), Refu
             }
         }
     }
-    refused_headers(headers)
+    refused_headers(headers)?;
+    Ok(Signed(signed))
+}
+
+/// Removes a `Range` from a GET or HEAD when S3 would ignore it (several ranges, or one it
+/// cannot read; the whole object is the answer) and the signature does not cover it: a
+/// browser adds its Range to a presigned URL unsigned. s3s would refuse the request instead.
+/// A signed one stays, for s3s to refuse: removing it would break the signature.
+pub(super) fn drop_ignored_range<B>(req: &mut Request<B>, signed: &Signed) {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) || signed.covers("range") {
+        return;
+    }
+    let ranges = req.headers().get_all(http::header::RANGE);
+    let mut values = ranges.iter();
+    let ignored = match (values.next(), values.next()) {
+        (None, _) => false,
+        (Some(v), None) => v
+            .to_str()
+            .map_or(true, |v| s3s::dto::Range::parse(v.trim()).is_err()),
+        (Some(_), Some(_)) => true,
+    };
+    if ignored {
+        req.headers_mut().remove(http::header::RANGE);
+    }
 }
 
 fn check_region(settings: &Settings, region: &str) -> Result<(), Refusal> {
@@ -242,7 +274,7 @@ mod tests {
         b.body(()).unwrap()
     }
 
-    fn code(r: Result<(), Refusal>) -> Option<(String, bool)> {
+    fn code(r: Result<Signed, Refusal>) -> Option<(String, bool)> {
         r.err()
             .map(|e| (e.error.code().as_str().to_owned(), e.failed_auth))
     }
@@ -367,5 +399,23 @@ mod tests {
                 .map(|e| e.error.code().as_str().to_owned()),
             Some("MetadataTooLarge".into())
         );
+    }
+
+    #[test]
+    fn a_range_s3_would_ignore_is_dropped_unless_signed() {
+        let kept = |method: &str, ranges: &[&str], signed: &[&str]| {
+            let headers: Vec<(&str, &str)> = ranges.iter().map(|r| ("range", *r)).collect();
+            let mut r = req(method, "/b/k", &headers);
+            let signed = Signed(signed.iter().map(|s| s.to_string()).collect());
+            drop_ignored_range(&mut r, &signed);
+            r.headers().get_all("range").iter().count()
+        };
+        assert_eq!(kept("GET", &["bytes=0-9"], &[]), 1);
+        assert_eq!(kept("HEAD", &["bytes=-5"], &[]), 1);
+        assert_eq!(kept("GET", &["bytes=0-1,3-4"], &[]), 0);
+        assert_eq!(kept("GET", &["bytes=9-1"], &[]), 0);
+        assert_eq!(kept("GET", &["bytes=0-1", "bytes=2-3"], &[]), 0);
+        assert_eq!(kept("GET", &["bytes=0-1,3-4"], &["host", "range"]), 1);
+        assert_eq!(kept("PUT", &["nonsense"], &[]), 1);
     }
 }

@@ -160,15 +160,19 @@ impl Door {
             let code = err.code.as_str();
             return refuse(errors::to_s3(&err, &request_id), code);
         }
-        if let Err(refusal) = front::check(settings, &req) {
-            let mut err = refusal.error;
-            err.set_request_id(&*request_id);
-            if refusal.failed_auth {
-                self.failed_auth(ip).await;
+        let signed = match front::check(settings, &req) {
+            Ok(signed) => signed,
+            Err(refusal) => {
+                let mut err = refusal.error;
+                err.set_request_id(&*request_id);
+                if refusal.failed_auth {
+                    self.failed_auth(ip).await;
+                }
+                let code = static_code(err.code().as_str());
+                return refuse(err, code);
             }
-            let code = static_code(err.code().as_str());
-            return refuse(err, code);
-        }
+        };
+        front::drop_ignored_range(&mut req, &signed);
         let payload = req.headers().get("x-amz-content-sha256");
         tracing::debug!(
             request_id = &*request_id,
