@@ -283,6 +283,12 @@ impl fmt::Display for Prefix {
     }
 }
 
+/// A bucket name S3 clients can put in a request, as s3s reads the door's paths: 3-63 of
+/// `a-z 0-9 . -`, a letter or digit at each end, not an IP address.
+pub fn is_s3_client_bucket_name(name: &str) -> bool {
+    s3s::path::check_bucket_name(name)
+}
+
 /// The shape of an S3 access key id (`portcullis keygen --s3` makes `PCAK` and 16 more):
 /// 16 to 128 of `A-Z 0-9`, as AWS's own ids.
 pub fn validate_access_key_id(id: &str) -> Result<(), String> {

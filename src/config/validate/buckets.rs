@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use super::super::schema::*;
 use super::{MAX_PART, MIN_PART, Problems};
+use crate::rules::is_s3_client_bucket_name;
 
 pub(super) fn validate(c: &Config, p: &mut Problems) {
     let b = &c.backend;
@@ -26,8 +27,7 @@ pub(super) fn validate(c: &Config, p: &mut Problems) {
                 &field("name"),
                 format!("`{}` names two buckets", bucket.name),
             );
-        } else if c.s3_api.is_some() && !s3s::path::check_bucket_name(&bucket.name) {
-            // The door's bucket is a name S3 clients send; s3s refuses any other.
+        } else if c.s3_api.is_some() && !is_s3_client_bucket_name(&bucket.name) {
             bad(
                 &field("name"),
                 format!(
