@@ -472,6 +472,13 @@ pub async fn run_door(
             req.extensions_mut().insert(door::S3Dialect);
             req
         })
+        // S3 clients report the request id from this header, on every answer, refusals too.
+        .map_response(|mut resp: http::Response<Body>| {
+            if let Some(id) = resp.headers().get("x-request-id").cloned() {
+                resp.headers_mut().insert("x-amz-request-id", id);
+            }
+            resp
+        })
         .layer(AccessLogLayer::new(log, opts.trusted_proxies.clone()))
         .layer(api::CatchPanicLayer)
         .layer(ShedLayer::new(shed))

@@ -347,21 +347,13 @@ pub async fn reload_on_sighup(
             return;
         };
         while hup.recv().await.is_some() {
-            let reopened = {
-                let log = log.clone();
-                tokio::task::spawn_blocking(move || {
-                    log.reopen()
-                        .map(|file| file.map(|f| f.display().to_string()))
-                })
-                .await
-            };
-            match reopened {
-                Ok(Ok(Some(file))) => tracing::info!(file, "access log reopened"),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
+            // Blocking file work, as reading the config below is: once per SIGHUP.
+            match log.reopen() {
+                Ok(Some(file)) => tracing::info!(file = %file.display(), "access log reopened"),
+                Ok(None) => {}
+                Err(e) => {
                     tracing::error!(error = %e, "cannot reopen the access log; writing on to the file it had")
                 }
-                Err(e) => tracing::error!(error = %e, "cannot reopen the access log"),
             }
             let Some(path) = &path else {
                 tracing::info!("SIGHUP: serve --dev has no config file to reload");

@@ -93,11 +93,7 @@ pub(crate) fn error_in(err: &ApiError, request_id: &str, s3: bool) -> Response<B
     if !s3 {
         return error(err, request_id);
     }
-    let mut resp = crate::door::errors::response(crate::door::errors::to_s3(err, request_id));
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        resp.headers_mut().insert("x-amz-request-id", id);
-    }
-    resp
+    crate::door::errors::response(crate::door::errors::to_s3(err, request_id))
 }
 
 /// Moves `permits` onto the response body: they are released when it ends or is dropped.
