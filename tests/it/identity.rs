@@ -274,30 +274,21 @@ async fn tls_serves_h2_and_http1_by_alpn() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), Version::HTTP_2);
-    let resp = h2
-        .get(g.object_url("users/alice/t.bin"))
-        .header("authorization", bearer(ALICE))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), Version::HTTP_2);
-    assert_eq!(
-        resp.bytes().await.unwrap().to_vec(),
-        random_bytes(300_000, 9)
-    );
     let h1 = pki.client(None, true);
-    let resp = h1
-        .get(g.object_url("users/alice/t.bin"))
-        .header("authorization", bearer(ALICE))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.version(), Version::HTTP_11);
-    assert_eq!(
-        resp.bytes().await.unwrap().to_vec(),
-        random_bytes(300_000, 9)
-    );
+    for (client, version) in [(&h2, Version::HTTP_2), (&h1, Version::HTTP_11)] {
+        let resp = client
+            .get(g.object_url("users/alice/t.bin"))
+            .header("authorization", bearer(ALICE))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), version);
+        assert_eq!(
+            resp.bytes().await.unwrap().to_vec(),
+            random_bytes(300_000, 9)
+        );
+    }
     // Uploads are read 64 KiB ahead under rustls (`server/read_ahead.rs`): large and small
     // ones arrive whole on both protocols, and a connection parked after one (idle past
     // 500 ms) serves the next request.
